@@ -1,0 +1,1 @@
+"""The config dataclasses: every value validated where it is set."""

@@ -1,0 +1,143 @@
+"""Configuration dataclasses. Every value is checked when the dataclass is created, so a bad
+setting fails in the caller's process with a message that names it, never later in the child."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid."""
+
+
+def _int_at_least(name: str, value: object, minimum: int) -> None:
+    # bool is an int subclass; `with_port(True)` is a bug, not port 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _optional_int_at_least(name: str, value: object, minimum: int) -> None:
+    if value is not None:
+        _int_at_least(name, value, minimum)
+
+
+def _number(name: str, value: object, *, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or math.isinf(value):
+        raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+    if not positive and value < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class UvicornConfig:
+    """Settings handed to uvicorn in the process that serves HTTP.
+
+    ``workers`` > 1 needs subprocess mode (see ``ServerBuilder.build``). ``limit_concurrency``
+    makes uvicorn answer 503 past that many connections/tasks; ``limit_max_requests`` makes the
+    serving process exit after that many requests. ``ssl_keyfile`` and ``ssl_certfile`` go together.
+    """
+
+    workers: int = 1
+    timeout_keep_alive: int = 5
+    limit_concurrency: int | None = None
+    limit_max_requests: int | None = None
+    backlog: int = 2048
+    log_level: str = "warning"
+    access_log: bool = False
+    ssl_keyfile: str | None = None
+    ssl_certfile: str | None = None
+
+    def __post_init__(self) -> None:
+        _int_at_least("workers", self.workers, 1)
+        _number("timeout_keep_alive", self.timeout_keep_alive, positive=False)
+        _optional_int_at_least("limit_concurrency", self.limit_concurrency, 1)
+        _optional_int_at_least("limit_max_requests", self.limit_max_requests, 1)
+        _int_at_least("backlog", self.backlog, 1)
+        if not isinstance(self.log_level, str) or self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}; got {self.log_level!r}")
+        if not isinstance(self.access_log, bool):
+            raise ConfigError(f"access_log must be a bool, got {self.access_log!r}")
+        if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
+            raise ConfigError("SSL needs both ssl_keyfile and ssl_certfile (only one was given)")
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return self.ssl_keyfile is not None
+
+    def check_files(self) -> None:
+        """Checks that the SSL files exist; called by ``build()`` so the child never finds out."""
+        for name, path in (("ssl_keyfile", self.ssl_keyfile), ("ssl_certfile", self.ssl_certfile)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{name} {path!r} does not exist or is not a file")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The HTTP API: where it listens, what its OpenAPI document says, how long a request may
+    wait for the main process (``response_timeout``, seconds) and where the child logs
+    (``log_file``; ``None`` keeps the child's output on the parent's terminal).
+
+    ``port=0`` binds a free ephemeral port; ``Server.port`` tells which once started.
+    """
+
+    host: str = "0.0.0.0"
+    port: int = 8000
+    title: str = "API Server"
+    description: str = ""
+    version: str = "0.1.0"
+    response_timeout: float = 60.0
+    log_file: str | None = None
+    uvicorn: UvicornConfig = field(default_factory=UvicornConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"host must be a non-empty string, got {self.host!r}")
+        _int_at_least("port", self.port, 0)
+        if self.port > 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        for name in ("title", "description", "version"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
+        _number("response_timeout", self.response_timeout, positive=True)
+        if self.log_file is not None and (not isinstance(self.log_file, str | Path) or not str(self.log_file)):
+            raise ConfigError(f"log_file must be a path, got {self.log_file!r}")
+        if not isinstance(self.uvicorn, UvicornConfig):
+            raise ConfigError(f"uvicorn must be a UvicornConfig, got {type(self.uvicorn).__name__}")
+
+    def check_log_file(self) -> None:
+        """Checks that the log file can be created; called by ``build()``."""
+        if self.log_file is None:
+            return
+        parent = Path(self.log_file).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise ConfigError(f"log_file {self.log_file!r}: directory {str(parent)!r} does not exist")
+
+
+@dataclass(frozen=True)
+class IPCConfig:
+    """The queue link between the HTTP child and the main process.
+
+    ``max_pending``: requests awaiting a reply at once; one more is answered 503 + Retry-After
+    without reaching the main process.
+    ``queue_timeout``: how long (seconds) to wait for room when ``request_q`` is bounded
+    (``Queue(maxsize=...)``) and full; after that the request fails with 503.
+    ``poll_interval``: kept for compatibility with polling designs and validated, but it has no
+    effect: replies are read by one blocking reader that wakes only when a reply arrives.
+    """
+
+    poll_interval: float = 0.01
+    queue_timeout: float = 0.01
+    max_pending: int = 100
+
+    def __post_init__(self) -> None:
+        _number("poll_interval", self.poll_interval, positive=True)
+        _number("queue_timeout", self.queue_timeout, positive=False)
+        _int_at_least("max_pending", self.max_pending, 1)

@@ -1,0 +1,1 @@
+"""CORS: a validated policy applied with Starlette's CORSMiddleware."""

@@ -1,0 +1,86 @@
+"""Length-prefixed frames on the private pipes between the main process and one HTTP child.
+
+A frame is a 5-byte header (body length, kind) and a body. The pipes belong to one child
+incarnation only, so a child killed half-way through a frame can corrupt nothing but its own
+pipe, which dies with it (DESIGN.md invariant 3).
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from collections.abc import Hashable
+from enum import IntEnum
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+_HEADER = struct.Struct("!IB")
+_ID_LEN = struct.Struct("!I")
+HEADER_SIZE = _HEADER.size
+
+
+class Kind(IntEnum):
+    # child -> main
+    REQUEST = 1
+    STREAM_REQUEST = 2
+    CANCEL = 3
+    READY = 4
+    # main -> child
+    REPLY = 5
+    DRAIN = 6
+    REJECT = 7
+
+
+def dumps(obj: Any) -> bytes:
+    # ForkingPickler is what multiprocessing queues use, so anything a user could put on a
+    # multiprocessing.Queue can cross our pipes too.
+    return bytes(ForkingPickler.dumps(obj, pickle.HIGHEST_PROTOCOL))
+
+
+loads = pickle.loads
+
+
+def frame(kind: Kind, body: bytes) -> bytes:
+    return _HEADER.pack(len(body), kind) + body
+
+
+def request_body(request_id: Hashable, payload: bytes) -> bytes:
+    """The id travels pickled apart from the request, so the main process can route the request
+    without unpickling it."""
+    id_bytes = dumps(request_id)
+    return _ID_LEN.pack(len(id_bytes)) + id_bytes + payload
+
+
+def split_request_body(body: bytes) -> tuple[Hashable, bytes]:
+    (id_len,) = _ID_LEN.unpack_from(body)
+    start = _ID_LEN.size
+    request_id: Hashable = loads(body[start : start + id_len])
+    return request_id, body[start + id_len :]
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames; keeps an incomplete tail for the next feed."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[Kind, bytes]]:
+        buffer = self._buffer
+        buffer += data
+        frames: list[tuple[Kind, bytes]] = []
+        offset = 0
+        end = len(buffer)
+        while end - offset >= HEADER_SIZE:
+            length, kind = _HEADER.unpack_from(buffer, offset)
+            start = offset + HEADER_SIZE
+            if end - start < length:
+                break
+            frames.append((Kind(kind), bytes(buffer[start : start + length])))
+            offset = start + length
+        if offset:
+            del buffer[:offset]
+        return frames
+
+    @property
+    def has_partial_frame(self) -> bool:
+        return bool(self._buffer)

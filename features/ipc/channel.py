@@ -1,0 +1,231 @@
+"""IPCChannel: awaits replies from the main process for requests sent from an event loop.
+
+Design: a registry maps each request id to its waiter. The link delivers replies on the loop's
+thread in batches; each reply resolves the waiter for its id with one dict lookup, so waking a
+waiter costs the same with 1 or 1,000 pending. A request leaves the registry exactly once: when
+its reply arrives, or in ``submit``'s ``finally`` (timeout, cancellation, failure). A reply whose
+id is not registered (unknown, late, abandoned) is dropped and counted, never kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from features.ipc.errors import (
+    ChannelClosedError,
+    DuplicateRequestIdError,
+    IPCError,
+    IPCTimeoutError,
+    OverloadedError,
+    RemoteError,
+)
+from features.ipc.link import Link
+from features.ipc.local_link import LocalLink
+from features.ipc.messages import ErrorReply
+from features.ipc.relay import Relay
+from features.configuration.settings import IPCConfig
+
+logger = logging.getLogger("isolated_api.channel")
+
+_MISSING = object()
+
+
+class _UnaryWaiter:
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future = future
+
+    def offer(self, reply: Any) -> bool:
+        """Takes a reply; returns True when the request is complete."""
+        if not self.future.done():
+            self.future.set_result(reply)
+        return True
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+def request_id_of(request: Any) -> Hashable:
+    request_id = getattr(request, "id", _MISSING)
+    if request_id is _MISSING:
+        raise TypeError(f"a request must have an .id attribute; {type(request).__name__} has none")
+    try:
+        hash(request_id)
+    except TypeError:
+        raise TypeError(f"request id {request_id!r} is not hashable") from None
+    return request_id
+
+
+class IPCChannel:
+    """Sends requests to the main process and awaits the replies with the same ``.id``.
+
+    ``IPCChannel(request_q, response_q, config)`` builds a channel over two queues owned by this
+    process. Inside a server built by ``ServerBuilder`` the channel is made for you and reached as
+    ``request.app.state.ipc_channel`` or through the ``IPC`` dependency.
+
+    ``start_polling()`` / ``stop_polling()`` must run on the event loop that calls ``submit``
+    (the server's lifespan does it). The name is historical: nothing polls; a single reader
+    blocks until replies arrive.
+    """
+
+    def __init__(
+        self,
+        request_q: Any = None,
+        response_q: Any = None,
+        config: IPCConfig | None = None,
+        *,
+        response_timeout: float = 60.0,
+        link: Link | None = None,
+    ) -> None:
+        self._config = config or IPCConfig()
+        if response_timeout <= 0:
+            raise ValueError(f"response_timeout must be > 0, got {response_timeout}")
+        self._timeout = response_timeout
+        if link is None:
+            if request_q is None or response_q is None:
+                raise ValueError("IPCChannel needs request_q and response_q (or a link)")
+            link = LocalLink(Relay(request_q, response_q, queue_timeout=self._config.queue_timeout))
+        self._link = link
+        self._waiters: dict[Hashable, _UnaryWaiter] = {}
+        self._open = False
+        self._closed_reason = "the IPC channel is not started"
+        self._dropped = 0
+        self._rejected = 0
+        self._lost_callbacks: list[Callable[[str], None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start_polling(self) -> None:
+        """Opens the link. Call on the loop that will submit requests."""
+        if self._open:
+            return
+        await self._link.open(self)
+        self._open = True
+
+    async def stop_polling(self) -> None:
+        """Closes the link; every request still waiting fails with ``ChannelClosedError`` (503)."""
+        if not self._open:
+            return
+        self._close("the IPC channel was closed")
+        await self._link.close()
+
+    def add_link_lost_callback(self, callback: Callable[[str], None]) -> None:
+        """``callback(reason)`` runs when the main process goes away."""
+        self._lost_callbacks.append(callback)
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    @property
+    def pending_count(self) -> int:
+        """Requests awaiting a reply right now."""
+        return len(self._waiters)
+
+    @property
+    def dropped_count(self) -> int:
+        """Replies dropped because no request was waiting for their id (late, unknown, abandoned)."""
+        return self._dropped
+
+    @property
+    def rejected_count(self) -> int:
+        """Requests refused at admission because ``max_pending`` were already waiting."""
+        return self._rejected
+
+    @property
+    def max_pending(self) -> int:
+        return self._config.max_pending
+
+    @property
+    def response_timeout(self) -> float:
+        return self._timeout
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def submit(self, request: Any, timeout: float | None = None) -> Any:
+        """Sends ``request`` (it must have a hashable ``.id``) and returns the reply with that id.
+
+        Raises ``IPCTimeoutError`` (504) after ``timeout`` seconds (default: the response
+        timeout), ``OverloadedError`` (503) past ``max_pending``, ``ChannelClosedError`` (503)
+        if the main process is gone, ``RemoteError`` (its status) for an ``ErrorReply``.
+        """
+        request_id = self._admit(request)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiter = _UnaryWaiter(future)
+        self._waiters[request_id] = waiter
+        limit = self._timeout if timeout is None else timeout
+        try:
+            self._link.send(request_id, request, streaming=False)
+            try:
+                async with asyncio.timeout(limit):
+                    reply = await future
+            except TimeoutError:
+                # The reply may have landed in the same loop iteration as the deadline: prefer it.
+                if not (future.done() and not future.cancelled() and future.exception() is None):
+                    raise IPCTimeoutError(f"no reply for request {request_id!r} within {limit:g} s") from None
+                reply = future.result()
+        finally:
+            self._settle(request_id, waiter)
+        if type(reply) is ErrorReply:
+            raise RemoteError(reply.message, reply.http_status)
+        return reply
+
+    def _admit(self, request: Any) -> Hashable:
+        request_id = request_id_of(request)
+        if not self._open:
+            raise ChannelClosedError(self._closed_reason)
+        if request_id in self._waiters:
+            raise DuplicateRequestIdError(f"request id {request_id!r} is already awaiting a reply")
+        if len(self._waiters) >= self._config.max_pending:
+            self._rejected += 1
+            raise OverloadedError(f"server busy: {self._config.max_pending} requests already awaiting replies")
+        return request_id
+
+    def _settle(self, request_id: Hashable, waiter: _UnaryWaiter) -> None:
+        # Still registered means no reply ended it: tell the main side to forget the id.
+        if self._waiters.get(request_id) is waiter:
+            del self._waiters[request_id]
+            if self._open:
+                self._link.cancel(request_id)
+
+    # -- LinkSink: called by the link on the loop's thread ---------------------------------
+
+    def on_replies(self, replies: list[Any]) -> None:
+        waiters = self._waiters
+        for reply in replies:
+            request_id = getattr(reply, "id", _MISSING)
+            try:
+                waiter = waiters.get(request_id)
+            except TypeError:
+                waiter = None
+            if waiter is None:
+                self._dropped += 1
+                continue
+            if waiter.offer(reply):
+                del waiters[request_id]
+
+    def on_failure(self, request_id: Hashable, error: IPCError) -> None:
+        waiter = self._waiters.pop(request_id, None)
+        if waiter is None:
+            self._dropped += 1
+        else:
+            waiter.fail(error)
+
+    def on_link_lost(self, reason: str) -> None:
+        if self._open:
+            logger.warning("IPC link lost: %s", reason)
+        self._close(reason)
+        for callback in self._lost_callbacks:
+            callback(reason)
+
+    def _close(self, reason: str) -> None:
+        self._open = False
+        self._closed_reason = reason
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            waiter.fail(ChannelClosedError(reason))

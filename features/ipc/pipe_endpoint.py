@@ -1,0 +1,121 @@
+"""The main-process end of one HTTP child's private pipes.
+
+A thread blocks reading the child's uplink pipe and forwards its requests through the relay;
+replies for the child are written to its downlink pipe. When the uplink reaches end-of-file the
+child is gone: its routes are detached (the ids it abandoned are reported) and its pipes closed.
+A half-written frame left by a killed child dies with these pipes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Hashable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from features.ipc._framing import FrameDecoder, Kind, dumps, frame, loads, request_body, split_request_body
+from features.ipc.errors import IPCError
+from features.ipc.relay import Relay
+
+logger = logging.getLogger("isolated_api.relay")
+
+ReadyCallback = Callable[["PipeEndpoint", Any], None]
+LostCallback = Callable[["PipeEndpoint", list[Hashable], bool], None]
+
+
+class PipeEndpoint:
+    def __init__(
+        self,
+        relay: Relay,
+        uplink: Connection,
+        downlink: Connection,
+        *,
+        name: str,
+        on_ready: ReadyCallback,
+        on_lost: LostCallback,
+    ) -> None:
+        self.name = name
+        self._relay = relay
+        self._uplink = uplink
+        self._downlink = downlink
+        self._down_fd = downlink.fileno()
+        self._on_ready = on_ready
+        self._on_lost = on_lost
+        self._write_lock = threading.Lock()
+        self._writable = True
+        self._thread = threading.Thread(target=self._read_uplink, name=f"isolated-api-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # -- main -> child ---------------------------------------------------------------------
+
+    def deliver(self, replies: list[Any]) -> None:
+        chunks: list[bytes] = []
+        for reply in replies:
+            request_id = reply.id
+            try:
+                chunks.append(frame(Kind.REPLY, request_body(request_id, dumps(reply))))
+            except Exception as exc:  # a reply put on a thread queue was never pickled before
+                chunks.append(self._reject_frame(request_id, "RemoteError", f"the reply could not be pickled: {exc!r}"))
+        self._write(b"".join(chunks))
+
+    def send_drain(self, timeout: float) -> None:
+        self._write(frame(Kind.DRAIN, dumps(timeout)))
+
+    def _reject_frame(self, request_id: Hashable, error: str, message: str) -> bytes:
+        return frame(Kind.REJECT, dumps((request_id, error, message)))
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        with self._write_lock:
+            if not self._writable:
+                return
+            try:
+                while view:
+                    written = os.write(self._down_fd, view)
+                    view = view[written:]
+            except OSError:  # the child is gone; its uplink EOF does the cleanup
+                self._writable = False
+
+    # -- child -> main ---------------------------------------------------------------------
+
+    def _read_uplink(self) -> None:
+        decoder = FrameDecoder()
+        fd = self._uplink.fileno()
+        try:
+            while True:
+                try:
+                    data = os.read(fd, 1 << 20)
+                except OSError:
+                    break
+                if not data:
+                    break
+                for kind, body in decoder.feed(data):
+                    self._handle(kind, body)
+        finally:
+            abandoned = self._relay.detach(self)
+            with self._write_lock:
+                self._writable = False
+                self._downlink.close()
+            self._uplink.close()
+            self._on_lost(self, abandoned, decoder.has_partial_frame)
+
+    def _handle(self, kind: Kind, body: bytes) -> None:
+        if kind is Kind.REQUEST or kind is Kind.STREAM_REQUEST:
+            request_id, payload = split_request_body(body)
+            try:
+                self._relay.forward(self, request_id, payload=payload, streaming=kind is Kind.STREAM_REQUEST)
+            except IPCError as exc:
+                self._write(self._reject_frame(request_id, type(exc).__name__, exc.message))
+        elif kind is Kind.CANCEL:
+            self._relay.abandon(self, loads(body))
+        elif kind is Kind.READY:
+            self._on_ready(self, loads(body))
+        else:
+            logger.warning("%s sent an unexpected frame kind %s", self.name, kind)

@@ -1,0 +1,123 @@
+"""The HTTP child's end of its private pipes, driven by the child's event loop.
+
+Both pipes are asyncio pipe transports: reading never blocks the loop, writing buffers instead
+of blocking, and end-of-file on the downlink means the main process is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from features.ipc import errors
+from features.ipc._framing import FrameDecoder, Kind, dumps, frame, loads, request_body, split_request_body
+from features.ipc.link import LinkSink
+
+_REJECTIONS: dict[str, type[errors.IPCError]] = {
+    "DuplicateRequestIdError": errors.DuplicateRequestIdError,
+    "QueueFullError": errors.QueueFullError,
+    "ChannelClosedError": errors.ChannelClosedError,
+}
+
+
+def _rejection(name: str, message: str) -> errors.IPCError:
+    cls = _REJECTIONS.get(name)
+    return cls(message) if cls is not None else errors.RemoteError(message, 500)
+
+
+class _Downlink(asyncio.Protocol):
+    def __init__(self, link: PipeLink, sink: LinkSink) -> None:
+        self._link = link
+        self._sink = sink
+        self._decoder = FrameDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        replies: list[Any] = []
+        for kind, body in self._decoder.feed(data):
+            if kind is Kind.REPLY:
+                request_id, payload = split_request_body(body)
+                try:
+                    replies.append(loads(payload))
+                except Exception as exc:
+                    self._sink.on_failure(
+                        request_id,
+                        errors.RemoteError(f"the reply could not be unpickled in the HTTP process: {exc!r}", 500),
+                    )
+            elif kind is Kind.REJECT:
+                request_id, name, message = loads(body)
+                self._sink.on_failure(request_id, _rejection(name, message))
+            elif kind is Kind.DRAIN:
+                self._link.on_drain(loads(body))
+        if replies:
+            self._sink.on_replies(replies)
+
+    def eof_received(self) -> bool | None:
+        self._link.lost("the main process closed the IPC link")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link.lost("the main process closed the IPC link")
+
+
+class _Uplink(asyncio.BaseProtocol):
+    def __init__(self, link: PipeLink) -> None:
+        self._link = link
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link.lost("the main process stopped reading the IPC link")
+
+
+class PipeLink:
+    def __init__(
+        self,
+        uplink: Connection,
+        downlink: Connection,
+        *,
+        on_drain: Callable[[float], None] = lambda timeout: None,
+        on_lost: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self._uplink = uplink
+        self._downlink = downlink
+        self.on_drain = on_drain
+        self._on_lost = on_lost
+        self._sink: LinkSink | None = None
+        self._writer: asyncio.WriteTransport | None = None
+        self._reader: asyncio.BaseTransport | None = None
+        self._lost = False
+
+    async def open(self, sink: LinkSink) -> None:
+        loop = asyncio.get_running_loop()
+        self._sink = sink
+        self._writer, _ = await loop.connect_write_pipe(lambda: _Uplink(self), self._uplink)
+        self._reader, _ = await loop.connect_read_pipe(lambda: _Downlink(self, sink), self._downlink)
+
+    def send(self, request_id: Hashable, request: Any, *, streaming: bool) -> None:
+        if self._writer is None or self._lost:
+            raise errors.ChannelClosedError("the IPC link to the main process is closed")
+        kind = Kind.STREAM_REQUEST if streaming else Kind.REQUEST
+        self._writer.write(frame(kind, request_body(request_id, dumps(request))))
+
+    def cancel(self, request_id: Hashable) -> None:
+        if self._writer is not None and not self._lost:
+            self._writer.write(frame(Kind.CANCEL, dumps(request_id)))
+
+    def send_ready(self, info: Any) -> None:
+        if self._writer is not None and not self._lost:
+            self._writer.write(frame(Kind.READY, dumps(info)))
+
+    def lost(self, reason: str) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        if self._sink is not None:
+            self._sink.on_link_lost(reason)
+        self._on_lost(reason)
+
+    async def close(self) -> None:
+        self._lost = True
+        for transport in (self._writer, self._reader):
+            if transport is not None:
+                transport.close()
+        self._writer = self._reader = None

@@ -1,0 +1,245 @@
+"""The main-process side of the channel: the only reader of the user's ``response_q`` and the
+only writer of the user's ``request_q``.
+
+Why a relay: a process killed inside ``Queue.get()`` keeps the queue's read lock forever, and one
+killed inside a write can leave half a message (DESIGN.md "Traps"). So HTTP children never touch
+the user's queues; they talk to this relay over pipes of their own, and the relay, living in the
+main process, is the one reader that routes every reply to the endpoint whose request has that id.
+One thread blocks on ``response_q.get()``: no polling, and a burst of replies is drained and handed
+to each endpoint in one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing.queues
+import queue
+import threading
+import uuid
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from features.ipc._framing import loads
+from features.ipc.errors import ChannelClosedError, DuplicateRequestIdError, QueueFullError
+from features.ipc.messages import ErrorReply
+
+logger = logging.getLogger("isolated_api.relay")
+
+_MISSING = object()
+_BATCH_LIMIT = 512
+
+# One reader per response queue: two relays on one queue would take each other's replies.
+_queues_in_use: set[int] = set()
+_queues_lock = threading.Lock()
+
+
+class Endpoint(Protocol):
+    """Where replies for some requests go: a channel in this process, or an HTTP child."""
+
+    name: str
+
+    def deliver(self, replies: list[Any]) -> None:
+        """Called on the relay's reader thread, outside its lock."""
+
+
+@dataclass(slots=True)
+class _Route:
+    endpoint: Endpoint
+    streaming: bool
+
+
+class _Prepickled:
+    """A request that arrived already pickled: putting it on a multiprocessing queue pickles only
+    this small wrapper, and ``get()`` on the other side yields the user's object."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (loads, (self.payload,))
+
+
+@dataclass(frozen=True)
+class _StopReader:
+    token: str
+
+
+class Relay:
+    def __init__(self, request_q: Any, response_q: Any, *, queue_timeout: float) -> None:
+        self._request_q = request_q
+        self._response_q = response_q
+        self._queue_timeout = queue_timeout
+        # Multiprocessing queues pickle what they are given: a payload already pickled by a child
+        # can go through wrapped instead of being unpickled here and pickled again.
+        self._queue_pickles = isinstance(request_q, multiprocessing.queues.Queue)
+        self._simple_queue = isinstance(request_q, multiprocessing.queues.SimpleQueue)
+        self._lock = threading.Lock()
+        self._routes: dict[Hashable, _Route] = {}
+        self._reader: threading.Thread | None = None
+        self._token = ""
+        self._closed = True
+        self.forwarded = 0
+        self.dropped_replies = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the reply reader; idempotent."""
+        with self._lock:
+            if self._reader is not None:
+                return
+            with _queues_lock:
+                if id(self._response_q) in _queues_in_use:
+                    raise RuntimeError("this response_q is already read by another running server or channel")
+                _queues_in_use.add(id(self._response_q))
+            self._closed = False
+            self._token = uuid.uuid4().hex
+            self._reader = threading.Thread(target=self._read_replies, name="isolated-api-relay", daemon=True)
+            self._reader.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stops the reader and forgets every route. Safe to call twice."""
+        with self._lock:
+            reader, self._reader = self._reader, None
+            self._closed = True
+            self._routes.clear()
+        if reader is None:
+            return
+        # The reader is blocked in get(); a sentinel only it recognises wakes it.
+        try:
+            self._response_q.put(_StopReader(self._token))
+        except (ValueError, OSError):
+            pass
+        reader.join(timeout)
+        with _queues_lock:
+            _queues_in_use.discard(id(self._response_q))
+
+    @property
+    def is_running(self) -> bool:
+        return self._reader is not None
+
+    @property
+    def route_count(self) -> int:
+        return len(self._routes)
+
+    # -- requests (any thread) ---------------------------------------------------------------
+
+    def forward(
+        self,
+        endpoint: Endpoint,
+        request_id: Hashable,
+        *,
+        request: Any = None,
+        payload: bytes | None = None,
+        streaming: bool = False,
+    ) -> None:
+        """Routes replies for ``request_id`` to ``endpoint``, then puts the request on
+        ``request_q``. The route exists before the put, so no reply can outrun it."""
+        with self._lock:
+            if self._closed:
+                raise ChannelClosedError("the server is not running")
+            if request_id in self._routes:
+                raise DuplicateRequestIdError(f"request id {request_id!r} is already awaiting a reply")
+            self._routes[request_id] = _Route(endpoint, streaming)
+        if payload is not None:
+            item = _Prepickled(payload) if self._queue_pickles else loads(payload)
+        else:
+            item = request
+        try:
+            if self._simple_queue:
+                self._request_q.put(item)
+            else:
+                self._request_q.put(item, timeout=self._queue_timeout)
+        except queue.Full:
+            self._forget(request_id, endpoint)
+            raise QueueFullError(
+                f"the main process's request queue stayed full for {self._queue_timeout:g} s"
+            ) from None
+        except (ValueError, OSError) as exc:  # the queue was closed
+            self._forget(request_id, endpoint)
+            raise ChannelClosedError(f"the request queue is closed: {exc}") from None
+        self.forwarded += 1
+
+    def abandon(self, endpoint: Endpoint, request_id: Hashable) -> bool:
+        """The endpoint gave up on ``request_id`` (timeout, client gone). Later replies are dropped."""
+        return self._forget(request_id, endpoint)
+
+    def detach(self, endpoint: Endpoint) -> list[Hashable]:
+        """Forgets every route of ``endpoint`` (it closed or died) and returns their ids."""
+        with self._lock:
+            ids = [rid for rid, route in self._routes.items() if route.endpoint is endpoint]
+            for rid in ids:
+                del self._routes[rid]
+        return ids
+
+    def _forget(self, request_id: Hashable, endpoint: Endpoint) -> bool:
+        with self._lock:
+            route = self._routes.get(request_id)
+            if route is None or route.endpoint is not endpoint:
+                return False
+            del self._routes[request_id]
+            return True
+
+    # -- replies (reader thread) -------------------------------------------------------------
+
+    def _read_replies(self) -> None:
+        response_q = self._response_q
+        token = self._token
+        while True:
+            try:
+                batch = [response_q.get()]
+            except (ValueError, OSError, EOFError) as exc:
+                logger.error("response queue unusable, reply reader stops: %r", exc)
+                return
+            except Exception:
+                # A reply the main process could pickle but we cannot unpickle: we can't know its
+                # id, so its waiter will time out. Keep serving the others.
+                logger.exception("a reply could not be read from response_q")
+                self.dropped_replies += 1
+                continue
+            # Drain what is already queued: one wake-up per endpoint for a burst of replies.
+            try:
+                while len(batch) < _BATCH_LIMIT:
+                    batch.append(response_q.get_nowait())
+            except queue.Empty:
+                pass
+            except Exception:
+                logger.exception("a reply could not be read from response_q")
+                self.dropped_replies += 1
+            if self._route_batch(batch, token):
+                return
+
+    def _route_batch(self, batch: list[Any], token: str) -> bool:
+        stop = False
+        by_endpoint: dict[int, tuple[Endpoint, list[Any]]] = {}
+        with self._lock:
+            routes = self._routes
+            for reply in batch:
+                if type(reply) is _StopReader:
+                    stop = stop or reply.token == token
+                    continue
+                request_id = getattr(reply, "id", _MISSING)
+                try:
+                    route = routes.get(request_id)
+                except TypeError:  # unhashable id
+                    route = None
+                if route is None:
+                    self.dropped_replies += 1
+                    logger.debug("dropped a reply for unknown or abandoned id %r", request_id)
+                    continue
+                if not route.streaming or getattr(reply, "is_final", False) or type(reply) is ErrorReply:
+                    del routes[request_id]
+                entry = by_endpoint.get(id(route.endpoint))
+                if entry is None:
+                    by_endpoint[id(route.endpoint)] = (route.endpoint, [reply])
+                else:
+                    entry[1].append(reply)
+        for endpoint, replies in by_endpoint.values():
+            try:
+                endpoint.deliver(replies)
+            except Exception:
+                logger.exception("delivering %d replies to %s failed", len(replies), endpoint.name)
+        return stop

@@ -1,0 +1,1 @@
+"""Log isolation: everything the HTTP child writes goes to its own file."""

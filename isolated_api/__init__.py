@@ -1,0 +1,47 @@
+"""isolated_api: a FastAPI + Uvicorn HTTP API in a child process, linked to the main process
+(where the heavy work lives) by multiprocessing queues.
+
+The facade: everything a user imports lives here; the implementation is in ``features/``.
+"""
+
+from features.configuration.settings import ApiConfig, ConfigError, IPCConfig, UvicornConfig
+from features.ipc.channel import IPCChannel
+from features.ipc.errors import (
+    ChannelClosedError,
+    DuplicateRequestIdError,
+    IPCError,
+    IPCTimeoutError,
+    OverloadedError,
+    QueueFullError,
+    RemoteError,
+)
+from features.ipc.messages import ErrorReply
+from features.subprocess_runtime.manager import SubprocessManager
+from features.unary.dependencies import IPC, get_ipc_channel
+from isolated_api._builder import RouteConfigurer, ServerBuilder, SubprocessConfigurer, UvicornConfigurer
+from isolated_api._recipe import BuildError
+from isolated_api._server import Server
+
+__all__ = [
+    "IPC",
+    "ApiConfig",
+    "BuildError",
+    "ChannelClosedError",
+    "ConfigError",
+    "DuplicateRequestIdError",
+    "ErrorReply",
+    "IPCChannel",
+    "IPCConfig",
+    "IPCError",
+    "IPCTimeoutError",
+    "OverloadedError",
+    "QueueFullError",
+    "RemoteError",
+    "RouteConfigurer",
+    "Server",
+    "ServerBuilder",
+    "SubprocessConfigurer",
+    "SubprocessManager",
+    "UvicornConfig",
+    "UvicornConfigurer",
+]

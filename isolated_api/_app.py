@@ -1,0 +1,61 @@
+"""Turns a recipe into the FastAPI app, in whichever process serves HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from features.cors_middleware.cors import apply_cors
+from features.graceful_shutdown.drain import DrainMiddleware, DrainState
+from features.ipc.channel import IPCChannel
+from features.unary.http_errors import install_ipc_error_handlers
+from isolated_api._recipe import AppRecipe
+
+
+def build_app(recipe: AppRecipe, *, channel: IPCChannel | None, drain: DrainState) -> FastAPI:
+    user_lifespan = recipe.lifespan
+
+    # One lifespan composes ours and the user's (FastAPI ignores on_event once a lifespan is set).
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
+        if channel is not None:
+            await channel.start_polling()
+        try:
+            if user_lifespan is None:
+                yield None
+            else:
+                async with user_lifespan(app) as state:
+                    yield state
+        finally:
+            if channel is not None:
+                await channel.stop_polling()
+
+    app = FastAPI(title=recipe.title, description=recipe.description, version=recipe.version, lifespan=lifespan)
+    app.state.ipc_channel = channel
+    app.state.drain = drain
+    install_ipc_error_handlers(app)
+    for route in recipe.routes:
+        app.add_api_route(
+            route.path,
+            route.handler,
+            methods=list(route.methods),
+            response_model=route.response_model,
+            tags=list(route.tags) or None,  # type: ignore[arg-type]
+            **route.kwargs,
+        )
+    for router in recipe.routers:
+        app.include_router(router.router, prefix=router.prefix, tags=list(router.tags) or None)  # type: ignore[arg-type]
+    for handler in recipe.exception_handlers:
+        app.add_exception_handler(handler.key, handler.handler)
+    # Starlette puts each added middleware outside the previous one. Added in reverse, the
+    # user's first middleware is the outermost of theirs; drain wraps them all and CORS wraps
+    # drain, so even a 503 during shutdown carries CORS headers a browser can read.
+    for middleware in reversed(recipe.middleware):
+        app.add_middleware(middleware.cls, **middleware.options)
+    app.add_middleware(DrainMiddleware, state=drain)
+    if recipe.cors is not None:
+        apply_cors(app, recipe.cors)
+    return app

@@ -1,0 +1,91 @@
+"""The HTTP child's main function: logging, the channel over its private pipes, the app, uvicorn
+on the listening socket the parent bound, and a lifeline that ends the child when the parent dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from features.configuration.settings import ApiConfig, IPCConfig
+from features.graceful_shutdown.drain import DrainState
+from features.graceful_shutdown.draining_server import DrainingServer
+from features.ipc.channel import IPCChannel
+from features.ipc.pipe_link import PipeLink
+from features.log_isolation.redirect import configure_logging
+from isolated_api._app import build_app
+from isolated_api._recipe import AppRecipe
+from isolated_api._uvicorn import uvicorn_config
+
+logger = logging.getLogger("isolated_api.child")
+
+# After the parent dies, how long a clean shutdown may take before the child exits regardless
+# (DESIGN.md invariant 4: gone within a second).
+ORPHAN_EXIT_DEADLINE = 0.8
+ORPHAN_EXIT_CODE = 70
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    recipe: AppRecipe
+    api: ApiConfig
+    ipc: IPCConfig
+    signal_drain_timeout: float
+    # Under fork the child inherits the parent's ends of its pipes; holding them would hide
+    # the parent's death (no end-of-file), so the child closes them first.
+    parent_fds: tuple[int, ...] = ()
+
+
+def _watch_lifeline(lifeline: Connection, server: DrainingServer, finished: threading.Event) -> None:
+    try:
+        # Nothing is ever written: this read returns only when the parent's end closes.
+        os.read(lifeline.fileno(), 1)
+    except OSError:
+        pass
+    if finished.is_set():
+        return
+    logger.warning("the main process is gone; shutting down")
+    server.request_exit_now()
+    if not finished.wait(ORPHAN_EXIT_DEADLINE):
+        os._exit(ORPHAN_EXIT_CODE)
+
+
+def child_main(
+    spec: ChildSpec, sock: socket.socket, uplink: Connection, downlink: Connection, lifeline: Connection
+) -> None:
+    for fd in spec.parent_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    log_config = configure_logging(spec.api.uvicorn.log_level, to_file=spec.api.log_file is not None)
+    drain = DrainState()
+    server_ref: list[DrainingServer] = []
+    link = PipeLink(
+        uplink,
+        downlink,
+        on_drain=lambda timeout: server_ref[0].request_drain(timeout),
+        on_lost=lambda reason: server_ref[0].request_exit_now(),
+    )
+    channel = IPCChannel(config=spec.ipc, response_timeout=spec.api.response_timeout, link=link)
+    app = build_app(spec.recipe, channel=channel, drain=drain)
+    port = sock.getsockname()[1]
+    server = DrainingServer(
+        uvicorn_config(app, spec.api, log_config),
+        drain,
+        signal_drain_timeout=spec.signal_drain_timeout,
+        on_started=lambda _: link.send_ready({"pid": os.getpid(), "port": port}),
+    )
+    server_ref.append(server)
+    finished = threading.Event()
+    threading.Thread(
+        target=_watch_lifeline, args=(lifeline, server, finished), name="isolated-api-lifeline", daemon=True
+    ).start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        finished.set()
