@@ -44,4 +44,5 @@ __all__ = [
     "SubprocessManager",
     "UvicornConfig",
     "UvicornConfigurer",
+    "get_ipc_channel",
 ]

@@ -43,18 +43,18 @@ def build_app(recipe: AppRecipe, *, channel: IPCChannel | None, drain: DrainStat
             route.handler,
             methods=list(route.methods),
             response_model=route.response_model,
-            tags=list(route.tags) or None,  # type: ignore[arg-type]
+            tags=list(route.tags) or None,
             **route.kwargs,
         )
     for router in recipe.routers:
-        app.include_router(router.router, prefix=router.prefix, tags=list(router.tags) or None)  # type: ignore[arg-type]
+        app.include_router(router.router, prefix=router.prefix, tags=list(router.tags) or None)
     for handler in recipe.exception_handlers:
-        app.add_exception_handler(handler.key, handler.handler)
+        app.add_exception_handler(handler.key, handler.handler)  # type: ignore[arg-type]
     # Starlette puts each added middleware outside the previous one. Added in reverse, the
     # user's first middleware is the outermost of theirs; drain wraps them all and CORS wraps
     # drain, so even a 503 during shutdown carries CORS headers a browser can read.
     for middleware in reversed(recipe.middleware):
-        app.add_middleware(middleware.cls, **middleware.options)
+        app.add_middleware(middleware.cls, **middleware.options)  # type: ignore[arg-type]
     app.add_middleware(DrainMiddleware, state=drain)
     if recipe.cors is not None:
         apply_cors(app, recipe.cors)

@@ -67,7 +67,9 @@ class RouteConfigurer:
         """``handler(request, exc)`` answers for an exception class or an HTTP status code."""
         is_class = isinstance(exc_class_or_status, type) and issubclass(exc_class_or_status, BaseException)
         if not is_class and not isinstance(exc_class_or_status, int):
-            raise ConfigError(f"exception handler key must be an exception class or a status code, got {exc_class_or_status!r}")
+            raise ConfigError(
+                f"exception handler key must be an exception class or a status code, got {exc_class_or_status!r}"
+            )
         if not callable(handler):
             raise ConfigError(f"exception handler must be callable, got {handler!r}")
         self._recipe.exception_handlers.append(ExceptionHandlerSpec(exc_class_or_status, handler))
@@ -140,6 +142,11 @@ class SubprocessConfigurer:
         self._builder._ipc = dataclasses.replace(self._builder._ipc, max_pending=count)
         return self
 
+    def with_overload_status(self, status: int, retry_after: int = 1) -> SubprocessConfigurer:
+        """Answer past ``max_pending`` with 503 (default) or 429, and this ``Retry-After``."""
+        self._builder._ipc = dataclasses.replace(self._builder._ipc, overload_status=status, retry_after=retry_after)
+        return self
+
     def with_config(self, config: IPCConfig) -> SubprocessConfigurer:
         if not isinstance(config, IPCConfig):
             raise ConfigError(f"expected an IPCConfig, got {type(config).__name__}")
@@ -205,13 +212,13 @@ class UvicornConfigurer:
 class ServerBuilder:
     """Fluent builder for a ``Server``::
 
-        server = (
-            ServerBuilder("inference")
-            .with_port(8000)
-            .routes.with_route("/predict", predict, methods=["POST"]).done()
-            .subprocess.with_ipc(request_q, response_q).done()
-            .build()
-        )
+    server = (
+        ServerBuilder("inference")
+        .with_port(8000)
+        .routes.with_route("/predict", predict, methods=["POST"]).done()
+        .subprocess.with_ipc(request_q, response_q).done()
+        .build()
+    )
     """
 
     def __init__(self, name: str) -> None:

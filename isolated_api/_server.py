@@ -76,9 +76,7 @@ class Server:
         self._startup_timeout = startup_timeout
         self._kill_timeout = kill_timeout
         self._subprocess_mode = request_q is not None
-        self._relay = (
-            Relay(request_q, response_q, queue_timeout=ipc.queue_timeout) if self._subprocess_mode else None
-        )
+        self._relay = Relay(request_q, response_q, queue_timeout=ipc.queue_timeout) if self._subprocess_mode else None
         self._lock = threading.RLock()
         self._sock: socket.socket | None = None
         self._port: int | None = None
@@ -231,7 +229,12 @@ class Server:
             self._child_lost(child, abandoned, torn)
 
         endpoint = PipeEndpoint(
-            self._relay, uplink_r, downlink_w, name=f"http-child-{self._incarnation}", on_ready=on_ready, on_lost=on_lost
+            self._relay,
+            uplink_r,
+            downlink_w,
+            name=f"http-child-{self._incarnation}",
+            on_ready=on_ready,
+            on_lost=on_lost,
         )
         child = _Child(manager, endpoint, lifeline_w)
         endpoint.start()

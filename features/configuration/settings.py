@@ -129,6 +129,8 @@ class IPCConfig:
     without reaching the main process.
     ``queue_timeout``: how long (seconds) to wait for room when ``request_q`` is bounded
     (``Queue(maxsize=...)``) and full; after that the request fails with 503.
+    ``overload_status``: the status answered past ``max_pending``: 503 (default) or 429.
+    ``retry_after``: seconds sent in the ``Retry-After`` header of that answer.
     ``poll_interval``: kept for compatibility with polling designs and validated, but it has no
     effect: replies are read by one blocking reader that wakes only when a reply arrives.
     """
@@ -136,8 +138,13 @@ class IPCConfig:
     poll_interval: float = 0.01
     queue_timeout: float = 0.01
     max_pending: int = 100
+    overload_status: int = 503
+    retry_after: int = 1
 
     def __post_init__(self) -> None:
         _number("poll_interval", self.poll_interval, positive=True)
         _number("queue_timeout", self.queue_timeout, positive=False)
         _int_at_least("max_pending", self.max_pending, 1)
+        if self.overload_status not in (429, 503):
+            raise ConfigError(f"overload_status must be 503 or 429, got {self.overload_status!r}")
+        _int_at_least("retry_after", self.retry_after, 0)

@@ -10,10 +10,13 @@ id is not registered (unknown, late, abandoned) is dropped and counted, never ke
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, TypeVar
 
+from features.configuration.settings import IPCConfig
 from features.ipc.errors import (
     ChannelClosedError,
     DuplicateRequestIdError,
@@ -21,12 +24,12 @@ from features.ipc.errors import (
     IPCTimeoutError,
     OverloadedError,
     RemoteError,
+    StreamOverflowError,
 )
 from features.ipc.link import Link
 from features.ipc.local_link import LocalLink
 from features.ipc.messages import ErrorReply
 from features.ipc.relay import Relay
-from features.configuration.settings import IPCConfig
 
 logger = logging.getLogger("isolated_api.channel")
 
@@ -48,6 +51,128 @@ class _UnaryWaiter:
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(error)
+
+
+Merge = Callable[[Any, Any], Any]
+T = TypeVar("T")
+
+
+class _StreamWaiter:
+    """Chunks of one stream, in arrival order, in a bounded buffer. When the buffer is full a
+    ``merge(older, newer)`` function folds the newer chunk into the last buffered one (for token
+    streams: concatenate the text); without one the stream fails with ``StreamOverflowError``."""
+
+    __slots__ = ("_wakeup", "buffer", "error", "limit", "merge", "overflowed")
+
+    def __init__(self, limit: int, merge: Merge | None) -> None:
+        self.buffer: deque[Any] = deque()
+        self.limit = limit
+        self.merge = merge
+        self.error: BaseException | None = None
+        self.overflowed = False
+        self._wakeup: asyncio.Future[None] | None = None
+
+    def offer(self, chunk: Any) -> bool:
+        final = type(chunk) is ErrorReply or bool(getattr(chunk, "is_final", False))
+        if len(self.buffer) < self.limit:
+            self.buffer.append(chunk)
+        elif self.merge is not None:
+            self.buffer[-1] = self.merge(self.buffer[-1], chunk)
+        else:
+            self.overflowed = True
+            self.fail(StreamOverflowError(f"stream buffer of {self.limit} chunks overflowed: the client is too slow"))
+            return True
+        self._wake()
+        return final
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    def wait(self) -> asyncio.Future[None]:
+        self._wakeup = asyncio.get_running_loop().create_future()
+        return self._wakeup
+
+
+def merge_text(older: T, newer: T) -> T:
+    """A ``merge`` for chunks with a ``text`` field (dataclasses): the newer chunk carrying both
+    texts. Keeps the newer chunk's other fields, ``is_final`` included."""
+    return dataclasses.replace(newer, text=older.text + newer.text)  # type: ignore[attr-defined,type-var]
+
+
+class ChunkStream:
+    """The async iterator returned by ``IPCChannel.submit_streaming``. Ends after the chunk with
+    ``is_final=True`` (which it yields). Leaving early (``break``, ``aclose()``, an exception,
+    the client disconnecting) removes the stream from the registry at once; later chunks for it
+    are dropped and counted."""
+
+    def __init__(self, channel: IPCChannel, request_id: Hashable, waiter: _StreamWaiter, idle_timeout: float) -> None:
+        self._channel = channel
+        self.request_id = request_id
+        self._waiter = waiter
+        self._idle_timeout = idle_timeout
+        self._finished = False
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        waiter = self._waiter
+        while True:
+            if self._finished:
+                raise StopAsyncIteration
+            if waiter.buffer:
+                chunk = waiter.buffer.popleft()
+                if type(chunk) is ErrorReply:
+                    self._finish()
+                    raise RemoteError(chunk.message, chunk.http_status)
+                if getattr(chunk, "is_final", False):
+                    self._finish()
+                return chunk
+            if waiter.error is not None:
+                self._finish()
+                raise waiter.error
+            try:
+                async with asyncio.timeout(self._idle_timeout):
+                    await waiter.wait()
+            except TimeoutError:
+                if waiter.buffer or waiter.error is not None:
+                    continue
+                self._finish()
+                raise IPCTimeoutError(
+                    f"no chunk for stream {self.request_id!r} within {self._idle_timeout:g} s"
+                ) from None
+            except BaseException:
+                self._finish()
+                raise
+
+    async def aclose(self) -> None:
+        self._finish()
+
+    async def __aenter__(self) -> ChunkStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._channel._settle(self.request_id, self._waiter)
+
+    def __del__(self) -> None:
+        # An iterator dropped without being exhausted must not keep its registry slot.
+        if not self._finished:
+            try:
+                self._finish()
+            except Exception:
+                pass
 
 
 def request_id_of(request: Any) -> Hashable:
@@ -91,7 +216,7 @@ class IPCChannel:
                 raise ValueError("IPCChannel needs request_q and response_q (or a link)")
             link = LocalLink(Relay(request_q, response_q, queue_timeout=self._config.queue_timeout))
         self._link = link
-        self._waiters: dict[Hashable, _UnaryWaiter] = {}
+        self._waiters: dict[Hashable, _UnaryWaiter | _StreamWaiter] = {}
         self._open = False
         self._closed_reason = "the IPC channel is not started"
         self._dropped = 0
@@ -175,6 +300,36 @@ class IPCChannel:
             raise RemoteError(reply.message, reply.http_status)
         return reply
 
+    def submit_streaming(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        buffer_size: int = 256,
+        merge: Merge | None = None,
+    ) -> ChunkStream:
+        """Sends ``request`` and returns an async iterator over the chunks the main process puts
+        on ``response_q`` with the same ``.id``, in order, up to and including the one with
+        ``is_final=True``.
+
+        Admission happens now (``OverloadedError`` / ``ChannelClosedError`` raise here, before any
+        response is started). ``timeout`` is the idle limit between chunks (default: the response
+        timeout). At most ``buffer_size`` chunks wait for a slow reader; then ``merge(older,
+        newer)`` folds them (see ``merge_text``), or without it the stream fails with
+        ``StreamOverflowError``. An ``ErrorReply`` chunk raises ``RemoteError``.
+        """
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        request_id = self._admit(request)
+        waiter = _StreamWaiter(buffer_size, merge)
+        self._waiters[request_id] = waiter
+        try:
+            self._link.send(request_id, request, streaming=True)
+        except BaseException:
+            self._settle(request_id, waiter)
+            raise
+        return ChunkStream(self, request_id, waiter, self._timeout if timeout is None else timeout)
+
     def _admit(self, request: Any) -> Hashable:
         request_id = request_id_of(request)
         if not self._open:
@@ -183,10 +338,14 @@ class IPCChannel:
             raise DuplicateRequestIdError(f"request id {request_id!r} is already awaiting a reply")
         if len(self._waiters) >= self._config.max_pending:
             self._rejected += 1
-            raise OverloadedError(f"server busy: {self._config.max_pending} requests already awaiting replies")
+            raise OverloadedError(
+                f"server busy: {self._config.max_pending} requests already awaiting replies",
+                retry_after=self._config.retry_after,
+                status_code=self._config.overload_status,
+            )
         return request_id
 
-    def _settle(self, request_id: Hashable, waiter: _UnaryWaiter) -> None:
+    def _settle(self, request_id: Hashable, waiter: _UnaryWaiter | _StreamWaiter) -> None:
         # Still registered means no reply ended it: tell the main side to forget the id.
         if self._waiters.get(request_id) is waiter:
             del self._waiters[request_id]
@@ -208,6 +367,10 @@ class IPCChannel:
                 continue
             if waiter.offer(reply):
                 del waiters[request_id]
+                if type(waiter) is _StreamWaiter and waiter.overflowed:
+                    self._dropped += 1
+                    if self._open:
+                        self._link.cancel(request_id)
 
     def on_failure(self, request_id: Hashable, error: IPCError) -> None:
         waiter = self._waiters.pop(request_id, None)

@@ -28,12 +28,14 @@ class IPCTimeoutError(IPCError, TimeoutError):
 
 
 class OverloadedError(IPCError):
-    """Admission refused: ``max_pending`` requests are already awaiting replies."""
+    """Admission refused: ``max_pending`` requests are already awaiting replies (503 by default,
+    429 if the server is configured so)."""
 
     status_code = 503
 
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+    def __init__(self, message: str, *, retry_after: int = 1, status_code: int = 503) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.status_code = status_code
 
 
 class QueueFullError(IPCError):
@@ -57,3 +59,10 @@ class RemoteError(IPCError):
     def __init__(self, message: str, status_code: int) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class StreamOverflowError(IPCError):
+    """A stream's client read more slowly than the main process wrote, its buffer filled, and
+    no ``merge`` function was given to fold chunks together."""
+
+    status_code = 503
