@@ -64,6 +64,16 @@ def answer_upper(request: Work) -> Any:
     return Done(request.id, request.text.upper())
 
 
+def held_until(release: threading.Event, then: Callable[[Any], Any] = answer_upper) -> Callable[[Any], Any]:
+    """A behaviour that holds each request until ``release`` is set: deterministic "slow work"."""
+
+    def behaviour(request: Any) -> Any:
+        release.wait(60)
+        return then(request)
+
+    return behaviour
+
+
 class MainLoop:
     """The user's side: a thread reading ``request_q`` and putting ``behaviour(request)`` on
     ``response_q`` (``None`` means: don't answer). Each request is answered in its own thread so
@@ -74,7 +84,7 @@ class MainLoop:
         self.response_q = response_q
         self.behaviour = behaviour
         self.received: list[Any] = []
-        self._stop = object()
+        self.stopped = False
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> MainLoop:
@@ -94,10 +104,15 @@ class MainLoop:
 
     def _answer(self, request: Any) -> None:
         reply = self.behaviour(request)
-        if reply is not None:
+        if reply is None or self.stopped:
+            return
+        try:
             self.response_q.put(reply)
+        except (ValueError, OSError):  # the test finished and closed its queues meanwhile
+            pass
 
     def stop(self) -> None:
+        self.stopped = True
         self.request_q.put("__stop__")
         self._thread.join(5)
 
