@@ -179,3 +179,12 @@ async def gather_posts(url: str, bodies: list[dict[str, Any]], timeout: float = 
     limits = httpx.Limits(max_connections=len(bodies) + 1)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         return list(await asyncio.gather(*(client.post(url, json=b) for b in bodies)))
+
+
+async def block_loop_route() -> dict[str, bool]:
+    """Misbehaves on purpose: ignores SIGTERM and blocks the child's event loop."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(60)  # noqa: ASYNC251 - the point is to block the loop
+    return {"never": True}
