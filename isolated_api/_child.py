@@ -79,6 +79,7 @@ def child_main(
         drain,
         signal_drain_timeout=spec.signal_drain_timeout,
         on_started=lambda _: link.send_ready({"pid": os.getpid(), "port": port}),
+        on_drain_expired=channel.stop_polling,
     )
     server_ref.append(server)
     finished = threading.Event()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import FrameType
 
 import uvicorn
@@ -26,11 +26,13 @@ class DrainingServer(uvicorn.Server):
         *,
         signal_drain_timeout: float,
         on_started: Callable[[DrainingServer], None] | None = None,
+        on_drain_expired: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(config)
         self.drain_state = drain
         self._signal_drain_timeout = signal_drain_timeout
         self._on_started = on_started
+        self._on_drain_expired = on_drain_expired
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
 
@@ -67,6 +69,9 @@ class DrainingServer(uvicorn.Server):
             self._drain_task = asyncio.get_running_loop().create_task(self._drain(timeout))
 
     async def _drain(self, timeout: float) -> None:
-        await self.drain_state.drain(timeout)
+        if not await self.drain_state.drain(timeout) and self._on_drain_expired is not None:
+            # Requests still waiting on the main process end now with an honest 503 instead of
+            # being cancelled by uvicorn (a 500 with a traceback).
+            await self._on_drain_expired()
         self.config.timeout_graceful_shutdown = int(_FINAL_GRACE)
         self.should_exit = True
