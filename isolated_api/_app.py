@@ -12,7 +12,7 @@ from features.cors_middleware.cors import apply_cors
 from features.graceful_shutdown.drain import DrainMiddleware, DrainState
 from features.ipc.channel import IPCChannel
 from features.unary.http_errors import install_ipc_error_handlers
-from isolated_api._recipe import AppRecipe
+from isolated_api._recipe import AppRecipe, resolve
 
 
 def build_app(recipe: AppRecipe, *, channel: IPCChannel | None, drain: DrainState) -> FastAPI:
@@ -47,7 +47,7 @@ def build_app(recipe: AppRecipe, *, channel: IPCChannel | None, drain: DrainStat
             **route.kwargs,
         )
     for router in recipe.routers:
-        app.include_router(router.router, prefix=router.prefix, tags=list(router.tags) or None)
+        app.include_router(resolve(router.router), prefix=router.prefix, tags=list(router.tags) or None)
     for handler in recipe.exception_handlers:
         app.add_exception_handler(handler.key, handler.handler)  # type: ignore[arg-type]
     # Starlette puts each added middleware outside the previous one. Added in reverse, the

@@ -305,7 +305,7 @@ class ServerBuilder:
             exception_handlers=list(self._recipe.exception_handlers),
         )
         if subprocess_mode and self._start_method != "fork":
-            recipe.check_picklable()
+            recipe.prepare_for_spawn()
         request_q, response_q = self._queues or (None, None)
         return Server(
             self.name,

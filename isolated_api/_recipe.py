@@ -3,7 +3,9 @@ into an app. It is pickled to the child under ``spawn``, so ``check_picklable`` 
 
 from __future__ import annotations
 
+import importlib
 import pickle
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +15,36 @@ from features.cors_middleware.cors import CorsPolicy
 
 class BuildError(ValueError):
     """The server cannot be built as configured."""
+
+
+@dataclass(frozen=True)
+class ModuleAttribute:
+    """An object sent by name: the child imports ``module`` and takes ``name`` from it. Used for
+    objects that pickle can't carry by value (an ``APIRouter`` holds closures)."""
+
+    module: str
+    name: str
+
+    def resolve(self) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)
+
+    @classmethod
+    def locate(cls, obj: object) -> ModuleAttribute | None:
+        """Finds a module-level name bound to ``obj``, looking first where its routes' endpoints
+        were defined."""
+        hints = [getattr(getattr(r, "endpoint", None), "__module__", None) for r in getattr(obj, "routes", [])]
+        names = [h for h in hints if isinstance(h, str)] + list(sys.modules)
+        for module_name in dict.fromkeys(names):
+            module = sys.modules.get(module_name)
+            for attr, value in list(getattr(module, "__dict__", {}).items()):
+                if value is obj and not attr.startswith("__"):
+                    # The child knows the script as __main__ too (multiprocessing aliases it).
+                    return cls("__main__" if module_name == "__mp_main__" else module_name, attr)
+        return None
+
+
+def resolve(obj: Any) -> Any:
+    return obj.resolve() if isinstance(obj, ModuleAttribute) else obj
 
 
 @dataclass(frozen=True)
@@ -68,8 +100,20 @@ class AppRecipe:
             named.append((f"lifespan {_name(self.lifespan)!r}", self.lifespan))
         return named
 
-    def check_picklable(self) -> None:
-        """Under ``spawn`` the recipe crosses to the child by pickle: fail now, naming the part."""
+    def prepare_for_spawn(self) -> None:
+        """Under ``spawn`` the recipe crosses to the child by pickle: routers go by name, and
+        anything else that can't be pickled fails now, naming the part."""
+        for index, spec in enumerate(self.routers):
+            try:
+                pickle.dumps(spec.router)
+            except Exception:
+                ref = ModuleAttribute.locate(spec.router)
+                if ref is None:
+                    raise BuildError(
+                        f"router {spec.router!r} (prefix {spec.prefix!r}) cannot be sent to the HTTP child process: "
+                        "define the APIRouter at module level so the child can import it"
+                    ) from None
+                self.routers[index] = RouterSpec(ref, spec.prefix, spec.tags)
         for what, part in self.parts():
             try:
                 pickle.dumps(part)

@@ -1,0 +1,151 @@
+"""The fluent builder: configurers chain and return the builder, bad input fails at build time
+with a message naming the problem, and the built Server reflects the configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import APIRouter
+
+from isolated_api import (
+    ApiConfig,
+    BuildError,
+    ConfigError,
+    IPCConfig,
+    Server,
+    ServerBuilder,
+    UvicornConfig,
+)
+from tests.helpers import ping_route
+
+router = APIRouter()
+
+
+@router.get("/item")
+async def item() -> dict[str, int]:
+    return {"item": 1}
+
+
+def test_builder_chains_every_configurer_back_to_the_builder() -> None:
+    rq: queue.Queue[Any] = queue.Queue()
+    sq: queue.Queue[Any] = queue.Queue()
+    b = ServerBuilder("chain")
+    assert b.routes.with_route("/ping", ping_route).done() is b
+    assert b.routes.with_router(router, prefix="/v1", tags=["v1"]).done() is b
+    assert b.subprocess.with_ipc(rq, sq).with_max_pending(5).with_poll_interval(0.5).done() is b
+    assert b.uvicorn.with_log_level("info").with_backlog(10).with_timeout_keep_alive(2).done() is b
+    server = b.with_host("127.0.0.1").with_port(0).with_title("T").with_version("9").with_timeout(3).build()
+    assert isinstance(server, Server) and server.is_subprocess_mode
+    assert server.config.uvicorn.log_level == "info" and server.config.uvicorn.backlog == 10
+    assert server.config.response_timeout == 3 and server.config.title == "T"
+    assert server.port is None  # unknown until started
+    assert not server.is_running
+
+
+def test_builder_app_has_the_routes_and_openapi() -> None:
+    server = (
+        ServerBuilder("app")
+        .with_title("Inference")
+        .with_version("1.2.3")
+        .routes.with_route("/ping", ping_route, tags=["health"])
+        .with_router(router, prefix="/v1")
+        .done()
+        .build()
+    )
+
+    async def fetch() -> tuple[Any, Any, Any]:
+        transport = httpx.ASGITransport(app=server.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            results = [await client.get(path) for path in ("/ping", "/v1/item", "/openapi.json")]
+        return tuple(r.json() for r in results)  # type: ignore[return-value]
+
+    ping, item_body, spec = asyncio.run(fetch())
+    assert ping["pong"] is True
+    assert item_body == {"item": 1}
+    assert spec["info"] == {"title": "Inference", "version": "1.2.3"}
+    assert spec["paths"]["/ping"]["get"]["tags"] == ["health"]
+
+
+def test_builder_with_config_replaces_whole_configs() -> None:
+    b = ServerBuilder("cfg").with_config(ApiConfig(port=0, uvicorn=UvicornConfig(log_level="error")))
+    b.subprocess.with_ipc(queue.Queue(), queue.Queue()).with_config(IPCConfig(max_pending=7))
+    server = b.build()
+    assert server.config.port == 0 and server.config.uvicorn.log_level == "error"
+    with pytest.raises(ConfigError, match="ApiConfig"):
+        ServerBuilder("x").with_config({"port": 1})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="IPCConfig"):
+        ServerBuilder("x").subprocess.with_config(ApiConfig())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="UvicornConfig"):
+        ServerBuilder("x").uvicorn.with_config(ApiConfig())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        lambda b: b.with_port(70000),
+        lambda b: b.with_timeout(-1),
+        lambda b: b.uvicorn.with_log_level("loud"),
+        lambda b: b.subprocess.with_max_pending(0),
+        lambda b: b.subprocess.with_start_method("clone"),
+        lambda b: b.routes.with_route("no-slash", ping_route),
+        lambda b: b.routes.with_route("/x", "not callable"),
+        lambda b: b.routes.with_route("/x", ping_route, methods=["FETCH"]),
+        lambda b: b.routes.with_router(object()),
+        lambda b: b.routes.with_router(router, prefix="v1"),
+        lambda b: b.routes.with_middleware("not a class"),
+        lambda b: b.routes.with_exception_handler("boom", ping_route),
+        lambda b: b.subprocess.with_ipc(object(), queue.Queue()),
+        lambda b: b.routes.with_cors(["*"], allow_credentials=True),
+    ],
+)
+def test_builder_refuses_bad_input_with_config_error(mistake: Any) -> None:
+    with pytest.raises(ConfigError):
+        mistake(ServerBuilder("bad"))
+
+
+def test_builder_refuses_the_same_queue_twice() -> None:
+    q: queue.Queue[Any] = queue.Queue()
+    with pytest.raises(ConfigError, match="two different queues"):
+        ServerBuilder("x").subprocess.with_ipc(q, q)
+
+
+def test_builder_checks_files_and_modes_at_build(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "child.log"
+    b = ServerBuilder("x").subprocess.with_ipc(queue.Queue(), queue.Queue()).with_log_file(str(missing)).done()
+    with pytest.raises(ConfigError, match="does not exist"):
+        b.build()
+    ssl = ServerBuilder("x").uvicorn.with_ssl(str(tmp_path / "k.pem"), str(tmp_path / "c.pem")).done()
+    with pytest.raises(ConfigError, match="ssl_keyfile"):
+        ssl.build()
+    direct_log = ServerBuilder("x").with_config(ApiConfig(log_file=str(tmp_path / "a.log")))
+    with pytest.raises(BuildError, match="subprocess mode"):
+        direct_log.build()
+    workers = ServerBuilder("x").uvicorn.with_workers(2).done()
+    with pytest.raises(BuildError, match="workers"):
+        workers.build()
+
+
+def test_builder_direct_mode_does_not_need_picklable_handlers() -> None:
+    def local() -> dict[str, str]:
+        return {}
+
+    server = ServerBuilder("direct").routes.with_route("/l", local).done().build()
+    assert not server.is_subprocess_mode
+
+
+def test_builder_accepts_multiprocessing_queues() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    rq, sq = ctx.Queue(), ctx.Queue()
+    try:
+        server = ServerBuilder("mp").subprocess.with_ipc(rq, sq).done().build()
+        assert server.ipc is not None and server.ipc.route_count == 0
+    finally:
+        for q in (rq, sq):
+            q.close()
+            q.join_thread()
