@@ -99,7 +99,7 @@ def test_subprocess_runtime_default_start_method_is_spawn(queues: tuple[Any, Any
     server = _server(queues)
     with running(server) as url:
         assert server.process is not None
-        assert server.process._start_method == "spawn"  # type: ignore[attr-defined]
+        assert server.process._start_method == "spawn"
         assert httpx.post(f"{url}/upper", json={"text": "a"}, timeout=10).json()["text"] == "A"
 
 
@@ -107,7 +107,7 @@ def test_subprocess_runtime_fork_is_selectable(queues: tuple[Any, Any], main_loo
     server = _server(queues, start_method="fork")
     with running(server) as url:
         assert server.process is not None
-        assert server.process._start_method == "fork"  # type: ignore[attr-defined]
+        assert server.process._start_method == "fork"
         assert httpx.post(f"{url}/upper", json={"text": "b"}, timeout=10).json()["text"] == "B"
 
 

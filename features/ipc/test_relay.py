@@ -1,0 +1,255 @@
+"""The main-process relay and the pipe framing, with real queues, real pipes and real threads:
+replies reach the endpoint that owns their id and no other, nothing unbounded is kept, a torn
+frame from a killed child is discarded, and requests arrive on request_q as the user's objects."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import threading
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.ipc._framing import FrameDecoder, Kind, dumps, frame, loads, request_body, split_request_body
+from features.ipc.errors import ChannelClosedError, DuplicateRequestIdError, QueueFullError
+from features.ipc.messages import ErrorReply
+from features.ipc.pipe_endpoint import PipeEndpoint
+from features.ipc.relay import Relay
+from tests.helpers import wait_until
+
+
+@dataclass
+class Msg:
+    id: Any
+    body: str = ""
+    is_final: bool = False
+
+
+class Collector:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.replies: list[Any] = []
+        self.lock = threading.Lock()
+
+    def deliver(self, replies: list[Any]) -> None:
+        with self.lock:
+            self.replies.extend(replies)
+
+
+@pytest.fixture
+def mp_queues() -> Iterator[tuple[Any, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    rq, sq = ctx.Queue(), ctx.Queue()
+    yield rq, sq
+    for q in (rq, sq):
+        q.cancel_join_thread()
+        q.close()
+
+
+def test_relay_routes_each_reply_to_the_endpoint_that_sent_the_request(mp_queues: tuple[Any, Any]) -> None:
+    rq, sq = mp_queues
+    relay = Relay(rq, sq, queue_timeout=0.01)
+    relay.start()
+    try:
+        a, b = Collector("a"), Collector("b")
+        for i in range(50):
+            relay.forward(a if i % 2 else b, f"id{i}", request=Msg(f"id{i}"))
+        assert relay.route_count == 50
+        for i in reversed(range(50)):
+            sq.put(Msg(f"id{i}", "reply"))
+        wait_until(lambda: len(a.replies) + len(b.replies) == 50, 10, "50 replies")
+        assert sorted(r.id for r in a.replies) == sorted(f"id{i}" for i in range(50) if i % 2)
+        assert sorted(r.id for r in b.replies) == sorted(f"id{i}" for i in range(50) if not i % 2)
+        assert relay.route_count == 0 and relay.dropped_replies == 0
+        received = [rq.get(timeout=5) for _ in range(50)]
+        assert {r.id for r in received} == {f"id{i}" for i in range(50)}
+    finally:
+        relay.close()
+
+
+def test_relay_drops_and_counts_unknown_duplicate_and_idless_replies(mp_queues: tuple[Any, Any]) -> None:
+    rq, sq = mp_queues
+    relay = Relay(rq, sq, queue_timeout=0.01)
+    relay.start()
+    try:
+        a = Collector("a")
+        relay.forward(a, 1, request=Msg(1))
+        for stray in (Msg(2), "no id", Msg(["unhashable"]), Msg(1, "first"), Msg(1, "second")):
+            sq.put(stray)
+        wait_until(lambda: relay.dropped_replies == 4, 10, "4 drops")
+        assert [r.body for r in a.replies] == ["first"]
+        assert relay.route_count == 0
+    finally:
+        relay.close()
+
+
+def test_relay_keeps_stream_routes_until_the_final_chunk_or_an_error(mp_queues: tuple[Any, Any]) -> None:
+    rq, sq = mp_queues
+    relay = Relay(rq, sq, queue_timeout=0.01)
+    relay.start()
+    try:
+        a = Collector("a")
+        relay.forward(a, "s1", request=Msg("s1"), streaming=True)
+        relay.forward(a, "s2", request=Msg("s2"), streaming=True)
+        for i in range(3):
+            sq.put(Msg("s1", str(i)))
+        sq.put(Msg("s1", "end", is_final=True))
+        sq.put(ErrorReply("s2", "boom"))
+        sq.put(Msg("s1", "after the end"))
+        wait_until(lambda: relay.dropped_replies == 1, 10, "the chunk after the end to be dropped")
+        assert [r.body for r in a.replies if r.id == "s1"] == ["0", "1", "2", "end"]
+        assert relay.route_count == 0
+    finally:
+        relay.close()
+
+
+def test_relay_refuses_duplicate_ids_and_full_queues() -> None:
+    bounded: queue.Queue[Any] = queue.Queue(maxsize=1)
+    relay = Relay(bounded, queue.Queue(), queue_timeout=0.05)
+    relay.start()
+    try:
+        a = Collector("a")
+        relay.forward(a, 1, request=Msg(1))
+        with pytest.raises(DuplicateRequestIdError):
+            relay.forward(a, 1, request=Msg(1))
+        with pytest.raises(QueueFullError, match="stayed full"):
+            relay.forward(a, 2, request=Msg(2))
+        assert relay.route_count == 1  # the refused request left no route behind
+        assert relay.abandon(a, 1) and relay.route_count == 0
+    finally:
+        relay.close()
+    with pytest.raises(ChannelClosedError):
+        relay.forward(Collector("late"), 3, request=Msg(3))
+
+
+def test_relay_close_wakes_its_reader_and_frees_the_queue_for_another(mp_queues: tuple[Any, Any]) -> None:
+    rq, sq = mp_queues
+    first = Relay(rq, sq, queue_timeout=0.01)
+    first.start()
+    second = Relay(rq, sq, queue_timeout=0.01)
+    with pytest.raises(RuntimeError, match="already read"):
+        second.start()
+    first.close()
+    assert not first.is_running
+    second.start()
+    try:
+        a = Collector("a")
+        second.forward(a, 1, request=Msg(1))
+        sq.put(Msg(1, "ok"))
+        wait_until(lambda: len(a.replies) == 1, 10, "the reply through the second relay")
+    finally:
+        second.close()
+
+
+def test_relay_passes_prepickled_requests_as_the_users_objects(mp_queues: tuple[Any, Any]) -> None:
+    """A child's request arrives pickled; through a multiprocessing queue it is not unpickled and
+    pickled again, yet the main process gets its own object."""
+    rq, sq = mp_queues
+    relay = Relay(rq, sq, queue_timeout=0.01)
+    relay.start()
+    try:
+        relay.forward(Collector("a"), "p", payload=dumps(Msg("p", "payload")))
+        assert rq.get(timeout=5) == Msg("p", "payload")
+        thread_relay = Relay(queue.Queue(), queue.Queue(), queue_timeout=0.01)
+        thread_relay.start()
+        try:
+            thread_relay.forward(Collector("b"), "t", payload=dumps(Msg("t", "x")))
+            assert thread_relay._request_q.get(timeout=5) == Msg("t", "x")
+        finally:
+            thread_relay.close()
+    finally:
+        relay.close()
+
+
+@given(
+    ids=st.lists(st.one_of(st.integers(), st.text(max_size=8), st.tuples(st.integers(), st.booleans())), max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),
+)
+@settings(max_examples=150, deadline=None)
+def test_relay_frames_survive_any_split(ids: list[Hashable], cuts: list[int]) -> None:
+    stream = b"".join(frame(Kind.REQUEST, request_body(i, dumps(("payload", i)))) for i in ids)
+    decoder = FrameDecoder()
+    frames: list[tuple[Kind, bytes]] = []
+    last = 0
+    for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
+        frames += decoder.feed(stream[last:cut])
+        last = cut
+    assert not decoder.has_partial_frame
+    decoded = [split_request_body(body) for _, body in frames]
+    assert [rid for rid, _ in decoded] == ids
+    assert [loads(payload) for _, payload in decoded] == [("payload", i) for i in ids]
+
+
+@given(
+    owners=st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=40),
+    order=st.randoms(use_true_random=False),
+)
+@settings(max_examples=40, deadline=None)
+def test_relay_any_reply_interleaving_reaches_the_right_endpoints(owners: list[int], order: Any) -> None:
+    """Requests from up to 4 endpoints, replies in a random order: each endpoint gets exactly its
+    own replies, none lost, none duplicated."""
+    rq: queue.Queue[Any] = queue.Queue()
+    sq: queue.Queue[Any] = queue.Queue()
+    relay = Relay(rq, sq, queue_timeout=0.01)
+    relay.start()
+    try:
+        endpoints = [Collector(str(n)) for n in range(4)]
+        for rid, owner in enumerate(owners):
+            relay.forward(endpoints[owner], rid, request=Msg(rid))
+        replies = [Msg(rid, f"reply-{rid}") for rid in range(len(owners))]
+        order.shuffle(replies)
+        for reply in replies:
+            sq.put(reply)
+        wait_until(lambda: sum(len(e.replies) for e in endpoints) == len(owners), 10, "all replies")
+        for n, endpoint in enumerate(endpoints):
+            assert sorted(r.id for r in endpoint.replies) == [rid for rid, o in enumerate(owners) if o == n]
+        assert relay.route_count == 0 and relay.dropped_replies == 0
+    finally:
+        relay.close()
+
+
+def _pipe_pair() -> tuple[Connection, Connection]:
+    return multiprocessing.Pipe(duplex=False)
+
+
+def test_relay_pipe_endpoint_discards_a_torn_frame_and_reports_abandoned_ids(mp_queues: tuple[Any, Any]) -> None:
+    """A child killed half-way through writing a frame: the partial frame is discarded, its
+    finished requests are reported abandoned, and the relay keeps serving other endpoints."""
+    rq, sq = mp_queues
+    relay = Relay(rq, sq, queue_timeout=0.01)
+    relay.start()
+    up_r, up_w = _pipe_pair()
+    down_r, down_w = _pipe_pair()
+    lost: list[tuple[list[Hashable], bool]] = []
+    endpoint = PipeEndpoint(
+        relay,
+        up_r,
+        down_w,
+        name="child",
+        on_ready=lambda e, i: None,
+        on_lost=lambda e, ids, torn: lost.append((ids, torn)),
+    )
+    endpoint.start()
+    try:
+        whole = frame(Kind.REQUEST, request_body("done", dumps(Msg("done"))))
+        torn = frame(Kind.REQUEST, request_body("torn", dumps(Msg("torn", "x" * 10_000))))
+        os.write(up_w.fileno(), whole + torn[: len(torn) // 2])
+        assert rq.get(timeout=5) == Msg("done")
+        up_w.close()
+        endpoint.join(10)
+        assert lost == [(["done"], True)]
+        assert relay.route_count == 0
+        other = Collector("other")
+        relay.forward(other, "next", request=Msg("next"))
+        sq.put(Msg("next", "fine"))
+        wait_until(lambda: len(other.replies) == 1, 10, "the relay to keep serving")
+    finally:
+        down_r.close()
+        relay.close()
