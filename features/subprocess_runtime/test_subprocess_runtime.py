@@ -51,6 +51,10 @@ def _server(queues: tuple[Any, Any], start_method: str = "spawn") -> Any:
     )
 
 
+def _pending_in(port: int) -> int:
+    return int(httpx.get(f"http://127.0.0.1:{port}/pending", timeout=5).json()["pending"])
+
+
 def _port_refuses(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)
@@ -200,13 +204,19 @@ _MAIN_SCRIPT = textwrap.dedent(
     """
     import json, multiprocessing, sys, threading
     from isolated_api import ServerBuilder
-    from tests.helpers import MainLoop, upper_route
+    from tests.helpers import MainLoop, answer_upper, pending_route, upper_route
+
+    def hold_some(request):
+        if request.text == "hold":
+            threading.Event().wait()
+        return answer_upper(request)
 
     if __name__ == "__main__":
         request_q, response_q = multiprocessing.Queue(), multiprocessing.Queue()
-        MainLoop(request_q, response_q).start()
+        MainLoop(request_q, response_q, hold_some).start()
         server = (ServerBuilder("orphan").with_host("127.0.0.1").with_port(0)
-                  .routes.with_route("/upper", upper_route, methods=["POST"]).done()
+                  .routes.with_route("/upper", upper_route, methods=["POST"])
+                  .with_route("/pending", pending_route).done()
                   .subprocess.with_ipc(request_q, response_q).with_start_method(sys.argv[1]).done().build())
         process = server.start_subprocess()
         print(json.dumps({"child": process.pid, "port": server.port}), flush=True)
@@ -217,9 +227,10 @@ _MAIN_SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("start_method", ["spawn", "fork"])
 def test_subprocess_runtime_child_exits_when_main_process_is_killed(tmp_path: Path, start_method: str) -> None:
-    """Steps: a separate main process starts the child and serves one request; SIGKILL the main
-    process. Expect the child gone and the port refusing connections within 2 s (the child's
-    lifeline sees end-of-file at once; it force-exits 0.8 s later if a clean exit stalls)."""
+    """Steps: a separate main process starts the child, serves one request and holds another;
+    SIGKILL the main process. Expect the held request to get 503 (main process gone), the child
+    gone and the port refusing connections within 2 s (the child's lifeline sees end-of-file at
+    once; it force-exits 0.8 s later if a clean exit stalls)."""
     script = tmp_path / "main.py"
     script.write_text(_MAIN_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -232,9 +243,13 @@ def test_subprocess_runtime_child_exits_when_main_process_is_killed(tmp_path: Pa
         child, port = info["child"], info["port"]
         response = httpx.post(f"http://127.0.0.1:{port}/upper", json={"text": "hi"}, timeout=10)
         assert response.json()["text"] == "HI"
-        main.kill()
-        main.wait(10)
-        killed_at = time.monotonic()
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(_post_ignoring_errors, f"http://127.0.0.1:{port}/upper", {"text": "hold"})
+            wait_until(lambda: _pending_in(port) == 1, 10, "the held request to be pending")
+            main.kill()
+            main.wait(10)
+            killed_at = time.monotonic()
+            assert held.result(10) == 503
         wait_until(lambda: not pid_alive(child), 2.0, "the orphaned child to exit")
         wait_until(lambda: _port_refuses(port), 2.0 - (time.monotonic() - killed_at) + 0.5, "the port to be freed")
     finally:
