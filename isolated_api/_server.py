@@ -4,13 +4,13 @@ this one over the user's queues (subprocess mode)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.process
 import socket
 import threading
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -20,9 +20,10 @@ from uvicorn.config import LOGGING_CONFIG
 from features.configuration.settings import ApiConfig, IPCConfig
 from features.graceful_shutdown.drain import DrainState
 from features.graceful_shutdown.draining_server import DrainingServer
-from features.ipc.pipe_endpoint import PipeEndpoint
 from features.ipc.relay import Relay
-from features.subprocess_runtime.manager import SubprocessManager
+from features.supervision.policy import RestartPolicy
+from features.supervision.supervisor import StartupError, Supervisor, WorkerExit
+from features.supervision.worker import WorkerRecipe
 from isolated_api._app import build_app
 from isolated_api._child import ChildSpec, child_main
 from isolated_api._recipe import AppRecipe
@@ -31,20 +32,6 @@ from isolated_api._uvicorn import uvicorn_config
 logger = logging.getLogger("isolated_api.server")
 
 ChildExitCallback = Callable[[int | None, list[Hashable]], None]
-
-
-@dataclass
-class _Startup:
-    ready: threading.Event = field(default_factory=threading.Event)
-    info: dict[str, Any] | None = None
-
-
-@dataclass
-class _Child:
-    manager: SubprocessManager
-    endpoint: PipeEndpoint
-    lifeline: Connection
-    stopping: bool = False
 
 
 class Server:
@@ -65,6 +52,7 @@ class Server:
         request_q: Any = None,
         response_q: Any = None,
         start_method: str = "spawn",
+        restart_policy: RestartPolicy | None = None,
         startup_timeout: float = 30.0,
         kill_timeout: float = 2.0,
     ) -> None:
@@ -73,6 +61,7 @@ class Server:
         self._api = api
         self._ipc = ipc
         self._start_method = start_method
+        self._restart_policy = restart_policy
         self._startup_timeout = startup_timeout
         self._kill_timeout = kill_timeout
         self._subprocess_mode = request_q is not None
@@ -80,8 +69,8 @@ class Server:
         self._lock = threading.RLock()
         self._sock: socket.socket | None = None
         self._port: int | None = None
-        self._child: _Child | None = None
-        self._incarnation = 0
+        self._supervisor: Supervisor | None = None
+        self._ended = threading.Event()
         self._exit_callbacks: list[ChildExitCallback] = []
         # Direct mode state.
         self._drain = DrainState()
@@ -99,8 +88,8 @@ class Server:
     def is_running(self) -> bool:
         """True while the API accepts requests (the child is alive, or direct-mode uvicorn serves)."""
         if self._subprocess_mode:
-            child = self._child
-            return child is not None and not child.stopping and child.manager.is_alive()
+            supervisor = self._supervisor
+            return supervisor is not None and supervisor.is_active
         server = self._uvicorn
         return server is not None and server.started and not server.should_exit
 
@@ -134,59 +123,99 @@ class Server:
 
     @property
     def process(self) -> multiprocessing.process.BaseProcess | None:
-        child = self._child
-        return None if child is None else child.manager.process
+        """The first HTTP worker's process (subprocess mode, while running)."""
+        processes = self.processes
+        return processes[0] if processes else None
+
+    @property
+    def processes(self) -> list[multiprocessing.process.BaseProcess]:
+        """Every HTTP worker process, by slot."""
+        supervisor = self._supervisor
+        if supervisor is None:
+            return []
+        return [w.process for w in supervisor.workers if w.process is not None]
+
+    @property
+    def restart_count(self) -> int:
+        """How many times a dead HTTP worker was replaced since ``start_subprocess()``."""
+        supervisor = self._supervisor
+        return 0 if supervisor is None else supervisor.restart_count
 
     def add_child_exit_callback(self, callback: ChildExitCallback) -> None:
-        """``callback(exitcode, abandoned_ids)`` runs (on a relay thread) when an HTTP child exits
-        without ``stop()`` asking it to; ``abandoned_ids`` were awaiting replies in it."""
+        """``callback(exitcode, abandoned_ids)`` runs (on the supervisor's thread) when an HTTP
+        worker exits without ``stop()`` asking it to; ``abandoned_ids`` were awaiting replies in
+        it. See also ``add_worker_exit_callback``."""
         self._exit_callbacks.append(callback)
 
     # -- starting ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Direct mode: serve in this process until stopped. Subprocess mode: start the child and
-        block until it ends (Ctrl-C stops it gracefully)."""
+        """Direct mode: serve in this process until stopped. Subprocess mode: start the HTTP
+        worker(s) and block until the server stops (``stop()`` from another thread, every worker
+        gone for good, or Ctrl-C, which stops it gracefully)."""
         if not self._subprocess_mode:
             self._serve_direct()
             return
-        process = self.start_subprocess()
+        self.start_subprocess()
         try:
-            process.join()
+            self._ended.wait()
         except KeyboardInterrupt:
             logger.info("interrupted; stopping the HTTP child")
         finally:
             self.stop()
 
     def start_subprocess(self) -> multiprocessing.process.BaseProcess:
-        """Starts the HTTP child; returns its process once it accepts connections."""
+        """Starts the HTTP worker(s); returns the (first) worker's process once every worker
+        accepts connections. Raises ``RuntimeError`` if one fails to start."""
         if not self._subprocess_mode:
             raise RuntimeError("start_subprocess() needs subprocess mode: configure .subprocess.with_ipc(...)")
-        assert self._relay is not None
+        relay = self._relay
+        assert relay is not None
         with self._lock:
-            if self._child is not None and self._child.manager.is_alive():
-                raise RuntimeError("the HTTP child is already running; stop() it first")
-            self._child = None
+            if self._supervisor is not None and self._supervisor.is_active:
+                raise RuntimeError("the HTTP server is already running; stop() it first")
             sock = self._listen()
-            self._relay.start()
-            startup = _Startup()
-            child = self._spawn_child(sock, startup)
-            self._child = child
-        if not startup.ready.wait(self._startup_timeout) or startup.info is None:
-            exitcode = child.manager.exitcode
+            relay.start()
+            self._ended.clear()
+            supervisor = Supervisor(
+                self._worker_recipe(relay, sock),
+                self._api.uvicorn.workers,
+                policy=self._restart_policy,
+                startup_timeout=self._startup_timeout,
+                on_exit=self._worker_exited,
+                on_all_down=self._all_workers_down,
+            )
+            self._supervisor = supervisor
+        try:
+            workers = supervisor.start()
+        except StartupError as exc:
             self.stop(timeout=0)
             where = f"; see {self._api.log_file}" if self._api.log_file else ""
-            if exitcode is None:
-                raise RuntimeError(f"the HTTP child did not start within {self._startup_timeout:g} s{where}")
-            raise RuntimeError(f"the HTTP child exited during start-up with code {exitcode}{where}")
-        process = child.manager.process
+            raise RuntimeError(f"{exc}{where}") from None
+        process = workers[0].process
         assert process is not None
-        logger.info("%s: HTTP child %s serving on %s:%s", self.name, process.pid, self._api.host, self._port)
+        logger.info("%s: %d HTTP worker(s) serving on %s:%s", self.name, len(workers), self._api.host, self._port)
         return process
 
+    def _worker_recipe(self, relay: Relay, sock: socket.socket) -> WorkerRecipe:
+        spec = ChildSpec(recipe=self._recipe, api=self._api, ipc=self._ipc, signal_drain_timeout=5.0)
+
+        def make_args(uplink: Connection, downlink: Connection, lifeline: Connection, fds: tuple[int, ...]) -> Any:
+            return (dataclasses.replace(spec, parent_fds=fds), sock, uplink, downlink, lifeline)
+
+        return WorkerRecipe(
+            relay=relay,
+            target=child_main,
+            make_args=make_args,
+            log_file=self._api.log_file,
+            start_method=self._start_method,
+            kill_timeout=self._kill_timeout,
+            name=self.name,
+        )
+
     def _listen(self) -> socket.socket:
-        # The parent binds once and hands the socket to each child: the port is known before the
-        # child starts, and stays the same across children.
+        # The parent binds once and hands the socket to every worker: the port is known before
+        # they start, they all accept on it, and it stays the same across restarts.
         if self._sock is None:
             family = socket.AF_INET6 if ":" in self._api.host else socket.AF_INET
             sock = socket.create_server(
@@ -197,106 +226,40 @@ class Server:
             self._port = sock.getsockname()[1]
         return self._sock
 
-    def _spawn_child(self, sock: socket.socket, startup: _Startup) -> _Child:
-        assert self._relay is not None
-        self._incarnation += 1
-        uplink_r, uplink_w = multiprocessing.Pipe(duplex=False)
-        downlink_r, downlink_w = multiprocessing.Pipe(duplex=False)
-        lifeline_r, lifeline_w = multiprocessing.Pipe(duplex=False)
-        parent_ends = (uplink_r, downlink_w, lifeline_w)
-        spec = ChildSpec(
-            recipe=self._recipe,
-            api=self._api,
-            ipc=self._ipc,
-            signal_drain_timeout=5.0,
-            parent_fds=tuple(c.fileno() for c in parent_ends) if self._start_method == "fork" else (),
-        )
-        manager = SubprocessManager(
-            child_main,
-            (spec, sock, uplink_w, downlink_r, lifeline_r),
-            log_file=self._api.log_file,
-            shutdown_timeout=self._kill_timeout,
-            start_method=self._start_method,
-            name=f"{self.name}-http-{self._incarnation}",
-        )
-
-        def on_ready(endpoint: PipeEndpoint, info: Any) -> None:
-            startup.info = info
-            startup.ready.set()
-
-        def on_lost(endpoint: PipeEndpoint, abandoned: list[Hashable], torn: bool) -> None:
-            startup.ready.set()
-            self._child_lost(child, abandoned, torn)
-
-        endpoint = PipeEndpoint(
-            self._relay,
-            uplink_r,
-            downlink_w,
-            name=f"http-child-{self._incarnation}",
-            on_ready=on_ready,
-            on_lost=on_lost,
-        )
-        child = _Child(manager, endpoint, lifeline_w)
-        endpoint.start()
-        try:
-            manager.start()
-        finally:
-            # The child has its copies now; ours must go, or its death would not show as EOF here.
-            for conn in (uplink_w, downlink_r, lifeline_r):
-                conn.close()
-        return child
-
-    def _child_lost(self, child: _Child, abandoned: list[Hashable], torn: bool) -> None:
-        if child.stopping:
-            return
-        child.manager.join(self._kill_timeout)
-        exitcode = child.manager.exitcode
-        logger.warning(
-            "%s: HTTP child exited unexpectedly (code %s); %d request(s) abandoned%s",
-            self.name,
-            exitcode,
-            len(abandoned),
-            ", a partial message discarded" if torn else "",
-        )
-        with self._lock:
-            if self._child is child:
-                # Nobody will accept on the socket now: close it so clients are refused rather
-                # than left hanging in the backlog. start_subprocess() binds again.
-                self._close_socket()
+    def _worker_exited(self, event: WorkerExit) -> None:
         for callback in self._exit_callbacks:
             try:
-                callback(exitcode, abandoned)
+                callback(event.exitcode, event.abandoned)
             except Exception:
                 logger.exception("child exit callback failed")
+
+    def _all_workers_down(self) -> None:
+        # Nobody will accept on the socket now: close it so clients are refused rather than left
+        # hanging in the backlog. start_subprocess() binds again.
+        with self._lock:
+            self._close_socket()
+        self._ended.set()
 
     # -- stopping ----------------------------------------------------------------------------
 
     def stop(self, timeout: float = 5.0) -> None:
         """Graceful stop: new requests get 503, in-flight ones get up to ``timeout`` seconds to
-        finish, then the child is terminated (SIGTERM, then SIGKILL). Calling it twice is harmless."""
+        finish, then the workers are terminated (SIGTERM, then SIGKILL). Twice is harmless."""
         if timeout < 0:
             raise ValueError(f"timeout must be >= 0, got {timeout}")
         if not self._subprocess_mode:
             self._stop_direct(timeout)
             return
         with self._lock:
-            child = self._child
-            if child is None or child.stopping:
-                return
-            child.stopping = True
-        # Drain: the child refuses new requests and waits for in-flight ones.
-        child.endpoint.send_drain(timeout)
-        # Give it the drain time plus a moment for uvicorn to close, then make sure.
-        child.manager.join(timeout + 1.0)
-        child.manager.stop()
-        child.endpoint.join(self._kill_timeout)
-        child.lifeline.close()
+            supervisor, self._supervisor = self._supervisor, None
+        if supervisor is None:
+            return
+        supervisor.stop(timeout)
         with self._lock:
-            if self._child is child:
-                self._child = None
             self._close_socket()
             assert self._relay is not None
             self._relay.close()
+        self._ended.set()
 
     def _close_socket(self) -> None:
         if self._sock is not None:
