@@ -10,6 +10,7 @@ from typing import Any
 from features.configuration.settings import ApiConfig, ConfigError, IPCConfig, UvicornConfig
 from features.cors_middleware.cors import CorsPolicy
 from features.subprocess_runtime.manager import START_METHODS
+from features.supervision.policy import RestartPolicy
 from isolated_api._recipe import (
     AppRecipe,
     BuildError,
@@ -153,6 +154,17 @@ class SubprocessConfigurer:
         self._builder._ipc = config
         return self
 
+    def with_auto_restart(
+        self, max_restarts: int = 5, backoff: float = 0.5, max_backoff: float = 10.0, window: float = 60.0
+    ) -> SubprocessConfigurer:
+        """Replace an HTTP worker that dies without ``stop()`` asking (crash, SIGKILL, OOM kill,
+        ``limit_max_requests``): at most ``max_restarts`` times per ``window`` seconds, waiting
+        ``backoff`` seconds before the first restart and doubling up to ``max_backoff``. Once the
+        budget is spent the worker is given up on (logged; ``server.is_running`` turns False when
+        none is left). Off by default."""
+        self._builder._restart_policy = RestartPolicy(max_restarts, backoff, max_backoff, window)
+        return self
+
     def with_start_method(self, method: str) -> SubprocessConfigurer:
         """``"spawn"`` (default: safe with threads, CUDA, macOS), ``"forkserver"`` or ``"fork"``."""
         if method not in START_METHODS:
@@ -230,6 +242,7 @@ class ServerBuilder:
         self._recipe = AppRecipe()
         self._queues: tuple[Any, Any] | None = None
         self._start_method = "spawn"
+        self._restart_policy: RestartPolicy | None = None
         self._routes = RouteConfigurer(self)
         self._subprocess = SubprocessConfigurer(self)
         self._uvicorn = UvicornConfigurer(self)
@@ -284,10 +297,10 @@ class ServerBuilder:
         api.check_log_file()
         api.uvicorn.check_files()
         subprocess_mode = self._queues is not None
-        if api.uvicorn.workers > 1:
+        if api.uvicorn.workers > 1 and not subprocess_mode:
             raise BuildError(
-                f"workers={api.uvicorn.workers}: several HTTP worker processes are not supported yet; "
-                "use workers=1 (one HTTP child already keeps the main process free)"
+                f"workers={api.uvicorn.workers} needs subprocess mode: add .subprocess.with_ipc(request_q, response_q) "
+                "and the server runs that many HTTP worker processes on one port, all linked to this process"
             )
         if not subprocess_mode and api.log_file is not None:
             raise BuildError(
@@ -315,4 +328,5 @@ class ServerBuilder:
             request_q=request_q,
             response_q=response_q,
             start_method=self._start_method,
+            restart_policy=self._restart_policy,
         )

@@ -9,8 +9,8 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,11 @@ class MainLoop:
         self._thread.join(5)
 
 
+def wait_received(main_loop: MainLoop, count: int, timeout: float = 30.0) -> None:
+    """Waits until the main loop has received ``count`` requests in all."""
+    wait_until(lambda: len(main_loop.received) >= count, timeout, f"{count} requests in the main process")
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, message: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     delay = 0.005
@@ -188,3 +193,15 @@ async def block_loop_route() -> dict[str, bool]:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(60)  # noqa: ASYNC251 - the point is to block the loop
     return {"never": True}
+
+
+FAIL_MARKER_ENV = "ISOLATED_API_TEST_FAIL_MARKER"
+
+
+@asynccontextmanager
+async def fail_if_marked(app: Any) -> AsyncIterator[None]:
+    """A lifespan that fails start-up while the file named by $ISOLATED_API_TEST_FAIL_MARKER exists."""
+    marker = os.environ.get(FAIL_MARKER_ENV)
+    if marker and os.path.exists(marker):  # noqa: ASYNC240 - one stat at start-up
+        raise RuntimeError("start-up refused by the test marker")
+    yield

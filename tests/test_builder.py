@@ -127,7 +127,7 @@ def test_builder_checks_files_and_modes_at_build(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="subprocess mode"):
         direct_log.build()
     workers = ServerBuilder("x").uvicorn.with_workers(2).done()
-    with pytest.raises(BuildError, match="workers"):
+    with pytest.raises(BuildError, match="workers=2 needs subprocess mode"):
         workers.build()
 
 

@@ -54,9 +54,7 @@ class WorkerRecipe:
     name: str
 
 
-def spawn_worker(
-    recipe: WorkerRecipe, slot: int, incarnation: int, on_lost: Callable[[Worker], None]
-) -> Worker:
+def spawn_worker(recipe: WorkerRecipe, slot: int, incarnation: int, on_lost: Callable[[Worker], None]) -> Worker:
     uplink_r, uplink_w = multiprocessing.Pipe(duplex=False)
     downlink_r, downlink_w = multiprocessing.Pipe(duplex=False)
     lifeline_r, lifeline_w = multiprocessing.Pipe(duplex=False)
