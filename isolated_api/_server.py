@@ -65,7 +65,18 @@ class Server:
         self._startup_timeout = startup_timeout
         self._kill_timeout = kill_timeout
         self._subprocess_mode = request_q is not None
-        self._relay = Relay(request_q, response_q, queue_timeout=ipc.queue_timeout) if self._subprocess_mode else None
+        self._relay = (
+            Relay(
+                request_q,
+                response_q,
+                queue_timeout=ipc.queue_timeout,
+                max_pending=ipc.max_pending,
+                overload_status=ipc.overload_status,
+                retry_after=ipc.retry_after,
+            )
+            if self._subprocess_mode
+            else None
+        )
         self._lock = threading.RLock()
         self._sock: socket.socket | None = None
         self._port: int | None = None

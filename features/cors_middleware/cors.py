@@ -13,6 +13,11 @@ from starlette.middleware.cors import CORSMiddleware
 from features.configuration.settings import ConfigError
 
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
+# What a browser puts in its Origin header: lower-case scheme and host, no default port.
+_SERIALIZED_ORIGIN = re.compile(
+    r"^(?P<scheme>https?)://(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?$"
+)
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -27,9 +32,8 @@ class CorsPolicy:
         if not self.origins:
             raise ConfigError("CORS needs at least one origin (or '*')")
         for origin in self.origins:
-            if origin != "*" and not _ORIGIN.match(origin):
-                # A trailing slash or a path never matches a browser's Origin header.
-                raise ConfigError(f"CORS origin {origin!r} must look like 'https://host[:port]', with no path or slash")
+            if origin != "*":
+                _check_origin(origin)
         if self.allow_credentials and "*" in self.origins:
             raise ConfigError(
                 "CORS: allow_credentials=True with origin '*' is refused by browsers; list the allowed origins"
@@ -49,9 +53,34 @@ class CorsPolicy:
         allow_methods: Sequence[str] = ("*",),
         allow_headers: Sequence[str] = ("*",),
     ) -> CorsPolicy:
-        if isinstance(origins, str):
-            origins = [origins]
-        return cls(tuple(origins), bool(allow_credentials), tuple(allow_methods), tuple(allow_headers))
+        return cls(_items(origins), bool(allow_credentials), _items(allow_methods), _items(allow_headers))
+
+
+def _items(value: Sequence[str]) -> tuple[str, ...]:
+    # A lone string is one item, not a sequence of one-letter origins, methods or headers.
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _check_origin(origin: str) -> None:
+    # Starlette compares origins as plain strings: anything a browser would never send as its
+    # Origin header (a path, a trailing slash, upper case, a default port, a wildcard) would
+    # silently refuse every request.
+    if not isinstance(origin, str) or not _ORIGIN.match(origin):
+        raise ConfigError(f"CORS origin {origin!r} must look like 'https://host[:port]', with no path or slash")
+    if "*" in origin:
+        raise ConfigError(f"CORS origin {origin!r}: wildcards inside an origin are not supported; list each origin")
+    lowered = origin.lower()
+    if lowered != origin:
+        raise ConfigError(f"CORS origin {origin!r}: browsers send scheme and host in lower case; use {lowered!r}")
+    serialized = _SERIALIZED_ORIGIN.match(origin)
+    if serialized is None:
+        raise ConfigError(f"CORS origin {origin!r} must look like 'https://host[:port]', with no path or slash")
+    port = serialized["port"]
+    if port is not None and (int(port) > 65535 or port.startswith("0")):
+        raise ConfigError(f"CORS origin {origin!r}: invalid port {port}")
+    if port == _DEFAULT_PORTS[serialized["scheme"]]:
+        short = origin[: -len(port) - 1]
+        raise ConfigError(f"CORS origin {origin!r}: browsers leave out the default port; use {short!r}")
 
 
 def apply_cors(app: FastAPI, policy: CorsPolicy) -> None:

@@ -5,12 +5,20 @@ thread in batches; each reply resolves the waiter for its id with one dict looku
 waiter costs the same with 1 or 1,000 pending. A request leaves the registry exactly once: when
 its reply arrives, or in ``submit``'s ``finally`` (timeout, cancellation, failure). A reply whose
 id is not registered (unknown, late, abandoned) is dropped and counted, never kept.
+
+Streams: a stream's chunks wait in its own bounded buffer (``_StreamWaiter``) until the consumer
+takes them. The entry leaves the registry when the final chunk (or an ``ErrorReply``) arrives,
+when the buffer overflows, or at once when the consumer stops (break, ``aclose``, cancellation,
+idle timeout), so a slow or vanished client can neither hold a ``max_pending`` slot nor grow
+memory without bound. Nothing a reply carries (a bad ``is_final``, a ``merge`` that raises) can
+break the batch it arrived in: the fault fails its own stream only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import logging
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -62,26 +70,48 @@ class _StreamWaiter:
     ``merge(older, newer)`` function folds the newer chunk into the last buffered one (for token
     streams: concatenate the text); without one the stream fails with ``StreamOverflowError``."""
 
-    __slots__ = ("_wakeup", "buffer", "error", "limit", "merge", "overflowed")
+    __slots__ = ("_wakeup", "buffer", "complete", "discarded", "error", "limit", "merge")
 
     def __init__(self, limit: int, merge: Merge | None) -> None:
         self.buffer: deque[Any] = deque()
         self.limit = limit
         self.merge = merge
         self.error: BaseException | None = None
-        self.overflowed = False
+        # The final chunk (or an ErrorReply) arrived: once the buffer is empty the stream ends,
+        # even if a user's merge folded the final chunk into one that does not say so.
+        self.complete = False
+        # The chunk that ended the stream was not kept (overflow, unreadable): count it as dropped.
+        self.discarded = False
         self._wakeup: asyncio.Future[None] | None = None
 
     def offer(self, chunk: Any) -> bool:
-        final = type(chunk) is ErrorReply or bool(getattr(chunk, "is_final", False))
-        if len(self.buffer) < self.limit:
+        """Takes a chunk; returns True when the stream needs no more chunks (its entry leaves)."""
+        if self.error is not None:
+            return True
+        try:
+            final = type(chunk) is ErrorReply or bool(getattr(chunk, "is_final", False))
+        except Exception as exc:  # a user's is_final property that raises: fail this stream only
+            self.discarded = True
+            self.fail(StreamOverflowError(f"a chunk's is_final could not be read: {exc!r}"))
+            return True
+        if len(self.buffer) < self.limit or type(chunk) is ErrorReply:
+            # An ErrorReply is never merged (it has no text) and is the last chunk: one over the
+            # limit at most.
             self.buffer.append(chunk)
-        elif self.merge is not None:
-            self.buffer[-1] = self.merge(self.buffer[-1], chunk)
+        elif self.merge is not None and type(self.buffer[-1]) is not ErrorReply:
+            try:
+                self.buffer[-1] = self.merge(self.buffer[-1], chunk)
+            except Exception as exc:
+                logger.exception("merge() failed on a full stream buffer")
+                self.discarded = True
+                self.fail(StreamOverflowError(f"stream buffer of {self.limit} chunks full and merge() failed: {exc!r}"))
+                return True
         else:
-            self.overflowed = True
+            self.discarded = True
             self.fail(StreamOverflowError(f"stream buffer of {self.limit} chunks overflowed: the client is too slow"))
             return True
+        if final:
+            self.complete = True
         self._wake()
         return final
 
@@ -100,6 +130,17 @@ class _StreamWaiter:
         return self._wakeup
 
 
+class StreamSignal(enum.Enum):
+    """What ``ChunkStream.next_chunk`` returns instead of a chunk."""
+
+    IDLE = "idle"  # ``idle_after`` seconds passed without a chunk (time for an SSE keep-alive)
+    END = "end"  # the stream is over (its final chunk was already returned, or it was closed)
+
+
+IDLE = StreamSignal.IDLE
+END = StreamSignal.END
+
+
 def merge_text(older: T, newer: T) -> T:
     """A ``merge`` for chunks with a ``text`` field (dataclasses): the newer chunk carrying both
     texts. Keeps the newer chunk's other fields, ``is_final`` included."""
@@ -112,41 +153,82 @@ class ChunkStream:
     the client disconnecting) removes the stream from the registry at once; later chunks for it
     are dropped and counted."""
 
-    def __init__(self, channel: IPCChannel, request_id: Hashable, waiter: _StreamWaiter, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        channel: IPCChannel,
+        request_id: Hashable,
+        waiter: _StreamWaiter,
+        idle_timeout: float,
+        first_chunk_timeout: float | None = None,
+    ) -> None:
         self._channel = channel
         self.request_id = request_id
         self._waiter = waiter
         self._idle_timeout = idle_timeout
+        self._next_timeout = idle_timeout if first_chunk_timeout is None else first_chunk_timeout
+        # When the current wait for a chunk gave up (loop time); kept across IDLE returns so
+        # keep-alives do not stretch the idle timeout.
+        self._deadline: float | None = None
         self._finished = False
+        self.received = 0
 
     def __aiter__(self) -> ChunkStream:
         return self
 
     async def __anext__(self) -> Any:
+        chunk = await self.next_chunk()
+        if chunk is END:
+            raise StopAsyncIteration
+        return chunk
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    async def next_chunk(self, idle_after: float | None = None) -> Any:
+        """The next chunk, or ``END`` once the stream is over, or ``IDLE`` when ``idle_after``
+        seconds pass without a chunk (the stream stays open; call again). The idle timeout counts
+        from the end of the previous chunk and raises ``IPCTimeoutError``; ``ErrorReply`` raises
+        ``RemoteError``; an overflow raises ``StreamOverflowError``. Any exception, cancellation
+        included, ends the stream."""
         waiter = self._waiter
         while True:
             if self._finished:
-                raise StopAsyncIteration
+                return END
             if waiter.buffer:
                 chunk = waiter.buffer.popleft()
+                self._deadline = None
+                self._next_timeout = self._idle_timeout
                 if type(chunk) is ErrorReply:
                     self._finish()
                     raise RemoteError(chunk.message, chunk.http_status)
-                if getattr(chunk, "is_final", False):
+                self.received += 1
+                if not waiter.buffer and waiter.complete:
                     self._finish()
                 return chunk
             if waiter.error is not None:
                 self._finish()
                 raise waiter.error
+            if waiter.complete:
+                self._finish()
+                return END
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if self._deadline is None:
+                self._deadline = now + self._next_timeout
+            wake_at = self._deadline if idle_after is None else min(self._deadline, now + idle_after)
             try:
-                async with asyncio.timeout(self._idle_timeout):
+                async with asyncio.timeout_at(wake_at):
                     await waiter.wait()
             except TimeoutError:
-                if waiter.buffer or waiter.error is not None:
+                # A chunk that landed in the same loop iteration as the deadline wins.
+                if waiter.buffer or waiter.error is not None or waiter.complete:
                     continue
+                if loop.time() < self._deadline:
+                    return IDLE
                 self._finish()
                 raise IPCTimeoutError(
-                    f"no chunk for stream {self.request_id!r} within {self._idle_timeout:g} s"
+                    f"no chunk for stream {self.request_id!r} within {self._next_timeout:g} s"
                 ) from None
             except BaseException:
                 self._finish()
@@ -164,6 +246,7 @@ class ChunkStream:
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
+            self._waiter.buffer.clear()  # what the consumer will never read must not stay alive
             self._channel._settle(self.request_id, self._waiter)
 
     def __del__(self) -> None:
@@ -307,6 +390,7 @@ class IPCChannel:
         timeout: float | None = None,
         buffer_size: int = 256,
         merge: Merge | None = None,
+        first_chunk_timeout: float | None = None,
     ) -> ChunkStream:
         """Sends ``request`` and returns an async iterator over the chunks the main process puts
         on ``response_q`` with the same ``.id``, in order, up to and including the one with
@@ -317,6 +401,8 @@ class IPCChannel:
         timeout). At most ``buffer_size`` chunks wait for a slow reader; then ``merge(older,
         newer)`` folds them (see ``merge_text``), or without it the stream fails with
         ``StreamOverflowError``. An ``ErrorReply`` chunk raises ``RemoteError``.
+        ``first_chunk_timeout`` (default: ``timeout``) bounds the wait for the first chunk, which
+        for a model includes reading the prompt and is often longer than the gaps between tokens.
         """
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
@@ -328,7 +414,8 @@ class IPCChannel:
         except BaseException:
             self._settle(request_id, waiter)
             raise
-        return ChunkStream(self, request_id, waiter, self._timeout if timeout is None else timeout)
+        idle = self._timeout if timeout is None else timeout
+        return ChunkStream(self, request_id, waiter, idle, first_chunk_timeout)
 
     def _admit(self, request: Any) -> Hashable:
         request_id = request_id_of(request)
@@ -346,10 +433,16 @@ class IPCChannel:
         return request_id
 
     def _settle(self, request_id: Hashable, waiter: _UnaryWaiter | _StreamWaiter) -> None:
-        # Still registered means no reply ended it: tell the main side to forget the id.
+        # Still registered means no reply ended it (timeout, cancellation, client gone, stream
+        # abandoned): tell the main side to forget the id, so its later replies are dropped there.
         if self._waiters.get(request_id) is waiter:
             del self._waiters[request_id]
             if self._open:
+                # HOOK (cancellation, separate issue): this is where the main process is told that
+                # nobody waits for ``request_id`` any more. Today ``link.cancel`` only makes the
+                # relay forget the route; a user-visible cancel message (e.g. ``Cancel(id)`` put on
+                # request_q, or a callback on the main side) belongs right here, once for every
+                # abandoned unary request or stream.
                 self._link.cancel(request_id)
 
     # -- LinkSink: called by the link on the loop's thread ---------------------------------
@@ -365,9 +458,21 @@ class IPCChannel:
             if waiter is None:
                 self._dropped += 1
                 continue
-            if waiter.offer(reply):
+            if type(waiter) is _UnaryWaiter and waiter.future.done():
+                # Its task was cancelled (a timeout firing in this same loop iteration): the
+                # reply has no taker any more.
                 del waiters[request_id]
-                if type(waiter) is _StreamWaiter and waiter.overflowed:
+                self._dropped += 1
+                continue
+            try:
+                done = waiter.offer(reply)
+            except Exception as exc:  # one bad reply must not cost the rest of the batch
+                logger.exception("a reply for %r could not be handed to its waiter", request_id)
+                waiter.fail(RemoteError(f"the reply could not be handed over: {exc!r}", 500))
+                done = True
+            if done:
+                del waiters[request_id]
+                if type(waiter) is _StreamWaiter and waiter.discarded:
                     self._dropped += 1
                     if self._open:
                         self._link.cancel(request_id)

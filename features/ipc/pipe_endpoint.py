@@ -62,14 +62,17 @@ class PipeEndpoint:
             try:
                 chunks.append(frame(Kind.REPLY, request_body(request_id, dumps(reply))))
             except Exception as exc:  # a reply put on a thread queue was never pickled before
-                chunks.append(self._reject_frame(request_id, "RemoteError", f"the reply could not be pickled: {exc!r}"))
+                error = IPCError(f"the reply could not be pickled: {exc!r}")
+                chunks.append(self._reject_frame(request_id, error))
         self._write(b"".join(chunks))
 
     def send_drain(self, timeout: float) -> None:
         self._write(frame(Kind.DRAIN, dumps(timeout)))
 
-    def _reject_frame(self, request_id: Hashable, error: str, message: str) -> bytes:
-        return frame(Kind.REJECT, dumps((request_id, error, message)))
+    def _reject_frame(self, request_id: Hashable, error: IPCError) -> bytes:
+        # Sent as plain data: the child rebuilds an error of the same name, status and headers.
+        details = (request_id, type(error).__name__, error.message, error.status_code, error.headers)
+        return frame(Kind.REJECT, dumps(details))
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -112,7 +115,7 @@ class PipeEndpoint:
             try:
                 self._relay.forward(self, request_id, payload=payload, streaming=kind is Kind.STREAM_REQUEST)
             except IPCError as exc:
-                self._write(self._reject_frame(request_id, type(exc).__name__, exc.message))
+                self._write(self._reject_frame(request_id, exc))
         elif kind is Kind.CANCEL:
             self._relay.abandon(self, loads(body))
         elif kind is Kind.READY:

@@ -16,15 +16,24 @@ from features.ipc._framing import FrameDecoder, Kind, dumps, frame, loads, reque
 from features.ipc.link import LinkSink
 
 _REJECTIONS: dict[str, type[errors.IPCError]] = {
-    "DuplicateRequestIdError": errors.DuplicateRequestIdError,
-    "QueueFullError": errors.QueueFullError,
-    "ChannelClosedError": errors.ChannelClosedError,
+    cls.__name__: cls
+    for cls in (
+        errors.DuplicateRequestIdError,
+        errors.QueueFullError,
+        errors.ChannelClosedError,
+        errors.OverloadedError,
+        errors.RemoteError,
+    )
 }
 
 
-def _rejection(name: str, message: str) -> errors.IPCError:
-    cls = _REJECTIONS.get(name)
-    return cls(message) if cls is not None else errors.RemoteError(message, 500)
+def _rejection(name: str, message: str, status: int, headers: dict[str, str]) -> errors.IPCError:
+    # Built without the subclass's __init__ (signatures differ): same class, message, status, headers.
+    cls = _REJECTIONS.get(name, errors.IPCError)
+    error = cls.__new__(cls)
+    errors.IPCError.__init__(error, message, headers=headers)
+    error.status_code = status
+    return error
 
 
 class _Downlink(asyncio.Protocol):
@@ -46,8 +55,8 @@ class _Downlink(asyncio.Protocol):
                         errors.RemoteError(f"the reply could not be unpickled in the HTTP process: {exc!r}", 500),
                     )
             elif kind is Kind.REJECT:
-                request_id, name, message = loads(body)
-                self._sink.on_failure(request_id, _rejection(name, message))
+                request_id, name, message, status, headers = loads(body)
+                self._sink.on_failure(request_id, _rejection(name, message, status, headers))
             elif kind is Kind.DRAIN:
                 self._link.on_drain(loads(body))
         if replies:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from features.ipc._framing import loads
-from features.ipc.errors import ChannelClosedError, DuplicateRequestIdError, QueueFullError
+from features.ipc.errors import ChannelClosedError, DuplicateRequestIdError, OverloadedError, QueueFullError
 from features.ipc.messages import ErrorReply
 
 logger = logging.getLogger("isolated_api.relay")
@@ -68,10 +68,23 @@ class _StopReader:
 
 
 class Relay:
-    def __init__(self, request_q: Any, response_q: Any, *, queue_timeout: float) -> None:
+    def __init__(
+        self,
+        request_q: Any,
+        response_q: Any,
+        *,
+        queue_timeout: float,
+        max_pending: int | None = None,
+        overload_status: int = 503,
+        retry_after: int = 1,
+    ) -> None:
         self._request_q = request_q
         self._response_q = response_q
         self._queue_timeout = queue_timeout
+        # With several HTTP workers each admits up to max_pending on its own; this bound makes
+        # the limit exact for the whole server.
+        self._max_pending = max_pending
+        self._overload = (overload_status, retry_after)
         # Multiprocessing queues pickle what they are given: a payload already pickled by a child
         # can go through wrapped instead of being unpickled here and pickled again.
         self._queue_pickles = isinstance(request_q, multiprocessing.queues.Queue)
@@ -83,6 +96,7 @@ class Relay:
         self._closed = True
         self.forwarded = 0
         self.dropped_replies = 0
+        self.rejected = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -143,6 +157,13 @@ class Relay:
                 raise ChannelClosedError("the server is not running")
             if request_id in self._routes:
                 raise DuplicateRequestIdError(f"request id {request_id!r} is already awaiting a reply")
+            if self._max_pending is not None and len(self._routes) >= self._max_pending:
+                self.rejected += 1
+                raise OverloadedError(
+                    f"server busy: {self._max_pending} requests already awaiting replies",
+                    retry_after=self._overload[1],
+                    status_code=self._overload[0],
+                )
             self._routes[request_id] = _Route(endpoint, streaming)
         if payload is not None:
             item = _Prepickled(payload) if self._queue_pickles else loads(payload)

@@ -44,7 +44,9 @@ def configure_logging(log_level: str, *, to_file: bool) -> dict[str, Any]:
     With ``to_file`` the formats carry timestamps and pids and no colours; without it uvicorn's
     defaults are kept, so the child logs as a normal uvicorn app does.
     """
-    level = logging.DEBUG if log_level == "trace" else getattr(logging, log_level.upper())
+    # UvicornConfig accepts any case ("INFO", "TRACE"); logging has no TRACE, uvicorn's is below DEBUG.
+    name = log_level.lower()
+    level = logging.DEBUG if name == "trace" else getattr(logging, name.upper())
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

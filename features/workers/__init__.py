@@ -1,0 +1,1 @@
+"""Several HTTP worker processes on one port, sharing one pair of user queues."""
