@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 import threading
 from dataclasses import dataclass
@@ -55,8 +56,11 @@ def _watch_lifeline(lifeline: Connection, server: DrainingServer, finished: thre
 
 
 def child_main(
-    spec: ChildSpec, sock: socket.socket, uplink: Connection, downlink: Connection, lifeline: Connection
+    spec_bytes: bytes, sock: socket.socket, uplink: Connection, downlink: Connection, lifeline: Connection
 ) -> None:
+    # The spec arrives pickled so that unpickling it, which imports the user's modules, happens
+    # after the output redirection: their import-time output lands in the log file too.
+    spec: ChildSpec = pickle.loads(spec_bytes)
     for fd in spec.parent_fds:
         try:
             os.close(fd)

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.process
+import pickle
 import socket
 import threading
 from collections.abc import Callable, Hashable
@@ -212,7 +213,7 @@ class Server:
         spec = ChildSpec(recipe=self._recipe, api=self._api, ipc=self._ipc, signal_drain_timeout=5.0)
 
         def make_args(uplink: Connection, downlink: Connection, lifeline: Connection, fds: tuple[int, ...]) -> Any:
-            return (dataclasses.replace(spec, parent_fds=fds), sock, uplink, downlink, lifeline)
+            return (pickle.dumps(dataclasses.replace(spec, parent_fds=fds)), sock, uplink, downlink, lifeline)
 
         return WorkerRecipe(
             relay=relay,

@@ -91,7 +91,7 @@ def test_config_ipc_refuses_invalid_values(kwargs: dict[str, Any], message: str)
 
 
 def test_config_log_level_is_case_insensitive_and_ssl_pair_accepted() -> None:
-    assert UvicornConfig(log_level="INFO").log_level == "INFO"
+    assert UvicornConfig(log_level="INFO").log_level == "info"
     assert UvicornConfig(ssl_keyfile="k", ssl_certfile="c").ssl_enabled
 
 

@@ -63,6 +63,8 @@ class UvicornConfig:
         _int_at_least("backlog", self.backlog, 1)
         if not isinstance(self.log_level, str) or self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}; got {self.log_level!r}")
+        # Stored lower-case: uvicorn and logging each spell levels their own way.
+        object.__setattr__(self, "log_level", self.log_level.lower())
         if not isinstance(self.access_log, bool):
             raise ConfigError(f"access_log must be a bool, got {self.access_log!r}")
         if (self.ssl_keyfile is None) != (self.ssl_certfile is None):

@@ -137,7 +137,28 @@ class Relay:
 
     @property
     def route_count(self) -> int:
+        """Requests forwarded to the main process and still awaiting their (final) reply."""
         return len(self._routes)
+
+    @property
+    def pending_count(self) -> int:
+        """Same as ``route_count``: what the whole server awaits from the main process."""
+        return len(self._routes)
+
+    @property
+    def dropped_count(self) -> int:
+        """Replies read from response_q that matched no waiting request (late, unknown, no id)."""
+        return self.dropped_replies
+
+    @property
+    def forwarded_count(self) -> int:
+        """Requests put on request_q so far."""
+        return self.forwarded
+
+    @property
+    def rejected_count(self) -> int:
+        """Requests refused by the server-wide max_pending bound."""
+        return self.rejected
 
     # -- requests (any thread) ---------------------------------------------------------------
 

@@ -135,7 +135,7 @@ class Track:
     severed: bool = False  # failed, overflowed or lost: the entry left without its last reply
     exited: bool = False  # the task finished (its registry entry is gone by then)
     cancel_requested: bool = False
-    deadline: float | None = None  # a unary request's timeout, in loop time
+    deadline: float | None = None  # when the current wait times out, in loop time
     expect_cancel: bool = False  # the channel must tell the link to forget this id
     appended: int = 0  # chunks the model expects in the stream's buffer, ever (merges excluded)
     consumed: int = 0  # chunks the consumer took
@@ -196,8 +196,15 @@ async def run_unary(channel: IPCChannel, track: Track, max_pending: int) -> None
 async def run_stream(stream: ChunkStream, track: Track) -> None:
     spec = track.spec
     outcome = "complete"
+    loop = asyncio.get_running_loop()
     try:
-        async for chunk in stream:
+        while True:
+            # The stream starts its idle clock in this same step if it has to wait.
+            track.deadline = loop.time() + spec.timeout
+            try:
+                chunk = await anext(stream)
+            except StopAsyncIteration:
+                break
             track.consumed += 1
             track.got.append(chunk)
             if spec.abandon_after is not None and len(track.got) >= spec.abandon_after:
@@ -246,6 +253,8 @@ op_strategy = st.one_of(
     st.tuples(st.just("burst"), target, st.integers(2, 6)),
     st.tuples(st.just("deliver_then_cancel"), target),
     st.tuples(st.just("cancel_then_deliver"), target),
+    # Timeout racing a reply: time jumps to the request's deadline and its reply lands right then.
+    st.tuples(st.just("race"), target),
     st.tuples(st.just("cancel"), target),
     st.tuples(st.just("fail"), target),
     st.tuples(st.just("advance"), st.sampled_from([0.5, 2.0, 10.0])),
@@ -419,6 +428,12 @@ class Scenario:
             elif kind == "cancel_then_deliver":
                 # A reply landing after its waiter was cancelled, before the task ran again.
                 self.cancel(self.pick(op[1]))
+                self.deliver([(op[1], "next")])
+            elif kind == "race":
+                track = self.pick(op[1])
+                now = asyncio.get_running_loop().time()
+                if track is not None and track.deadline is not None and track.deadline > now:
+                    await asyncio.sleep(track.deadline - now)
                 self.deliver([(op[1], "next")])
             elif kind == "cancel":
                 self.cancel(self.pick(op[1]))

@@ -18,7 +18,9 @@ START_METHODS = ("spawn", "forkserver", "fork")
 
 def _bootstrap(target: Callable[..., Any], args: tuple[Any, ...], log_file: str | None) -> None:
     if log_file is not None:
-        # First thing in the child, so even import-time output lands in the file.
+        # As early as multiprocessing lets us: under spawn the parent's main module has already
+        # been re-imported by now (keep its top level quiet, under `if __name__ == "__main__":`),
+        # but anything the target's arguments import after this point writes to the file.
         redirect_output(log_file)
     target(*args)
 

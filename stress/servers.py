@@ -1,0 +1,242 @@
+"""The servers the capacity checks measure: the same FastAPI routes answered through the IPC path
+(subprocess mode, a main-process loop that replies at once) and in-process (the ceiling: the same
+framework in direct mode, in a process of its own, answering in the handler)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.responses import StreamingResponse
+
+from features.backpressure import load_route
+from isolated_api import IPC, Server, ServerBuilder
+from tests.helpers import wait_until
+
+TOKEN = b"tok\n"
+
+
+@dataclass
+class Echo:
+    id: str
+    text: str
+
+
+@dataclass
+class Echoed:
+    id: str
+    text: str
+
+
+@dataclass
+class TokenRequest:
+    id: str
+    count: int
+
+
+@dataclass
+class TokenChunk:
+    id: str
+    is_final: bool = False
+
+
+@dataclass
+class Probe:
+    id: str
+    hold: bool = False
+
+
+@dataclass
+class ProbeReply:
+    id: str
+    put_at: float = field(default=0.0)
+
+
+class EchoBody(BaseModel):
+    text: str
+
+
+class StreamBody(BaseModel):
+    count: int
+
+
+# -- the routes: IPC and in-process twins ------------------------------------------------------
+
+
+async def echo_ipc(body: EchoBody, channel: IPC) -> EchoBody:
+    reply = await channel.submit(Echo(uuid.uuid4().hex, body.text))
+    return EchoBody(text=reply.text)
+
+
+async def echo_direct(body: EchoBody) -> EchoBody:
+    return EchoBody(text=body.text.upper())
+
+
+async def stream_ipc(body: StreamBody, channel: IPC) -> StreamingResponse:
+    stream = channel.submit_streaming(TokenRequest(uuid.uuid4().hex, body.count), buffer_size=4096)
+    # Admission and the first chunk before the 200, as the streaming slice does.
+    await anext(stream)
+
+    async def tokens() -> AsyncIterator[bytes]:
+        try:
+            yield TOKEN
+            async for _ in stream:
+                yield TOKEN
+        finally:
+            await stream.aclose()
+
+    return StreamingResponse(tokens(), media_type="text/plain")
+
+
+async def stream_direct(body: StreamBody) -> StreamingResponse:
+    async def tokens() -> AsyncIterator[bytes]:
+        for _ in range(body.count):
+            yield TOKEN
+
+    return StreamingResponse(tokens(), media_type="text/plain")
+
+
+# -- the main process: replies at once ---------------------------------------------------------
+
+
+class Echoer:
+    """The main process's loop: one thread, every request answered as soon as it is read (the
+    cost measured is the framework's, not the work's). ``Probe(hold=True)`` is never answered."""
+
+    def __init__(self, request_q: Any, response_q: Any) -> None:
+        self.request_q = request_q
+        self.response_q = response_q
+        self.held = 0
+        self._thread = threading.Thread(target=self._run, name="echoer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        get, put = self.request_q.get, self.response_q.put
+        while True:
+            request = get()
+            kind = type(request)
+            if kind is Echo:
+                put(Echoed(request.id, request.text.upper()))
+            elif kind is TokenRequest:
+                last = request.count - 1
+                for i in range(request.count):
+                    put(TokenChunk(request.id, i == last))
+            elif kind is Probe:
+                if request.hold:
+                    self.held += 1
+                else:
+                    put(ProbeReply(request.id, time.perf_counter()))
+            else:
+                return
+
+    def stop(self) -> None:
+        self.request_q.put(None)
+        self._thread.join(5)
+
+
+def close_queues(*queues: Any) -> None:
+    for q in queues:
+        q.cancel_join_thread()
+        q.close()
+
+
+@contextmanager
+def ipc_server(log_dir: Path, *, max_pending: int = 4096) -> Iterator[tuple[Server, str]]:
+    """The IPC path: an HTTP child and, in this process, the relay and an ``Echoer``."""
+    ctx = multiprocessing.get_context("spawn")
+    request_q, response_q = ctx.Queue(), ctx.Queue()
+    echoer = Echoer(request_q, response_q)
+    server = (
+        ServerBuilder("stress-ipc")
+        .with_host("127.0.0.1")
+        .with_port(0)
+        .with_timeout(30.0)
+        .routes.with_route("/echo", echo_ipc, methods=["POST"])
+        .with_route("/stream", stream_ipc, methods=["POST"])
+        .with_route("/load", load_route)
+        .done()
+        .subprocess.with_ipc(request_q, response_q)
+        .with_max_pending(max_pending)
+        .with_log_file(str(log_dir / "stress-ipc-child.log"))
+        .done()
+        .build()
+    )
+    server.start_subprocess()
+    try:
+        yield server, f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop(timeout=5.0)
+        echoer.stop()
+        close_queues(request_q, response_q)
+
+
+def _serve_ceiling(conn: Connection) -> None:
+    server = (
+        ServerBuilder("stress-ceiling")
+        .with_host("127.0.0.1")
+        .with_port(0)
+        .routes.with_route("/echo", echo_direct, methods=["POST"])
+        .with_route("/stream", stream_direct, methods=["POST"])
+        .done()
+        .uvicorn.with_log_level("error")
+        .done()
+        .build()
+    )
+
+    def report_port() -> None:
+        wait_until(lambda: server.is_running, 30.0, "the ceiling server to start")
+        conn.send(server.port)
+        conn.close()
+
+    threading.Thread(target=report_port, daemon=True).start()
+    # The main thread serves, so uvicorn handles SIGTERM as it would in production.
+    server.start()
+
+
+@contextmanager
+def ceiling_server() -> Iterator[tuple[int, str]]:
+    """The in-process ceiling: the same routes answered in the handler, in a process of its own
+    (as the IPC path's HTTP child is), so the two are measured under the same conditions."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_serve_ceiling, args=(child,), name="stress-ceiling", daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError("the ceiling server did not start")
+        port: int = parent.recv()
+        assert process.pid is not None
+        yield process.pid, f"http://127.0.0.1:{port}"
+    finally:
+        parent.close()
+        process.terminate()
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(") ", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks

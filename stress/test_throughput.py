@@ -1,0 +1,112 @@
+"""(a) unary requests/s and latency, (b) streaming chunks/s and time to first chunk: the IPC path
+beside the same routes answered in-process, in one run, with the load generator in its own process.
+Interleaved (ceiling, then IPC, at each level) so a change in the machine's load hits both."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from isolated_api import Server
+from stress.figures import Figures
+from stress.loadgen import LoadResult, LoadSpec, percentile, run_load
+
+pytestmark = pytest.mark.stress
+
+BODY = b'{"text": "hello world"}'
+CHUNKS_PER_STREAM = 256
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+def _unary(url: str, concurrency: int) -> LoadResult:
+    requests = 2000 if concurrency == 1 else 6000
+    spec = LoadSpec(_port(url), "/echo", BODY, concurrency, requests=requests, warmup=max(200, 2 * concurrency))
+    result = run_load(spec)
+    assert result.statuses == {200: requests}, result.statuses
+    return result
+
+
+def _streams(url: str, concurrency: int) -> LoadResult:
+    streams = 40 if concurrency == 1 else 4 * concurrency
+    body = f'{{"count": {CHUNKS_PER_STREAM}}}'.encode()
+    spec = LoadSpec(_port(url), "/stream", body, concurrency, requests=streams, warmup=concurrency, mode="stream")
+    result = run_load(spec)
+    assert result.statuses == {200: streams}, result.statuses
+    # Every chunk of every stream arrived: none lost, none merged away.
+    assert result.chunks == streams * CHUNKS_PER_STREAM
+    return result
+
+
+@pytest.mark.timeout(300)
+def test_stress_unary_ipc_vs_in_process(ipc: tuple[Server, str], ceiling: tuple[int, str], figures: Figures) -> None:
+    server, url = ipc
+    rows = []
+    for concurrency in (1, 16, 64, 256):
+        base = _unary(ceiling[1], concurrency)
+        ours = _unary(url, concurrency)
+        base_p50, ours_p50 = percentile(base.latencies, 0.5), percentile(ours.latencies, 0.5)
+        rows.append(
+            [
+                str(concurrency),
+                f"{base.rate:.0f}",
+                f"{ours.rate:.0f}",
+                f"{ours.rate / base.rate:.2f}",
+                _ms(base_p50),
+                _ms(ours_p50),
+                _ms(ours_p50 - base_p50),
+                _ms(percentile(base.latencies, 0.99)),
+                _ms(percentile(ours.latencies, 0.99)),
+            ]
+        )
+        # A generous sanity bound, not a performance target: the IPC path is not pathologically slow.
+        assert ours.rate > 0.05 * base.rate
+    figures.table(
+        "unary POST /echo: in-process ceiling vs IPC path (requests/s, latency ms)",
+        ["conns", "inproc/s", "ipc/s", "ratio", "inproc p50", "ipc p50", "d p50", "inproc p99", "ipc p99"],
+        rows,
+    )
+    load = httpx.get(f"{url}/load", timeout=10).json()
+    assert load["pending"] == 0 and load["rejected"] == 0
+    relay = server.ipc
+    assert relay is not None and relay.route_count == 0
+
+
+@pytest.mark.timeout(300)
+def test_stress_streaming_ipc_vs_in_process(
+    ipc: tuple[Server, str], ceiling: tuple[int, str], figures: Figures
+) -> None:
+    server, url = ipc
+    rows = []
+    for concurrency in (1, 32):
+        base = _streams(ceiling[1], concurrency)
+        ours = _streams(url, concurrency)
+        base_first, ours_first = percentile(base.first_chunk, 0.5), percentile(ours.first_chunk, 0.5)
+        rows.append(
+            [
+                str(concurrency),
+                f"{base.chunk_rate:.0f}",
+                f"{ours.chunk_rate:.0f}",
+                f"{ours.chunk_rate / base.chunk_rate:.2f}",
+                _ms(base_first),
+                _ms(ours_first),
+                _ms(ours_first - base_first),
+                _ms(percentile(ours.first_chunk, 0.99)),
+            ]
+        )
+        assert ours.chunk_rate > 0.01 * base.chunk_rate
+    figures.table(
+        f"streaming POST /stream, {CHUNKS_PER_STREAM} chunks each: in-process generator vs IPC path "
+        "(chunks/s, time to first chunk ms)",
+        ["streams", "inproc/s", "ipc/s", "ratio", "inproc ttfc p50", "ipc ttfc p50", "d ttfc", "ipc ttfc p99"],
+        rows,
+    )
+    assert httpx.get(f"{url}/load", timeout=10).json()["pending"] == 0
+    relay = server.ipc
+    assert relay is not None and relay.route_count == 0
