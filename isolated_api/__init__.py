@@ -15,7 +15,7 @@ from features.ipc.errors import (
     QueueFullError,
     RemoteError,
 )
-from features.ipc.messages import ErrorReply
+from features.ipc.messages import CancelRequest, ErrorReply
 from features.subprocess_runtime.manager import SubprocessManager
 from features.unary.dependencies import IPC, get_ipc_channel
 from isolated_api._builder import RouteConfigurer, ServerBuilder, SubprocessConfigurer, UvicornConfigurer
@@ -26,6 +26,7 @@ __all__ = [
     "IPC",
     "ApiConfig",
     "BuildError",
+    "CancelRequest",
     "ChannelClosedError",
     "ConfigError",
     "DuplicateRequestIdError",

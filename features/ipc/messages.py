@@ -20,3 +20,15 @@ class ErrorReply:
     def http_status(self) -> int:
         code = self.status_code
         return code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 500
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """Put on ``request_q`` (only when the server was built with ``.subprocess.with_cancellation()``)
+    when nobody waits for request ``id`` any more: its client disconnected, it timed out, its
+    handler was cancelled, or the HTTP worker serving it died. Sent once per id; stop the work and
+    don't reply (a reply would be dropped anyway). ``reason`` is one of ``"disconnected"``,
+    ``"timeout"``, ``"cancelled"``, ``"worker_died"``."""
+
+    id: Hashable
+    reason: str
