@@ -8,14 +8,18 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from features.cancellation.disconnect import DisconnectCancelMiddleware
 from features.cors_middleware.cors import apply_cors
 from features.graceful_shutdown.drain import DrainMiddleware, DrainState
+from features.health.routes import Probe, install_health_routes
 from features.ipc.channel import IPCChannel
 from features.unary.http_errors import install_ipc_error_handlers
 from isolated_api._recipe import AppRecipe, resolve
 
 
-def build_app(recipe: AppRecipe, *, channel: IPCChannel | None, drain: DrainState) -> FastAPI:
+def build_app(
+    recipe: AppRecipe, *, channel: IPCChannel | None, drain: DrainState, probe: Probe | None = None
+) -> FastAPI:
     user_lifespan = recipe.lifespan
 
     # One lifespan composes ours and the user's (FastAPI ignores on_event once a lifespan is set).
@@ -37,6 +41,8 @@ def build_app(recipe: AppRecipe, *, channel: IPCChannel | None, drain: DrainStat
     app.state.ipc_channel = channel
     app.state.drain = drain
     install_ipc_error_handlers(app)
+    if recipe.health is not None:
+        install_health_routes(app, recipe.health, channel=channel, probe=probe)
     for route in recipe.routes:
         app.add_api_route(
             route.path,
@@ -55,6 +61,8 @@ def build_app(recipe: AppRecipe, *, channel: IPCChannel | None, drain: DrainStat
     # drain, so even a 503 during shutdown carries CORS headers a browser can read.
     for middleware in reversed(recipe.middleware):
         app.add_middleware(middleware.cls, **middleware.options)  # type: ignore[arg-type]
+    if recipe.cancel_on_disconnect:
+        app.add_middleware(DisconnectCancelMiddleware)
     app.add_middleware(DrainMiddleware, state=drain)
     if recipe.cors is not None:
         apply_cors(app, recipe.cors)

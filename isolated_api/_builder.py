@@ -9,6 +9,7 @@ from typing import Any
 
 from features.configuration.settings import ApiConfig, ConfigError, IPCConfig, UvicornConfig
 from features.cors_middleware.cors import CorsPolicy
+from features.health.readiness import HealthSettings
 from features.subprocess_runtime.manager import START_METHODS
 from features.supervision.policy import RestartPolicy
 from isolated_api._recipe import (
@@ -94,6 +95,21 @@ class RouteConfigurer:
         self._recipe.cors = CorsPolicy.of(origins, allow_credentials, allow_methods, allow_headers)
         return self
 
+    def with_health(
+        self, live_path: str = "/health/live", ready_path: str = "/health/ready", deadline: float = 1.0
+    ) -> RouteConfigurer:
+        """The built-in health routes (on by default): ``live_path`` answers 200 while the HTTP
+        process is up; ``ready_path`` answers 200 only if the main process answers a probe within
+        ``deadline`` seconds and is not sitting on requests, else 503. Both report pending,
+        max_pending, rejected and dropped counts, restarts, uptime and the last error."""
+        self._recipe.health = HealthSettings(live_path, ready_path, deadline)
+        return self
+
+    def without_health(self) -> RouteConfigurer:
+        """No built-in health routes."""
+        self._recipe.health = None
+        return self
+
     def with_lifespan(self, lifespan: Callable[..., Any]) -> RouteConfigurer:
         """An ``@asynccontextmanager`` taking the app, run inside the serving process."""
         if not callable(lifespan):
@@ -163,6 +179,15 @@ class SubprocessConfigurer:
         budget is spent the worker is given up on (logged; ``server.is_running`` turns False when
         none is left). Off by default."""
         self._builder._restart_policy = RestartPolicy(max_restarts, backoff, max_backoff, window)
+        return self
+
+    def with_cancellation(self, enabled: bool = True) -> SubprocessConfigurer:
+        """Tell the main process when nobody waits for a request any more: a client that
+        disconnects cancels its handler, and a ``CancelRequest(id, reason)`` goes on ``request_q``
+        for a request that timed out, was cancelled, or whose worker died. Off by default: a main
+        loop must expect these messages (the ``Engine`` companion does)."""
+        self._builder._recipe.cancel_on_disconnect = enabled
+        self._builder._cancel_notices = enabled
         return self
 
     def with_start_method(self, method: str) -> SubprocessConfigurer:
@@ -243,6 +268,7 @@ class ServerBuilder:
         self._queues: tuple[Any, Any] | None = None
         self._start_method = "spawn"
         self._restart_policy: RestartPolicy | None = None
+        self._cancel_notices = False
         self._routes = RouteConfigurer(self)
         self._subprocess = SubprocessConfigurer(self)
         self._uvicorn = UvicornConfigurer(self)
@@ -329,4 +355,5 @@ class ServerBuilder:
             response_q=response_q,
             start_method=self._start_method,
             restart_policy=self._restart_policy,
+            cancel_notices=self._cancel_notices,
         )

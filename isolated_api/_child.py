@@ -76,7 +76,7 @@ def child_main(
         on_lost=lambda reason: server_ref[0].request_exit_now(),
     )
     channel = IPCChannel(config=spec.ipc, response_timeout=spec.api.response_timeout, link=link)
-    app = build_app(spec.recipe, channel=channel, drain=drain)
+    app = build_app(spec.recipe, channel=channel, drain=drain, probe=link.probe)
     port = sock.getsockname()[1]
     server = DrainingServer(
         uvicorn_config(app, spec.api, log_config),

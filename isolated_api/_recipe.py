@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from features.cors_middleware.cors import CorsPolicy
+from features.health.readiness import HealthSettings
 
 
 class BuildError(ValueError):
@@ -87,6 +88,8 @@ class AppRecipe:
     exception_handlers: list[ExceptionHandlerSpec] = field(default_factory=list)
     cors: CorsPolicy | None = None
     lifespan: Callable[..., Any] | None = None
+    health: HealthSettings | None = field(default_factory=HealthSettings)
+    cancel_on_disconnect: bool = False
 
     def parts(self) -> Sequence[tuple[str, object]]:
         named: list[tuple[str, object]] = []

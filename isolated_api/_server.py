@@ -11,6 +11,7 @@ import multiprocessing.process
 import pickle
 import socket
 import threading
+import time
 from collections.abc import Callable, Hashable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -21,6 +22,7 @@ from uvicorn.config import LOGGING_CONFIG
 from features.configuration.settings import ApiConfig, IPCConfig
 from features.graceful_shutdown.drain import DrainState
 from features.graceful_shutdown.draining_server import DrainingServer
+from features.health.readiness import main_process_stalled
 from features.ipc.relay import Relay
 from features.supervision.policy import RestartPolicy
 from features.supervision.supervisor import StartupError, Supervisor, WorkerExit
@@ -54,6 +56,7 @@ class Server:
         response_q: Any = None,
         start_method: str = "spawn",
         restart_policy: RestartPolicy | None = None,
+        cancel_notices: bool = False,
         startup_timeout: float = 30.0,
         kill_timeout: float = 2.0,
     ) -> None:
@@ -74,6 +77,7 @@ class Server:
                 max_pending=ipc.max_pending,
                 overload_status=ipc.overload_status,
                 retry_after=ipc.retry_after,
+                cancel_notices=cancel_notices,
             )
             if self._subprocess_mode
             else None
@@ -83,6 +87,8 @@ class Server:
         self._port: int | None = None
         self._supervisor: Supervisor | None = None
         self._ended = threading.Event()
+        self._started_at: float | None = None
+        self._last_error: str | None = None
         self._exit_callbacks: list[ChildExitCallback] = []
         # Direct mode state.
         self._drain = DrainState()
@@ -189,6 +195,7 @@ class Server:
             sock = self._listen()
             relay.start()
             self._ended.clear()
+            self._started_at = time.monotonic()
             supervisor = Supervisor(
                 self._worker_recipe(relay, sock),
                 self._api.uvicorn.workers,
@@ -223,6 +230,7 @@ class Server:
             start_method=self._start_method,
             kill_timeout=self._kill_timeout,
             name=self.name,
+            facts=self._main_facts,
         )
 
     def _listen(self) -> socket.socket:
@@ -238,7 +246,35 @@ class Server:
             self._port = sock.getsockname()[1]
         return self._sock
 
+    def _main_facts(self) -> dict[str, Any]:
+        assert self._relay is not None
+        return {**self._relay.facts(), "restarts": self.restart_count, "last_error": self._last_error}
+
+    def health(self) -> dict[str, Any]:
+        """The server's health as the main process sees it: ``running``, ``ready`` (and why
+        not), ``workers_alive``, ``pending``, ``max_pending``, ``rejected``, ``dropped``,
+        ``forwarded``, ``restarts``, ``uptime``, ``last_error``."""
+        supervisor = self._supervisor
+        running = self.is_running
+        facts: dict[str, Any] = {"running": running, "mode": "subprocess" if self._subprocess_mode else "direct"}
+        if self._relay is not None:
+            facts.update(self._main_facts())
+            facts["max_pending"] = self._ipc.max_pending
+            deadline = self._recipe.health.deadline if self._recipe.health else 1.0
+            problem = None if running else "not running"
+            if problem is None and main_process_stalled(facts, deadline):
+                problem = f"the main process has not answered for {facts['last_reply_age']:.1f} s"
+            facts.update(ready=problem is None, problem=problem)
+        else:
+            facts.update(ready=running, problem=None if running else "not running")
+        facts["workers_alive"] = 0 if supervisor is None else supervisor.alive_count
+        facts["uptime"] = 0.0 if self._started_at is None or not running else time.monotonic() - self._started_at
+        return facts
+
     def _worker_exited(self, event: WorkerExit) -> None:
+        self._last_error = f"HTTP worker {event.slot} exited with code {event.exitcode}" + (
+            f", abandoning {len(event.abandoned)} request(s)" if event.abandoned else ""
+        )
         for callback in self._exit_callbacks:
             try:
                 callback(event.exitcode, event.abandoned)
@@ -287,6 +323,7 @@ class Server:
             sock = self._listen()
             self._drain = DrainState()
             self._app = None
+            self._started_at = time.monotonic()
             # This is the user's process: configure uvicorn's loggers only, as uvicorn.run would.
             log_config = copy.deepcopy(LOGGING_CONFIG)
             server = DrainingServer(

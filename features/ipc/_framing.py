@@ -25,10 +25,12 @@ class Kind(IntEnum):
     STREAM_REQUEST = 2
     CANCEL = 3
     READY = 4
+    PROBE = 8
     # main -> child
     REPLY = 5
     DRAIN = 6
     REJECT = 7
+    PONG = 9
 
 
 def dumps(obj: Any) -> bytes:

@@ -29,7 +29,8 @@ class Link(Protocol):
     def send(self, request_id: Hashable, request: Any, *, streaming: bool) -> None:
         """Hands the request on without blocking the loop. May raise ``IPCError``."""
 
-    def cancel(self, request_id: Hashable) -> None:
-        """The request ended without its (final) reply: forget its route."""
+    def cancel(self, request_id: Hashable, reason: str = "cancelled") -> None:
+        """The request ended without its (final) reply: forget its route (and, if the server
+        opted in, tell the main process why)."""
 
     async def close(self) -> None: ...

@@ -39,13 +39,13 @@ class LocalLink:
         assert self._endpoint is not None, "open() first"
         self._relay.forward(self._endpoint, request_id, request=request, streaming=streaming)
 
-    def cancel(self, request_id: Hashable) -> None:
+    def cancel(self, request_id: Hashable, reason: str = "cancelled") -> None:
         if self._endpoint is not None:
-            self._relay.abandon(self._endpoint, request_id)
+            self._relay.abandon(self._endpoint, request_id, reason)
 
     async def close(self) -> None:
         if self._endpoint is not None:
-            self._relay.detach(self._endpoint)
+            self._relay.detach(self._endpoint, "closed")
             self._endpoint = None
         # The relay's reader joins a thread: keep the loop free while it does.
         await asyncio.to_thread(self._relay.close)

@@ -35,6 +35,7 @@ class PipeEndpoint:
         name: str,
         on_ready: ReadyCallback,
         on_lost: LostCallback,
+        facts: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.name = name
         self._relay = relay
@@ -43,6 +44,7 @@ class PipeEndpoint:
         self._down_fd = downlink.fileno()
         self._on_ready = on_ready
         self._on_lost = on_lost
+        self._facts = facts or relay.facts
         self._write_lock = threading.Lock()
         self._writable = True
         self._thread = threading.Thread(target=self._read_uplink, name=f"isolated-api-{name}", daemon=True)
@@ -117,7 +119,11 @@ class PipeEndpoint:
             except IPCError as exc:
                 self._write(self._reject_frame(request_id, exc))
         elif kind is Kind.CANCEL:
-            self._relay.abandon(self, loads(body))
+            request_id, reason = loads(body)
+            self._relay.abandon(self, request_id, reason)
+        elif kind is Kind.PROBE:
+            # Answered here, on the relay's side of the pipe: the user's loop never sees probes.
+            self._write(frame(Kind.PONG, dumps((loads(body), self._facts()))))
         elif kind is Kind.READY:
             self._on_ready(self, loads(body))
         else:

@@ -59,6 +59,8 @@ class _Downlink(asyncio.Protocol):
                 self._sink.on_failure(request_id, _rejection(name, message, status, headers))
             elif kind is Kind.DRAIN:
                 self._link.on_drain(loads(body))
+            elif kind is Kind.PONG:
+                self._link.on_pong(*loads(body))
         if replies:
             self._sink.on_replies(replies)
 
@@ -95,6 +97,8 @@ class PipeLink:
         self._writer: asyncio.WriteTransport | None = None
         self._reader: asyncio.BaseTransport | None = None
         self._lost = False
+        self._probe_seq = 0
+        self._probes: dict[int, asyncio.Future[dict[str, Any]]] = {}
 
     async def open(self, sink: LinkSink) -> None:
         loop = asyncio.get_running_loop()
@@ -108,9 +112,32 @@ class PipeLink:
         kind = Kind.STREAM_REQUEST if streaming else Kind.REQUEST
         self._writer.write(frame(kind, request_body(request_id, dumps(request))))
 
-    def cancel(self, request_id: Hashable) -> None:
+    def cancel(self, request_id: Hashable, reason: str = "cancelled") -> None:
         if self._writer is not None and not self._lost:
-            self._writer.write(frame(Kind.CANCEL, dumps(request_id)))
+            self._writer.write(frame(Kind.CANCEL, dumps((request_id, reason))))
+
+    async def probe(self, timeout: float) -> dict[str, Any] | None:
+        """Asks the main process's relay for its facts; None if it doesn't answer in time.
+        Travels on the private pipe, never on request_q: health checks don't queue behind work."""
+        if self._writer is None or self._lost:
+            return None
+        self._probe_seq += 1
+        token = self._probe_seq
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._probes[token] = future
+        try:
+            self._writer.write(frame(Kind.PROBE, dumps(token)))
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            self._probes.pop(token, None)
+
+    def on_pong(self, token: int, facts: dict[str, Any]) -> None:
+        future = self._probes.get(token)
+        if future is not None and not future.done():
+            future.set_result(facts)
 
     def send_ready(self, info: Any) -> None:
         if self._writer is not None and not self._lost:

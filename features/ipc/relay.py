@@ -15,6 +15,7 @@ import logging
 import multiprocessing.queues
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 from features.ipc._framing import loads
 from features.ipc.errors import ChannelClosedError, DuplicateRequestIdError, OverloadedError, QueueFullError
-from features.ipc.messages import ErrorReply
+from features.ipc.messages import CancelRequest, ErrorReply
 
 logger = logging.getLogger("isolated_api.relay")
 
@@ -47,6 +48,7 @@ class Endpoint(Protocol):
 class _Route:
     endpoint: Endpoint
     streaming: bool
+    created: float
 
 
 class _Prepickled:
@@ -77,6 +79,7 @@ class Relay:
         max_pending: int | None = None,
         overload_status: int = 503,
         retry_after: int = 1,
+        cancel_notices: bool = False,
     ) -> None:
         self._request_q = request_q
         self._response_q = response_q
@@ -85,6 +88,10 @@ class Relay:
         # the limit exact for the whole server.
         self._max_pending = max_pending
         self._overload = (overload_status, retry_after)
+        # Opt-in: a CancelRequest on request_q would surprise a main loop that doesn't expect it.
+        self._cancel_notices = cancel_notices
+        self._last_reply_at = time.monotonic()
+        self.cancel_notices_sent = 0
         # Multiprocessing queues pickle what they are given: a payload already pickled by a child
         # can go through wrapped instead of being unpickled here and pickled again.
         self._queue_pickles = isinstance(request_q, multiprocessing.queues.Queue)
@@ -185,7 +192,7 @@ class Relay:
                     retry_after=self._overload[1],
                     status_code=self._overload[0],
                 )
-            self._routes[request_id] = _Route(endpoint, streaming)
+            self._routes[request_id] = _Route(endpoint, streaming, time.monotonic())
         if payload is not None:
             item = _Prepickled(payload) if self._queue_pickles else loads(payload)
         else:
@@ -205,17 +212,49 @@ class Relay:
             raise ChannelClosedError(f"the request queue is closed: {exc}") from None
         self.forwarded += 1
 
-    def abandon(self, endpoint: Endpoint, request_id: Hashable) -> bool:
+    def abandon(self, endpoint: Endpoint, request_id: Hashable, reason: str = "cancelled") -> bool:
         """The endpoint gave up on ``request_id`` (timeout, client gone). Later replies are dropped."""
-        return self._forget(request_id, endpoint)
+        forgotten = self._forget(request_id, endpoint)
+        if forgotten:
+            self._notify_cancelled([request_id], reason)
+        return forgotten
 
-    def detach(self, endpoint: Endpoint) -> list[Hashable]:
+    def detach(self, endpoint: Endpoint, reason: str = "worker_died") -> list[Hashable]:
         """Forgets every route of ``endpoint`` (it closed or died) and returns their ids."""
         with self._lock:
             ids = [rid for rid, route in self._routes.items() if route.endpoint is endpoint]
             for rid in ids:
                 del self._routes[rid]
+        self._notify_cancelled(ids, reason)
         return ids
+
+    def _notify_cancelled(self, ids: list[Hashable], reason: str) -> None:
+        if not self._cancel_notices or self._closed:
+            return
+        for request_id in ids:
+            try:
+                if self._simple_queue:
+                    self._request_q.put(CancelRequest(request_id, reason))
+                else:
+                    self._request_q.put(CancelRequest(request_id, reason), timeout=self._queue_timeout)
+                self.cancel_notices_sent += 1
+            except (queue.Full, ValueError, OSError):
+                logger.warning("could not tell the main process that request %r was cancelled", request_id)
+
+    def facts(self) -> dict[str, Any]:
+        """The main side's view for health checks: what is pending and how fresh replies are."""
+        now = time.monotonic()
+        with self._lock:
+            oldest = min((route.created for route in self._routes.values()), default=None)
+            pending = len(self._routes)
+        return {
+            "pending": pending,
+            "oldest_pending_age": 0.0 if oldest is None else now - oldest,
+            "last_reply_age": now - self._last_reply_at,
+            "forwarded": self.forwarded,
+            "dropped": self.dropped_replies,
+            "rejected": self.rejected,
+        }
 
     def _forget(self, request_id: Hashable, endpoint: Endpoint) -> bool:
         with self._lock:
@@ -259,6 +298,7 @@ class Relay:
         by_endpoint: dict[int, tuple[Endpoint, list[Any]]] = {}
         with self._lock:
             routes = self._routes
+            self._last_reply_at = time.monotonic()
             for reply in batch:
                 if type(reply) is _StopReader:
                     stop = stop or reply.token == token

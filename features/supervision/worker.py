@@ -52,6 +52,7 @@ class WorkerRecipe:
     start_method: str
     kill_timeout: float
     name: str
+    facts: Callable[[], dict[str, Any]] | None = None
 
 
 def spawn_worker(recipe: WorkerRecipe, slot: int, incarnation: int, on_lost: Callable[[Worker], None]) -> Worker:
@@ -82,7 +83,13 @@ def spawn_worker(recipe: WorkerRecipe, slot: int, incarnation: int, on_lost: Cal
         on_lost(worker)
 
     endpoint = PipeEndpoint(
-        recipe.relay, uplink_r, downlink_w, name=f"http-worker-{slot}.{incarnation}", on_ready=ready, on_lost=lost
+        recipe.relay,
+        uplink_r,
+        downlink_w,
+        name=f"http-worker-{slot}.{incarnation}",
+        on_ready=ready,
+        on_lost=lost,
+        facts=recipe.facts,
     )
     worker = Worker(slot, incarnation, manager, endpoint, lifeline_w)
     holder.append(worker)

@@ -1,0 +1,1 @@
+"""Cancellation reaches the main process: a client that goes away stops the work it asked for."""
