@@ -56,11 +56,16 @@ def _watch_lifeline(lifeline: Connection, server: DrainingServer, finished: thre
 
 
 def child_main(
-    spec_bytes: bytes, sock: socket.socket, uplink: Connection, downlink: Connection, lifeline: Connection
+    spec_or_bytes: ChildSpec | bytes,
+    sock: socket.socket,
+    uplink: Connection,
+    downlink: Connection,
+    lifeline: Connection,
 ) -> None:
-    # The spec arrives pickled so that unpickling it, which imports the user's modules, happens
-    # after the output redirection: their import-time output lands in the log file too.
-    spec: ChildSpec = pickle.loads(spec_bytes)
+    # Under spawn the spec arrives pickled so that unpickling it, which imports the user's
+    # modules, happens after the output redirection: their import-time output lands in the log
+    # file too. Under fork it is inherited as is.
+    spec: ChildSpec = pickle.loads(spec_or_bytes) if isinstance(spec_or_bytes, bytes) else spec_or_bytes
     for fd in spec.parent_fds:
         try:
             os.close(fd)

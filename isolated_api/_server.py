@@ -218,9 +218,13 @@ class Server:
 
     def _worker_recipe(self, relay: Relay, sock: socket.socket) -> WorkerRecipe:
         spec = ChildSpec(recipe=self._recipe, api=self._api, ipc=self._ipc, signal_drain_timeout=5.0)
+        fork = self._start_method == "fork"
 
         def make_args(uplink: Connection, downlink: Connection, lifeline: Connection, fds: tuple[int, ...]) -> Any:
-            return (pickle.dumps(dataclasses.replace(spec, parent_fds=fds)), sock, uplink, downlink, lifeline)
+            worker_spec = dataclasses.replace(spec, parent_fds=fds)
+            # Under fork nothing is pickled (the child inherits the spec), so nothing needs to be.
+            payload = worker_spec if fork else pickle.dumps(worker_spec)
+            return (payload, sock, uplink, downlink, lifeline)
 
         return WorkerRecipe(
             relay=relay,

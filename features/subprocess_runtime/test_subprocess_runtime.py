@@ -258,3 +258,25 @@ def test_subprocess_runtime_child_exits_when_main_process_is_killed(tmp_path: Pa
         main.wait(10)
         if main.stdout is not None:
             main.stdout.close()
+
+
+def test_subprocess_runtime_fork_accepts_handlers_that_do_not_pickle(
+    queues: tuple[Any, Any], main_loop: MainLoop
+) -> None:
+    """Under fork the child inherits the app recipe: a closure works as a handler there."""
+    greeting = "hello from a closure"
+
+    async def closure_route() -> dict[str, str]:
+        return {"greeting": greeting}
+
+    server = (
+        builder("fork-closure")
+        .routes.with_route("/closure", closure_route)
+        .done()
+        .subprocess.with_ipc(*queues)
+        .with_start_method("fork")
+        .done()
+        .build()
+    )
+    with running(server) as url:
+        assert httpx.get(f"{url}/closure", timeout=10).json() == {"greeting": greeting}
