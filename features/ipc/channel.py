@@ -185,6 +185,13 @@ class ChunkStream:
     def finished(self) -> bool:
         return self._finished
 
+    @property
+    def ready(self) -> int:
+        """Chunks (or an end) that ``next_chunk`` would return without waiting: lets a writer
+        send a burst in one write."""
+        waiter = self._waiter
+        return len(waiter.buffer) + (waiter.error is not None or waiter.complete)
+
     async def next_chunk(self, idle_after: float | None = None) -> Any:
         """The next chunk, or ``END`` once the stream is over, or ``IDLE`` when ``idle_after``
         seconds pass without a chunk (the stream stays open; call again). The idle timeout counts
@@ -226,7 +233,7 @@ class ChunkStream:
                     continue
                 if loop.time() < self._deadline:
                     return IDLE
-                self._finish()
+                self._finish("timeout")
                 raise IPCTimeoutError(
                     f"no chunk for stream {self.request_id!r} within {self._next_timeout:g} s"
                 ) from None
@@ -234,8 +241,10 @@ class ChunkStream:
                 self._finish()
                 raise
 
-    async def aclose(self) -> None:
-        self._finish()
+    async def aclose(self, reason: str = "cancelled") -> None:
+        """Ends the stream now. ``reason`` goes to the main side if the stream was still open
+        (``"disconnected"`` when its client left)."""
+        self._finish(reason)
 
     async def __aenter__(self) -> ChunkStream:
         return self
@@ -243,11 +252,11 @@ class ChunkStream:
     async def __aexit__(self, *exc_info: object) -> None:
         self._finish()
 
-    def _finish(self) -> None:
+    def _finish(self, reason: str = "cancelled") -> None:
         if not self._finished:
             self._finished = True
             self._waiter.buffer.clear()  # what the consumer will never read must not stay alive
-            self._channel._settle(self.request_id, self._waiter)
+            self._channel._settle(self.request_id, self._waiter, reason)
 
     def __del__(self) -> None:
         # An iterator dropped without being exhausted must not keep its registry slot.
@@ -367,6 +376,7 @@ class IPCChannel:
         waiter = _UnaryWaiter(future)
         self._waiters[request_id] = waiter
         limit = self._timeout if timeout is None else timeout
+        reason = "cancelled"
         try:
             self._link.send(request_id, request, streaming=False)
             try:
@@ -375,10 +385,11 @@ class IPCChannel:
             except TimeoutError:
                 # The reply may have landed in the same loop iteration as the deadline: prefer it.
                 if not (future.done() and not future.cancelled() and future.exception() is None):
+                    reason = "timeout"
                     raise IPCTimeoutError(f"no reply for request {request_id!r} within {limit:g} s") from None
                 reply = future.result()
         finally:
-            self._settle(request_id, waiter)
+            self._settle(request_id, waiter, reason)
         if type(reply) is ErrorReply:
             raise RemoteError(reply.message, reply.http_status)
         return reply
@@ -432,18 +443,17 @@ class IPCChannel:
             )
         return request_id
 
-    def _settle(self, request_id: Hashable, waiter: _UnaryWaiter | _StreamWaiter) -> None:
+    def _settle(self, request_id: Hashable, waiter: _UnaryWaiter | _StreamWaiter, reason: str = "cancelled") -> None:
         # Still registered means no reply ended it (timeout, cancellation, client gone, stream
         # abandoned): tell the main side to forget the id, so its later replies are dropped there.
         if self._waiters.get(request_id) is waiter:
             del self._waiters[request_id]
             if self._open:
-                # HOOK (cancellation, separate issue): this is where the main process is told that
-                # nobody waits for ``request_id`` any more. Today ``link.cancel`` only makes the
-                # relay forget the route; a user-visible cancel message (e.g. ``Cancel(id)`` put on
-                # request_q, or a callback on the main side) belongs right here, once for every
-                # abandoned unary request or stream.
-                self._link.cancel(request_id)
+                # The one place where the main side hears that nobody waits for ``request_id``
+                # any more, once per abandoned request or stream, with why ("timeout",
+                # "disconnected", "cancelled"): the relay forgets the route, and tells the main
+                # process (a CancelRequest on request_q) when the server opted in to that.
+                self._link.cancel(request_id, reason)
 
     # -- LinkSink: called by the link on the loop's thread ---------------------------------
 
@@ -475,7 +485,7 @@ class IPCChannel:
                 if type(waiter) is _StreamWaiter and waiter.discarded:
                     self._dropped += 1
                     if self._open:
-                        self._link.cancel(request_id)
+                        self._link.cancel(request_id, "cancelled")
 
     def on_failure(self, request_id: Hashable, error: IPCError) -> None:
         waiter = self._waiters.pop(request_id, None)

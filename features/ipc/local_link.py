@@ -19,7 +19,7 @@ class _LoopEndpoint:
         self._loop = loop
         self._sink = sink
 
-    def deliver(self, replies: list[Any]) -> None:
+    def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
         try:
             self._loop.call_soon_threadsafe(self._sink.on_replies, replies)
         except RuntimeError:  # the loop is closed: nobody is waiting any more

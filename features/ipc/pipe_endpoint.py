@@ -57,12 +57,13 @@ class PipeEndpoint:
 
     # -- main -> child ---------------------------------------------------------------------
 
-    def deliver(self, replies: list[Any]) -> None:
+    def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
         chunks: list[bytes] = []
-        for reply in replies:
+        for reply, raw in zip(replies, raws, strict=True):
             request_id = reply.id
             try:
-                chunks.append(frame(Kind.REPLY, request_body(request_id, dumps(reply))))
+                payload = raw if raw is not None else dumps(reply)
+                chunks.append(frame(Kind.REPLY, request_body(request_id, payload)))
             except Exception as exc:  # a reply put on a thread queue was never pickled before
                 error = IPCError(f"the reply could not be pickled: {exc!r}")
                 chunks.append(self._reject_frame(request_id, error))

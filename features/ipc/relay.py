@@ -40,8 +40,9 @@ class Endpoint(Protocol):
 
     name: str
 
-    def deliver(self, replies: list[Any]) -> None:
-        """Called on the relay's reader thread, outside its lock."""
+    def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
+        """Called on the relay's reader thread, outside its lock. ``raws[i]`` is ``replies[i]``
+        as the main process pickled it, when known: forwarding those bytes saves pickling again."""
 
 
 @dataclass(slots=True)
@@ -67,6 +68,44 @@ class _Prepickled:
 @dataclass(frozen=True)
 class _StopReader:
     token: str
+
+
+class _ReplyReader:
+    """Reads ``response_q``. A ``multiprocessing.Queue`` is read the way its own ``get()`` reads
+    it, keeping the pickled bytes next to the object: the relay must unpickle a reply to learn its
+    id, but need not pickle it again for the HTTP worker. Any other queue goes through ``get()``."""
+
+    def __init__(self, q: Any) -> None:
+        self._q = q
+        self._raw = type(q) is multiprocessing.queues.Queue and all(
+            hasattr(q, name) for name in ("_rlock", "_recv_bytes", "_sem", "_poll", "_closed")
+        )
+
+    def get(self) -> tuple[Any, bytes | None]:
+        q = self._q
+        if not self._raw:
+            return q.get(), None
+        if q._closed:
+            raise ValueError("the response queue is closed")
+        with q._rlock:
+            raw = q._recv_bytes()
+        q._sem.release()
+        return loads(raw), raw
+
+    def get_nowait(self) -> tuple[Any, bytes | None]:
+        q = self._q
+        if not self._raw:
+            return q.get_nowait(), None
+        if not q._rlock.acquire(False):
+            raise queue.Empty
+        try:
+            if not q._poll():
+                raise queue.Empty
+            raw = q._recv_bytes()
+            q._sem.release()
+        finally:
+            q._rlock.release()
+        return loads(raw), raw
 
 
 class Relay:
@@ -267,11 +306,11 @@ class Relay:
     # -- replies (reader thread) -------------------------------------------------------------
 
     def _read_replies(self) -> None:
-        response_q = self._response_q
+        reader = _ReplyReader(self._response_q)
         token = self._token
         while True:
             try:
-                batch = [response_q.get()]
+                batch = [reader.get()]
             except (ValueError, OSError, EOFError) as exc:
                 logger.error("response queue unusable, reply reader stops: %r", exc)
                 return
@@ -284,7 +323,7 @@ class Relay:
             # Drain what is already queued: one wake-up per endpoint for a burst of replies.
             try:
                 while len(batch) < _BATCH_LIMIT:
-                    batch.append(response_q.get_nowait())
+                    batch.append(reader.get_nowait())
             except queue.Empty:
                 pass
             except Exception:
@@ -293,13 +332,13 @@ class Relay:
             if self._route_batch(batch, token):
                 return
 
-    def _route_batch(self, batch: list[Any], token: str) -> bool:
+    def _route_batch(self, batch: list[tuple[Any, bytes | None]], token: str) -> bool:
         stop = False
-        by_endpoint: dict[int, tuple[Endpoint, list[Any]]] = {}
+        by_endpoint: dict[int, tuple[Endpoint, list[Any], list[bytes | None]]] = {}
         with self._lock:
             routes = self._routes
             self._last_reply_at = time.monotonic()
-            for reply in batch:
+            for reply, raw in batch:
                 if type(reply) is _StopReader:
                     stop = stop or reply.token == token
                     continue
@@ -316,12 +355,13 @@ class Relay:
                     del routes[request_id]
                 entry = by_endpoint.get(id(route.endpoint))
                 if entry is None:
-                    by_endpoint[id(route.endpoint)] = (route.endpoint, [reply])
+                    by_endpoint[id(route.endpoint)] = (route.endpoint, [reply], [raw])
                 else:
                     entry[1].append(reply)
-        for endpoint, replies in by_endpoint.values():
+                    entry[2].append(raw)
+        for endpoint, replies, raws in by_endpoint.values():
             try:
-                endpoint.deliver(replies)
+                endpoint.deliver(replies, raws)
             except Exception:
                 logger.exception("delivering %d replies to %s failed", len(replies), endpoint.name)
         return stop

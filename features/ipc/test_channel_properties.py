@@ -90,6 +90,7 @@ class FakeLink:
         self.sink: LinkSink | None = None
         self.sent: list[Hashable] = []
         self.cancelled: list[Hashable] = []
+        self.reasons: dict[Hashable, str] = {}
 
     async def open(self, sink: LinkSink) -> None:
         self.sink = sink
@@ -100,8 +101,9 @@ class FakeLink:
         assert self.channel.pending_count <= self.max_pending
         self.sent.append(request_id)
 
-    def cancel(self, request_id: Hashable) -> None:
+    def cancel(self, request_id: Hashable, reason: str = "cancelled") -> None:
         self.cancelled.append(request_id)
+        self.reasons[request_id] = reason
 
     async def close(self) -> None:
         self.sink = None
@@ -137,6 +139,7 @@ class Track:
     cancel_requested: bool = False
     deadline: float | None = None  # when the current wait times out, in loop time
     expect_cancel: bool = False  # the channel must tell the link to forget this id
+    raced: bool = False  # a unary reply landed in the iteration of its timeout
     appended: int = 0  # chunks the model expects in the stream's buffer, ever (merges excluded)
     consumed: int = 0  # chunks the consumer took
     got: list[Any] = field(default_factory=list)
@@ -271,6 +274,7 @@ class Scenario:
         self.expected_dropped = 0
         self.unknown = 0
         self.lost = False
+        self.racing = False
 
     def pick(self, index: int) -> Track | None:
         return self.tracks[index % len(self.tracks)] if self.tracks else None
@@ -326,7 +330,14 @@ class Scenario:
             return
         if not track.spec.streaming:
             assert track.deadline is not None
-            if track.cancel_requested or asyncio.get_running_loop().time() >= track.deadline:
+            now = asyncio.get_running_loop().time()
+            if self.racing and now == track.deadline and not track.cancel_requested:
+                # Reply and timeout in one iteration: taken if it came first (the request then
+                # returns it), dropped if the timeout came first (the request then times out).
+                track.raced = True
+                track.terminal = True
+                return
+            if track.cancel_requested or now >= track.deadline:
                 # Its task was cancelled (by us or its timeout, whose timer has fired by now) but
                 # has not run yet: nobody will take the reply; the entry leaves, the reply is dropped.
                 self.expected_dropped += 1
@@ -344,6 +355,26 @@ class Scenario:
             return
         if is_last:
             track.terminal = True
+
+    async def race(self, index: int) -> None:
+        track = self.pick(index)
+        loop = asyncio.get_running_loop()
+        if track is None or track.deadline is None or track.deadline <= loop.time():
+            self.deliver([(index, "next")])
+            return
+        # Timeout racing a reply: the reply lands in the very loop iteration whose timer expires
+        # the request, before or after the timeout's own callback (the heap decides).
+        deadline = track.deadline
+
+        def land() -> None:
+            self.racing = True
+            try:
+                self.deliver([(index, "next")])
+            finally:
+                self.racing = False
+
+        loop.call_at(deadline, land)
+        await asyncio.sleep(deadline - loop.time())
 
     def cancel(self, track: Track | None) -> None:
         if track is None or track.task is None or track.task.done():
@@ -377,6 +408,9 @@ class Scenario:
             assert all(item.id == track.id for item in track.got)
             if track.spec.streaming:
                 self.check_order(track, outcome)
+            elif track.raced:
+                assert outcome in ("reply", "error", "timeout"), f"{track.id}: {outcome}"
+                self.expected_dropped += outcome == "timeout"
             elif track.terminal:  # its reply reached its waiter before any cancellation
                 assert outcome in ("reply", "error", "cancelled"), f"{track.id}: {outcome}"
         assert channel.dropped_count == self.expected_dropped
@@ -384,6 +418,10 @@ class Scenario:
         cancelled = self.link.cancelled
         assert len(cancelled) == len(set(cancelled)), "an id was cancelled twice"
         assert set(cancelled) == {t.id for t in self.tracks if t.expect_cancel}
+        for track in self.tracks:
+            if track.id in self.link.reasons:
+                timed_out = track.outcomes == ["timeout"] and not track.severed
+                assert self.link.reasons[track.id] == ("timeout" if timed_out else "cancelled"), track
 
     def check_order(self, track: Track, outcome: str) -> None:
         expected = [r for r in track.replies if type(r) is Chunk]
@@ -430,11 +468,7 @@ class Scenario:
                 self.cancel(self.pick(op[1]))
                 self.deliver([(op[1], "next")])
             elif kind == "race":
-                track = self.pick(op[1])
-                now = asyncio.get_running_loop().time()
-                if track is not None and track.deadline is not None and track.deadline > now:
-                    await asyncio.sleep(track.deadline - now)
-                self.deliver([(op[1], "next")])
+                await self.race(op[1])
             elif kind == "cancel":
                 self.cancel(self.pick(op[1]))
             elif kind == "fail":

@@ -38,7 +38,7 @@ class Collector:
         self.replies: list[Any] = []
         self.lock = threading.Lock()
 
-    def deliver(self, replies: list[Any]) -> None:
+    def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
         with self.lock:
             self.replies.extend(replies)
 

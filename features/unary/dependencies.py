@@ -11,7 +11,8 @@ from features.ipc.channel import IPCChannel
 from features.ipc.errors import ChannelClosedError
 
 
-def get_ipc_channel(request: Request) -> IPCChannel:
+# async on purpose: FastAPI runs a plain `def` dependency in a thread pool, a thread hop per request.
+async def get_ipc_channel(request: Request) -> IPCChannel:
     channel = getattr(request.app.state, "ipc_channel", None)
     if channel is None:
         # Direct mode has no main-process link: say so instead of an AttributeError.
