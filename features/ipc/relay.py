@@ -12,7 +12,6 @@ to each endpoint in one batch.
 from __future__ import annotations
 
 import logging
-import multiprocessing.queues
 import queue
 import threading
 import time
@@ -21,9 +20,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from features.ipc._framing import loads
 from features.ipc.errors import ChannelClosedError, DuplicateRequestIdError, OverloadedError, QueueFullError
 from features.ipc.messages import CancelRequest, ErrorReply
+from features.ipc.queue_access import ReplyReader, RequestWriter
 
 logger = logging.getLogger("isolated_api.relay")
 
@@ -52,60 +51,9 @@ class _Route:
     created: float
 
 
-class _Prepickled:
-    """A request that arrived already pickled: putting it on a multiprocessing queue pickles only
-    this small wrapper, and ``get()`` on the other side yields the user's object."""
-
-    __slots__ = ("payload",)
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
-        return (loads, (self.payload,))
-
-
 @dataclass(frozen=True)
 class _StopReader:
     token: str
-
-
-class _ReplyReader:
-    """Reads ``response_q``. A ``multiprocessing.Queue`` is read the way its own ``get()`` reads
-    it, keeping the pickled bytes next to the object: the relay must unpickle a reply to learn its
-    id, but need not pickle it again for the HTTP worker. Any other queue goes through ``get()``."""
-
-    def __init__(self, q: Any) -> None:
-        self._q = q
-        self._raw = type(q) is multiprocessing.queues.Queue and all(
-            hasattr(q, name) for name in ("_rlock", "_recv_bytes", "_sem", "_poll", "_closed")
-        )
-
-    def get(self) -> tuple[Any, bytes | None]:
-        q = self._q
-        if not self._raw:
-            return q.get(), None
-        if q._closed:
-            raise ValueError("the response queue is closed")
-        with q._rlock:
-            raw = q._recv_bytes()
-        q._sem.release()
-        return loads(raw), raw
-
-    def get_nowait(self) -> tuple[Any, bytes | None]:
-        q = self._q
-        if not self._raw:
-            return q.get_nowait(), None
-        if not q._rlock.acquire(False):
-            raise queue.Empty
-        try:
-            if not q._poll():
-                raise queue.Empty
-            raw = q._recv_bytes()
-            q._sem.release()
-        finally:
-            q._rlock.release()
-        return loads(raw), raw
 
 
 class Relay:
@@ -131,10 +79,7 @@ class Relay:
         self._cancel_notices = cancel_notices
         self._last_reply_at = time.monotonic()
         self.cancel_notices_sent = 0
-        # Multiprocessing queues pickle what they are given: a payload already pickled by a child
-        # can go through wrapped instead of being unpickled here and pickled again.
-        self._queue_pickles = isinstance(request_q, multiprocessing.queues.Queue)
-        self._simple_queue = isinstance(request_q, multiprocessing.queues.SimpleQueue)
+        self._writer = RequestWriter(request_q, queue_timeout)
         self._lock = threading.Lock()
         self._routes: dict[Hashable, _Route] = {}
         self._reader: threading.Thread | None = None
@@ -232,15 +177,8 @@ class Relay:
                     status_code=self._overload[0],
                 )
             self._routes[request_id] = _Route(endpoint, streaming, time.monotonic())
-        if payload is not None:
-            item = _Prepickled(payload) if self._queue_pickles else loads(payload)
-        else:
-            item = request
         try:
-            if self._simple_queue:
-                self._request_q.put(item)
-            else:
-                self._request_q.put(item, timeout=self._queue_timeout)
+            self._writer.put(request, payload)
         except queue.Full:
             self._forget(request_id, endpoint)
             raise QueueFullError(
@@ -272,10 +210,7 @@ class Relay:
             return
         for request_id in ids:
             try:
-                if self._simple_queue:
-                    self._request_q.put(CancelRequest(request_id, reason))
-                else:
-                    self._request_q.put(CancelRequest(request_id, reason), timeout=self._queue_timeout)
+                self._writer.put(CancelRequest(request_id, reason), None)
                 self.cancel_notices_sent += 1
             except (queue.Full, ValueError, OSError):
                 logger.warning("could not tell the main process that request %r was cancelled", request_id)
@@ -306,7 +241,7 @@ class Relay:
     # -- replies (reader thread) -------------------------------------------------------------
 
     def _read_replies(self) -> None:
-        reader = _ReplyReader(self._response_q)
+        reader = ReplyReader(self._response_q)
         token = self._token
         while True:
             try:

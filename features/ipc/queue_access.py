@@ -1,0 +1,100 @@
+"""How the relay reads ``response_q`` and writes ``request_q`` with as little work as possible.
+
+The user's queues are usually ``multiprocessing.Queue``. Its ``put()`` hands the object to a
+feeder thread that pickles and writes it; its ``get()`` reads bytes and unpickles them. For such a
+queue the relay does the same steps itself, under the queue's own locks and bound semaphore, so
+that a request a worker already pickled is written as is (no unpickle/pickle here, no feeder
+thread hop), and a reply keeps its bytes next to the object (the relay unpickles it to learn its
+id, but forwards the original bytes to the worker). These are private attributes of
+``multiprocessing.queues.Queue`` (stable since Python 3.4); any other queue goes through its
+public ``put``/``get``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.queues
+import queue
+from typing import Any
+
+from features.ipc._framing import dumps, loads
+
+_READ_PARTS = ("_rlock", "_recv_bytes", "_sem", "_poll", "_closed")
+_WRITE_PARTS = ("_wlock", "_writer", "_sem", "_closed")
+
+
+def _has(q: Any, parts: tuple[str, ...]) -> bool:
+    return type(q) is multiprocessing.queues.Queue and all(hasattr(q, name) for name in parts)
+
+
+class _Prepickled:
+    """A payload already pickled, for queues that pickle what they are given: only this small
+    wrapper is pickled, and ``get()`` on the other side yields the user's object."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (loads, (self.payload,))
+
+
+class RequestWriter:
+    def __init__(self, q: Any, timeout: float) -> None:
+        self._q = q
+        self._timeout = timeout
+        self._direct = _has(q, _WRITE_PARTS) and q._wlock is not None
+        self._simple = isinstance(q, multiprocessing.queues.SimpleQueue)
+        self._pickles = isinstance(q, multiprocessing.queues.Queue | multiprocessing.queues.SimpleQueue)
+
+    def put(self, obj: Any, payload: bytes | None) -> None:
+        """Puts ``obj`` (or the object ``payload`` pickles). Raises ``queue.Full`` if a bounded
+        queue stays full for the timeout, ``ValueError``/``OSError`` if it is closed."""
+        q = self._q
+        if self._direct:
+            if q._closed:
+                raise ValueError("the request queue is closed")
+            data = payload if payload is not None else dumps(obj)
+            if not q._sem.acquire(True, self._timeout):
+                raise queue.Full
+            with q._wlock:
+                q._writer.send_bytes(data)
+            return
+        if payload is not None:
+            obj = _Prepickled(payload) if self._pickles else loads(payload)
+        if self._simple:
+            q.put(obj)
+        else:
+            q.put(obj, timeout=self._timeout)
+
+
+class ReplyReader:
+    def __init__(self, q: Any) -> None:
+        self._q = q
+        self._raw = _has(q, _READ_PARTS)
+
+    def get(self) -> tuple[Any, bytes | None]:
+        q = self._q
+        if not self._raw:
+            return q.get(), None
+        if q._closed:
+            raise ValueError("the response queue is closed")
+        with q._rlock:
+            raw = q._recv_bytes()
+        q._sem.release()
+        return loads(raw), raw
+
+    def get_nowait(self) -> tuple[Any, bytes | None]:
+        q = self._q
+        if not self._raw:
+            return q.get_nowait(), None
+        if not q._rlock.acquire(False):
+            raise queue.Empty
+        try:
+            if not q._poll():
+                raise queue.Empty
+            raw = q._recv_bytes()
+            q._sem.release()
+        finally:
+            q._rlock.release()
+        return loads(raw), raw
