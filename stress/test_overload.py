@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from features.backpressure import Job, job_route, load_route
-from features.backpressure.backpressure import JobDone
+from features.backpressure import Job, JobDone, job_route, load_route
 from stress.figures import Figures
 from stress.loadgen import LoadJob, LoadSpec, percentile, run_load
 from stress.servers import close_queues

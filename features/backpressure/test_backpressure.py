@@ -4,6 +4,7 @@ the test controls (requests are held until the test releases them), so nothing d
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,9 +14,17 @@ from typing import Any
 import httpx
 import pytest
 
-from features.backpressure import Job, StreamJob, Token, job_route, load_route, stream_route
-from features.backpressure.backpressure import JobDone
-from isolated_api import ErrorReply, Server
+from features.backpressure import (
+    Job,
+    JobDone,
+    StreamJob,
+    Token,
+    job_route,
+    load_route,
+    stream_route,
+    submit_unless_disconnected,
+)
+from isolated_api import ErrorReply, IPCChannel, IPCConfig, Server
 from tests.helpers import MainLoop, builder, running, wait_until
 
 
@@ -281,45 +290,37 @@ def test_backpressure_overload_burst_admits_exactly_max_pending(
 
 
 def test_backpressure_cancelled_handler_frees_its_slot() -> None:
-    """In-process: a task awaiting ``submit_unless_disconnected`` is cancelled. Expect the slot
-    freed by the time the task has finished, and the cancellation to propagate."""
-    from features.backpressure import submit_unless_disconnected
-    from features.ipc.channel import IPCChannel
+    """In-process channel over thread queues: a task awaiting ``submit_unless_disconnected`` is
+    cancelled once its request reached the main side. Expect the cancellation to propagate and the
+    slot to be free by the time the task has finished, with nothing left routed."""
 
-    class _SilentLink:
-        def __init__(self) -> None:
-            self.sent = asyncio.Event()
-
-        async def open(self, sink: Any) -> None:
-            return None
-
-        def send(self, request_id: Any, request: Any, *, streaming: bool) -> None:
-            self.sent.set()
-
-        def cancel(self, request_id: Any) -> None:
-            self.cancelled = request_id
-
-        async def close(self) -> None:
-            return None
-
-    class _ConnectedRequest:
+    class _ConnectedClient:
+        # A client that never disconnects: only the cancellation can end the wait.
         async def receive(self) -> dict[str, Any]:
             await asyncio.Event().wait()
             raise AssertionError("unreachable")
 
     async def scenario() -> None:
-        link = _SilentLink()
-        channel = IPCChannel(link=link)
+        request_q: queue.Queue[Any] = queue.Queue()
+        response_q: queue.Queue[Any] = queue.Queue()
+        channel = IPCChannel(request_q, response_q, IPCConfig(max_pending=1))
         await channel.start_polling()
-        task = asyncio.ensure_future(
-            submit_unless_disconnected(_ConnectedRequest(), channel, Job("a", "x"))  # type: ignore[arg-type]
-        )
-        await link.sent.wait()
-        assert channel.pending_count == 1
-        task.cancel()
-        await asyncio.wait((task,))
-        assert task.cancelled()
-        assert channel.pending_count == 0
-        assert link.cancelled == "a"
+        try:
+            task = asyncio.ensure_future(
+                submit_unless_disconnected(_ConnectedClient(), channel, Job("a", "x"))  # type: ignore[arg-type]
+            )
+            received = await asyncio.to_thread(request_q.get, timeout=10)
+            assert received == Job("a", "x") and channel.pending_count == 1
+            task.cancel()
+            await asyncio.wait((task,))
+            assert task.cancelled()
+            assert channel.pending_count == 0
+            # The freed slot admits the next request at once.
+            second = asyncio.ensure_future(channel.submit(Job("b", "y")))
+            assert (await asyncio.to_thread(request_q.get, timeout=10)).id == "b"
+            response_q.put(JobDone("b", "Y"))
+            assert await second == JobDone("b", "Y")
+        finally:
+            await channel.stop_polling()
 
     asyncio.run(scenario())

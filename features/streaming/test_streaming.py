@@ -293,6 +293,31 @@ def test_streaming_client_disconnect_frees_the_slot_and_drops_later_chunks(queue
         assert child_counters(url)["pending"] == 0
 
 
+def test_streaming_client_gone_before_first_chunk_frees_the_slot(queues: tuple[Any, Any]) -> None:
+    """Steps: the engine holds the request; the client gives up before any token (its request is
+    cancelled, the connection closed). Expect the child's pending back to 0 while the engine still
+    holds it (not after the 10 s timeout), and the 4 tokens sent later all dropped and counted."""
+    engine = Engine(queues[1])
+    engine.hold.clear()
+    with serving(queues, engine) as (url, server):
+        relay = server.ipc
+        assert relay is not None
+
+        async def go() -> None:
+            async with httpx.AsyncClient(timeout=20) as client:
+                request = asyncio.ensure_future(client.post(f"{url}/generate", json={"max_tokens": 4}))
+                await asyncio.to_thread(wait_until, lambda: relay.route_count == 1, 10.0, "the request to arrive")
+                request.cancel()
+                await asyncio.wait((request,))
+
+        asyncio.run(go())
+        wait_until(lambda: child_counters(url)["pending"] == 0, 5.0, "the slot to be freed")
+        assert not engine.finished
+        engine.hold.set()
+        wait_until(lambda: len(engine.finished) == 1, 10.0, "the engine to finish")
+        wait_until(lambda: relay.dropped_replies + child_counters(url)["dropped"] == 4, 10.0, "4 tokens dropped")
+
+
 def test_streaming_keepalive_comment_while_engine_is_silent(queues: tuple[Any, Any]) -> None:
     """Steps: keep-alive every 0.1 s; the engine sends a token, thinks for 0.6 s, sends two more.
     Expect ``: ping`` comments between the first and second frames, and all frames."""
@@ -338,6 +363,7 @@ class FakeLink:
         self.sink: LinkSink | None = None
         self.sent: list[Hashable] = []
         self.cancelled: list[Hashable] = []
+        self.reasons: list[str] = []
 
     async def open(self, sink: LinkSink) -> None:
         self.sink = sink
@@ -345,8 +371,9 @@ class FakeLink:
     def send(self, request_id: Hashable, request: Any, *, streaming: bool) -> None:
         self.sent.append(request_id)
 
-    def cancel(self, request_id: Hashable) -> None:
+    def cancel(self, request_id: Hashable, reason: str = "cancelled") -> None:
         self.cancelled.append(request_id)
+        self.reasons.append(reason)
 
     async def close(self) -> None:
         self.sink = None
@@ -508,7 +535,7 @@ def test_streaming_channel_idle_timeout_raises() -> None:
         async with asyncio.timeout(5):
             with pytest.raises(IPCTimeoutError):
                 await anext(stream)
-        assert channel.pending_count == 0 and link.cancelled == ["s"]
+        assert channel.pending_count == 0 and link.cancelled == ["s"] and link.reasons == ["timeout"]
 
     asyncio.run(go())
 

@@ -1,0 +1,3 @@
+"""The main-process side: an ``Engine`` that reads ``request_q``, runs your handlers (sync, async,
+generators) with bounded concurrency and puts their replies, stream chunks and errors on
+``response_q``."""

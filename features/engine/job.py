@@ -1,0 +1,67 @@
+"""One request inside the engine. Every message for it goes through ``send``, guarded by a lock,
+so the request ends exactly once: after its final message, a ``CancelRequest`` or a stop, nothing
+more is sent for it, whichever thread (loop or worker) tries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Hashable
+from typing import Any
+
+from features.engine.context import RequestContext
+
+logger = logging.getLogger("isolated_api.engine")
+
+
+class Job:
+    __slots__ = ("_closed", "_lock", "_response_q", "context", "id", "in_thread", "request", "task")
+
+    def __init__(self, request_id: Hashable, request: Any, response_q: Any) -> None:
+        self.id = request_id
+        self.request = request
+        self.context = RequestContext(request_id)
+        self.task: asyncio.Task[None] | None = None
+        # True while sync code runs in a worker thread for it: then cancelling the task would free
+        # the concurrency slot while the thread still works, so only the context flag is set.
+        self.in_thread = False
+        self._response_q = response_q
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send(self, message: Any, *, final: bool) -> bool:
+        """Puts ``message`` on response_q unless the job already ended; ``final`` ends it."""
+        with self._lock:
+            if self._closed:
+                return False
+            if final:
+                self._closed = True
+            put(self._response_q, message)
+            return True
+
+    def cancel(self, reason: str, last_word: Any = None) -> bool:
+        """Ends the job: sends ``last_word`` (if any) instead of whatever the handler would still
+        produce, and tells the handler to stop. Returns False if the job had already ended."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            if last_word is not None:
+                put(self._response_q, last_word)
+        self.context.cancel(reason)
+        if self.task is not None and not self.in_thread:
+            self.task.cancel()
+        return True
+
+
+def put(response_q: Any, message: Any) -> None:
+    try:
+        response_q.put(message)
+    except (ValueError, OSError, queue.Full) as exc:  # closed or full for good: nothing else to do
+        logger.error("could not put a reply for %r on response_q: %r", getattr(message, "id", None), exc)
