@@ -5,7 +5,7 @@ The facade: everything a user imports lives here; the implementation is in ``fea
 """
 
 from features.configuration.settings import ApiConfig, ConfigError, IPCConfig, UvicornConfig
-from features.ipc.channel import IPCChannel
+from features.ipc.channel import ChunkStream, IPCChannel, merge_text
 from features.ipc.errors import (
     ChannelClosedError,
     DuplicateRequestIdError,
@@ -14,8 +14,10 @@ from features.ipc.errors import (
     OverloadedError,
     QueueFullError,
     RemoteError,
+    StreamOverflowError,
 )
 from features.ipc.messages import CancelRequest, ErrorReply
+from features.streaming.sse import sse_response
 from features.subprocess_runtime.manager import SubprocessManager
 from features.unary.dependencies import IPC, get_ipc_channel
 from isolated_api._builder import RouteConfigurer, ServerBuilder, SubprocessConfigurer, UvicornConfigurer
@@ -28,6 +30,7 @@ __all__ = [
     "BuildError",
     "CancelRequest",
     "ChannelClosedError",
+    "ChunkStream",
     "ConfigError",
     "DuplicateRequestIdError",
     "ErrorReply",
@@ -41,9 +44,12 @@ __all__ = [
     "RouteConfigurer",
     "Server",
     "ServerBuilder",
+    "StreamOverflowError",
     "SubprocessConfigurer",
     "SubprocessManager",
     "UvicornConfig",
     "UvicornConfigurer",
     "get_ipc_channel",
+    "merge_text",
+    "sse_response",
 ]

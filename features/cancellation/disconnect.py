@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_CANCEL_MESSAGE = "client disconnected"
+from features.ipc.messages import CLIENT_DISCONNECTED
 
 
 class DisconnectCancelMiddleware:
@@ -40,7 +40,7 @@ class DisconnectCancelMiddleware:
                     # disconnect cancels.
                     if not state["responded"]:
                         state["disconnected"] = True
-                        handler.cancel(_CANCEL_MESSAGE)
+                        handler.cancel(CLIENT_DISCONNECTED)
                     return
 
         async def send_tracking(message: Message) -> None:

@@ -52,7 +52,7 @@ def test_cancellation_client_disconnect_tells_the_main_process_once(
     queues: tuple[Any, Any], main_loop: MainLoop
 ) -> None:
     """Steps: a request is held by the main process; its client closes the connection. Expect one
-    CancelRequest(id, "cancelled") for that id on request_q, the route forgotten, and the late
+    CancelRequest(id, "disconnected") for that id on request_q, the route forgotten, and the late
     reply dropped."""
     release = threading.Event()
     main_loop.behaviour = lambda m: held_until(release)(m) if isinstance(m, Work) else None
@@ -63,7 +63,7 @@ def test_cancellation_client_disconnect_tells_the_main_process_once(
         sock.close()
         wait_until(lambda: len(_cancels(main_loop)) == 1, 10, "the cancel notice")
         [work] = _works(main_loop)
-        assert _cancels(main_loop) == [CancelRequest(work.id, "cancelled")]
+        assert _cancels(main_loop) == [CancelRequest(work.id, "disconnected")]
         assert server.ipc.pending_count == 0
         dropped = server.ipc.dropped_count
         release.set()

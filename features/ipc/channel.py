@@ -36,7 +36,7 @@ from features.ipc.errors import (
 )
 from features.ipc.link import Link
 from features.ipc.local_link import LocalLink
-from features.ipc.messages import ErrorReply
+from features.ipc.messages import CLIENT_DISCONNECTED, ErrorReply
 from features.ipc.relay import Relay
 
 logger = logging.getLogger("isolated_api.channel")
@@ -388,6 +388,10 @@ class IPCChannel:
                     reason = "timeout"
                     raise IPCTimeoutError(f"no reply for request {request_id!r} within {limit:g} s") from None
                 reply = future.result()
+        except asyncio.CancelledError as exc:
+            if exc.args and exc.args[0] == CLIENT_DISCONNECTED:
+                reason = "disconnected"
+            raise
         finally:
             self._settle(request_id, waiter, reason)
         if type(reply) is ErrorReply:

@@ -22,6 +22,11 @@ class ErrorReply:
         return code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 500
 
 
+# The message a handler task is cancelled with when its client went away; the channel reads it to
+# tell the main process "disconnected" rather than "cancelled".
+CLIENT_DISCONNECTED = "client disconnected"
+
+
 @dataclass(frozen=True)
 class CancelRequest:
     """Put on ``request_q`` (only when the server was built with ``.subprocess.with_cancellation()``)
