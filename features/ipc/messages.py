@@ -32,8 +32,9 @@ class CancelRequest:
     """Put on ``request_q`` (only when the server was built with ``.subprocess.with_cancellation()``)
     when nobody waits for request ``id`` any more: its client disconnected, it timed out, its
     handler was cancelled, or the HTTP worker serving it died. Sent once per id; stop the work and
-    don't reply (a reply would be dropped anyway). ``reason`` is one of ``"disconnected"``,
-    ``"timeout"``, ``"cancelled"``, ``"worker_died"``."""
+    don't reply (a reply would be dropped anyway). ``reason`` is one of ``"disconnected"`` (the
+    client went away), ``"timeout"``, ``"cancelled"`` (the handler was cancelled or left a stream
+    early), ``"worker_died"``, ``"closed"`` (an in-process channel was closed)."""
 
     id: Hashable
     reason: str
