@@ -13,12 +13,19 @@ from features.cors_middleware.cors import apply_cors
 from features.graceful_shutdown.drain import DrainMiddleware, DrainState
 from features.health.routes import Probe, install_health_routes
 from features.ipc.channel import IPCChannel
+from features.metrics.middleware import MetricsMiddleware
+from features.metrics.routes import MetricsHooks, install_metrics_route
 from features.unary.http_errors import install_ipc_error_handlers
 from isolated_api._recipe import AppRecipe, resolve
 
 
 def build_app(
-    recipe: AppRecipe, *, channel: IPCChannel | None, drain: DrainState, probe: Probe | None = None
+    recipe: AppRecipe,
+    *,
+    channel: IPCChannel | None,
+    drain: DrainState,
+    probe: Probe | None = None,
+    metrics: MetricsHooks | None = None,
 ) -> FastAPI:
     user_lifespan = recipe.lifespan
 
@@ -43,6 +50,8 @@ def build_app(
     install_ipc_error_handlers(app)
     if recipe.health is not None:
         install_health_routes(app, recipe.health, channel=channel, probe=probe)
+    if recipe.metrics_path is not None and metrics is not None:
+        install_metrics_route(app, recipe.metrics_path, metrics)
     for route in recipe.routes:
         app.add_api_route(
             route.path,
@@ -66,4 +75,7 @@ def build_app(
     app.add_middleware(DrainMiddleware, state=drain)
     if recipe.cors is not None:
         apply_cors(app, recipe.cors)
+    if recipe.metrics_path is not None and metrics is not None:
+        # Outermost, so it counts the statuses clients really got (drain 503s included).
+        app.add_middleware(MetricsMiddleware, record=metrics.record)
     return app

@@ -105,6 +105,20 @@ class RouteConfigurer:
         self._recipe.health = HealthSettings(live_path, ready_path, deadline)
         return self
 
+    def with_metrics(self, path: str = "/metrics") -> RouteConfigurer:
+        """``GET path`` serves Prometheus metrics for the whole server (on by default at
+        ``/metrics``): requests by route and status, pending, rejections by reason, dropped
+        replies, IPC round-trip latency, stream chunks, cancel notices, worker restarts."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigError(f"metrics path must start with '/', got {path!r}")
+        self._recipe.metrics_path = path
+        return self
+
+    def without_metrics(self) -> RouteConfigurer:
+        """No ``/metrics`` route and no per-request counting."""
+        self._recipe.metrics_path = None
+        return self
+
     def without_health(self) -> RouteConfigurer:
         """No built-in health routes."""
         self._recipe.health = None

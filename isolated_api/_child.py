@@ -18,6 +18,8 @@ from features.graceful_shutdown.draining_server import DrainingServer
 from features.ipc.channel import IPCChannel
 from features.ipc.pipe_link import PipeLink
 from features.log_isolation.redirect import configure_logging
+from features.metrics.recorder import BatchingRecorder
+from features.metrics.routes import MetricsHooks
 from isolated_api._app import build_app
 from isolated_api._recipe import AppRecipe
 from isolated_api._uvicorn import uvicorn_config
@@ -81,7 +83,9 @@ def child_main(
         on_lost=lambda reason: server_ref[0].request_exit_now(),
     )
     channel = IPCChannel(config=spec.ipc, response_timeout=spec.api.response_timeout, link=link)
-    app = build_app(spec.recipe, channel=channel, drain=drain, probe=link.probe)
+    recorder = BatchingRecorder(link.send_metrics, channel)
+    metrics = MetricsHooks(record=recorder.record, render=link.scrape)
+    app = build_app(spec.recipe, channel=channel, drain=drain, probe=link.probe, metrics=metrics)
     port = sock.getsockname()[1]
     server = DrainingServer(
         uvicorn_config(app, spec.api, log_config),

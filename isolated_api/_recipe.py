@@ -89,6 +89,7 @@ class AppRecipe:
     cors: CorsPolicy | None = None
     lifespan: Callable[..., Any] | None = None
     health: HealthSettings | None = field(default_factory=HealthSettings)
+    metrics_path: str | None = "/metrics"
     cancel_on_disconnect: bool = False
 
     def parts(self) -> Sequence[tuple[str, object]]:

@@ -24,6 +24,8 @@ from features.graceful_shutdown.drain import DrainState
 from features.graceful_shutdown.draining_server import DrainingServer
 from features.health.readiness import main_process_stalled
 from features.ipc.relay import Relay
+from features.metrics.book import MetricsBook
+from features.metrics.routes import MetricsHooks
 from features.supervision.policy import RestartPolicy
 from features.supervision.supervisor import StartupError, Supervisor, WorkerExit
 from features.supervision.worker import WorkerRecipe
@@ -69,6 +71,8 @@ class Server:
         self._startup_timeout = startup_timeout
         self._kill_timeout = kill_timeout
         self._subprocess_mode = request_q is not None
+        # Metrics live in this process: every worker's requests pass through here.
+        self._metrics = MetricsBook(self._metrics_facts) if recipe.metrics_path is not None else None
         self._relay = (
             Relay(
                 request_q,
@@ -78,6 +82,7 @@ class Server:
                 overload_status=ipc.overload_status,
                 retry_after=ipc.retry_after,
                 cancel_notices=cancel_notices,
+                observe_round_trip=self._metrics.observe_round_trip if self._metrics else None,
             )
             if self._subprocess_mode
             else None
@@ -129,7 +134,7 @@ class Server:
         """The FastAPI app. In subprocess mode the app that serves lives in the child; this is an
         identical copy built here, useful for ``app.openapi()`` and tests."""
         if self._app is None:
-            self._app = build_app(self._recipe, channel=None, drain=self._drain)
+            self._app = build_app(self._recipe, channel=None, drain=self._drain, metrics=self._local_metrics())
         return self._app
 
     @property
@@ -235,6 +240,8 @@ class Server:
             kill_timeout=self._kill_timeout,
             name=self.name,
             facts=self._main_facts,
+            on_metrics=self._worker_metrics if self._metrics else None,
+            render_metrics=self._metrics.render if self._metrics else None,
         )
 
     def _listen(self) -> socket.socket:
@@ -249,6 +256,20 @@ class Server:
             self._sock = sock
             self._port = sock.getsockname()[1]
         return self._sock
+
+    def _worker_metrics(self, report: dict[str, Any]) -> None:
+        assert self._metrics is not None
+        self._metrics.add_http(report["http"])
+        self._metrics.add_worker_counts(report["rejected"], report["dropped"])
+
+    def _metrics_facts(self) -> dict[str, Any]:
+        return self._main_facts() if self._relay is not None else {}
+
+    def metrics_text(self) -> bytes:
+        """The server's metrics in Prometheus text format, as ``GET /metrics`` serves them."""
+        if self._metrics is None:
+            raise RuntimeError("metrics are off (.routes.without_metrics())")
+        return self._metrics.render()
 
     def _main_facts(self) -> dict[str, Any]:
         assert self._relay is not None
@@ -319,6 +340,19 @@ class Server:
             self._sock = None
 
     # -- direct mode -------------------------------------------------------------------------
+
+    def _local_metrics(self) -> MetricsHooks | None:
+        book = self._metrics
+        if book is None:
+            return None
+
+        def record(method: str, route: str, status: int) -> None:
+            book.add_http([((method, route, status), 1)])
+
+        async def render() -> bytes:
+            return book.render()
+
+        return MetricsHooks(record=record, render=render)
 
     def _serve_direct(self) -> None:
         with self._lock:

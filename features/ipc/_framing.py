@@ -26,6 +26,7 @@ class Kind(IntEnum):
     CANCEL = 3
     READY = 4
     PROBE = 8
+    METRICS = 10
     # main -> child
     REPLY = 5
     DRAIN = 6

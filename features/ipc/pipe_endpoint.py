@@ -36,6 +36,8 @@ class PipeEndpoint:
         on_ready: ReadyCallback,
         on_lost: LostCallback,
         facts: Callable[[], dict[str, Any]] | None = None,
+        on_metrics: Callable[[dict[str, Any]], None] | None = None,
+        render_metrics: Callable[[], bytes] | None = None,
     ) -> None:
         self.name = name
         self._relay = relay
@@ -45,6 +47,8 @@ class PipeEndpoint:
         self._on_ready = on_ready
         self._on_lost = on_lost
         self._facts = facts or relay.facts
+        self._on_metrics = on_metrics
+        self._render_metrics = render_metrics
         self._write_lock = threading.Lock()
         self._writable = True
         self._thread = threading.Thread(target=self._read_uplink, name=f"isolated-api-{name}", daemon=True)
@@ -124,7 +128,12 @@ class PipeEndpoint:
             self._relay.abandon(self, request_id, reason)
         elif kind is Kind.PROBE:
             # Answered here, on the relay's side of the pipe: the user's loop never sees probes.
-            self._write(frame(Kind.PONG, dumps((loads(body), self._facts()))))
+            token, what = loads(body)
+            answer = self._facts() if what == "facts" else self._render_metrics() if self._render_metrics else None
+            self._write(frame(Kind.PONG, dumps((token, answer))))
+        elif kind is Kind.METRICS:
+            if self._on_metrics is not None:
+                self._on_metrics(loads(body))
         elif kind is Kind.READY:
             self._on_ready(self, loads(body))
         else:

@@ -99,7 +99,7 @@ class PipeLink:
         self._lost = False
         self._probe_seq = 0
         self._outbox: list[bytes] = []
-        self._probes: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._probes: dict[int, asyncio.Future[Any]] = {}
 
     async def open(self, sink: LinkSink) -> None:
         loop = asyncio.get_running_loop()
@@ -137,14 +137,27 @@ class PipeLink:
     async def probe(self, timeout: float) -> dict[str, Any] | None:
         """Asks the main process's relay for its facts; None if it doesn't answer in time.
         Travels on the private pipe, never on request_q: health checks don't queue behind work."""
+        facts: dict[str, Any] | None = await self.ask("facts", timeout)
+        return facts
+
+    async def scrape(self, timeout: float = 5.0) -> bytes | None:
+        """The server's metrics as Prometheus text, rendered by the main process."""
+        text: bytes | None = await self.ask("metrics", timeout)
+        return text
+
+    def send_metrics(self, report: dict[str, Any]) -> None:
+        if self._writer is not None and not self._lost:
+            self._write(frame(Kind.METRICS, dumps(report)))
+
+    async def ask(self, what: str, timeout: float) -> Any:
         if self._writer is None or self._lost:
             return None
         self._probe_seq += 1
         token = self._probe_seq
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._probes[token] = future
         try:
-            self._write(frame(Kind.PROBE, dumps(token)))
+            self._write(frame(Kind.PROBE, dumps((token, what))))
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
@@ -152,10 +165,10 @@ class PipeLink:
         finally:
             self._probes.pop(token, None)
 
-    def on_pong(self, token: int, facts: dict[str, Any]) -> None:
+    def on_pong(self, token: int, answer: Any) -> None:
         future = self._probes.get(token)
         if future is not None and not future.done():
-            future.set_result(facts)
+            future.set_result(answer)
 
     def send_ready(self, info: Any) -> None:
         if self._writer is not None and not self._lost:

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -67,6 +67,7 @@ class Relay:
         overload_status: int = 503,
         retry_after: int = 1,
         cancel_notices: bool = False,
+        observe_round_trip: Callable[[float], None] | None = None,
     ) -> None:
         self._request_q = request_q
         self._response_q = response_q
@@ -79,6 +80,9 @@ class Relay:
         self._cancel_notices = cancel_notices
         self._last_reply_at = time.monotonic()
         self.cancel_notices_sent = 0
+        self.queue_full = 0
+        self.stream_chunks = 0
+        self._observe_round_trip = observe_round_trip
         self._writer = RequestWriter(request_q, queue_timeout)
         self._lock = threading.Lock()
         self._routes: dict[Hashable, _Route] = {}
@@ -180,6 +184,7 @@ class Relay:
         try:
             self._writer.put(request, payload)
         except queue.Full:
+            self.queue_full += 1
             self._forget(request_id, endpoint)
             raise QueueFullError(
                 f"the main process's request queue stayed full for {self._queue_timeout:g} s"
@@ -228,6 +233,9 @@ class Relay:
             "forwarded": self.forwarded,
             "dropped": self.dropped_replies,
             "rejected": self.rejected,
+            "queue_full": self.queue_full,
+            "stream_chunks": self.stream_chunks,
+            "cancel_notices": self.cancel_notices_sent,
         }
 
     def _forget(self, request_id: Hashable, endpoint: Endpoint) -> bool:
@@ -286,8 +294,12 @@ class Relay:
                     self.dropped_replies += 1
                     logger.debug("dropped a reply for unknown or abandoned id %r", request_id)
                     continue
+                if route.streaming:
+                    self.stream_chunks += 1
                 if not route.streaming or getattr(reply, "is_final", False) or type(reply) is ErrorReply:
                     del routes[request_id]
+                    if self._observe_round_trip is not None:
+                        self._observe_round_trip(self._last_reply_at - route.created)
                 entry = by_endpoint.get(id(route.endpoint))
                 if entry is None:
                     by_endpoint[id(route.endpoint)] = (route.endpoint, [reply], [raw])

@@ -53,6 +53,8 @@ class WorkerRecipe:
     kill_timeout: float
     name: str
     facts: Callable[[], dict[str, Any]] | None = None
+    on_metrics: Callable[[dict[str, Any]], None] | None = None
+    render_metrics: Callable[[], bytes] | None = None
 
 
 def spawn_worker(recipe: WorkerRecipe, slot: int, incarnation: int, on_lost: Callable[[Worker], None]) -> Worker:
@@ -90,6 +92,8 @@ def spawn_worker(recipe: WorkerRecipe, slot: int, incarnation: int, on_lost: Cal
         on_ready=ready,
         on_lost=lost,
         facts=recipe.facts,
+        on_metrics=recipe.on_metrics,
+        render_metrics=recipe.render_metrics,
     )
     worker = Worker(slot, incarnation, manager, endpoint, lifeline_w)
     holder.append(worker)

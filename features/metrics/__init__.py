@@ -1,0 +1,1 @@
+"""Prometheus metrics: one consistent view of the whole server, kept in the main process."""

@@ -1,0 +1,146 @@
+"""GET /metrics over real HTTP: requests by route template and status, rejections, drops, the
+round-trip histogram, stream chunks and restarts, consistent across several workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from features.workers.worker_routes import Chunk, collect_stream_route, whoami_route
+from tests.helpers import (
+    MainLoop,
+    Work,
+    builder,
+    gather_posts,
+    held_until,
+    ping_route,
+    running,
+    wait_received,
+    wait_until,
+)
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def _server(queues: tuple[Any, Any], workers: int = 1, max_pending: int = 100, restart: bool = False) -> Any:
+    b = (
+        builder("metrics")
+        .routes.with_route("/whoami", whoami_route, methods=["POST"])
+        .with_route("/stream", collect_stream_route, methods=["POST"])
+        .with_route("/ping", ping_route)
+        .done()
+        .uvicorn.with_workers(workers)
+        .done()
+        .subprocess.with_ipc(*queues)
+        .with_max_pending(max_pending)
+        .done()
+    )
+    if restart:
+        b.subprocess.with_auto_restart(backoff=0.0)
+    return b.build()
+
+
+def _stream_or_echo(main_loop: MainLoop) -> Any:
+    def behaviour(request: Work) -> Any:
+        if request.text.isdigit():
+            count = int(request.text)
+            for index in range(count):
+                main_loop.response_q.put(Chunk(request.id, index, is_final=index == count - 1))
+            return None
+        from tests.helpers import answer_upper
+
+        return answer_upper(request)
+
+    return behaviour
+
+
+def test_metrics_count_requests_chunks_and_round_trips_across_workers(
+    queues: tuple[Any, Any], main_loop: MainLoop
+) -> None:
+    """Steps: 2 workers; 40 unary requests, 5 streams of 8 chunks, 3 unknown paths. Expect one
+    consistent view from either worker: counts by route template and status, 40 + 5 round trips,
+    40 stream chunks, nothing pending."""
+    main_loop.behaviour = _stream_or_echo(main_loop)
+    server = _server(queues, workers=2)
+    with running(server) as url:
+        asyncio.run(gather_posts(f"{url}/whoami", [{"text": f"m{i}"} for i in range(40)]))
+        asyncio.run(gather_posts(f"{url}/stream", [{"count": 8}] * 5))
+        for _ in range(3):
+            assert httpx.get(f"{url}/nowhere/{os.getpid()}", timeout=10).status_code == 404
+
+        def scrape() -> dict[Any, float]:
+            response = httpx.get(f"{url}/metrics", timeout=10, headers={"connection": "close"})
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/plain")
+            return _samples(response.text)
+
+        wait_until(
+            lambda: (
+                _value(scrape(), "isolated_api_http_requests_total", method="POST", route="/whoami", status="200") == 40
+            ),
+            10,
+            "40 counted /whoami requests",
+        )
+        samples = scrape()
+        assert _value(samples, "isolated_api_http_requests_total", method="POST", route="/stream", status="200") == 5
+        assert _value(samples, "isolated_api_http_requests_total", method="GET", route="<unmatched>", status="404") == 3
+        assert _value(samples, "isolated_api_ipc_round_trip_seconds_count") == 45
+        assert _value(samples, "isolated_api_stream_chunks_total") == 40
+        assert _value(samples, "isolated_api_pending_requests") == 0
+        assert _value(samples, "isolated_api_forwarded_requests_total") == 45
+        assert server.metrics_text().count(b"isolated_api_http_requests_total") >= 3
+
+
+def test_metrics_rejections_drops_and_restarts(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
+    release = threading.Event()
+    main_loop.behaviour = held_until(release)
+    server = _server(queues, max_pending=2, restart=True)
+    with running(server) as url, ThreadPoolExecutor(3) as pool:
+        held = [pool.submit(httpx.post, f"{url}/whoami", json={"text": str(i)}, timeout=30) for i in range(2)]
+        wait_received(main_loop, 2)
+        assert httpx.post(f"{url}/whoami", json={"text": "over"}, timeout=10).status_code == 503
+        main_loop.response_q.put(Work("unknown-id"))
+        release.set()
+        assert [f.result(30).status_code for f in held] == [200, 200]
+        os.kill(server.process.pid, signal.SIGKILL)
+        wait_until(lambda: server.restart_count == 1, 20, "the restart")
+        wait_until(lambda: httpx.get(f"{url}/ping", timeout=2).status_code == 200, 10, "the new worker")
+        samples = _samples(httpx.get(f"{url}/metrics", timeout=10).text)
+        rejected = _value(samples, "isolated_api_rejected_requests_total", reason="worker") + _value(
+            samples, "isolated_api_rejected_requests_total", reason="max_pending"
+        )
+        assert rejected == 1
+        assert _value(samples, "isolated_api_dropped_replies_total", where="main") == 1
+        assert _value(samples, "isolated_api_worker_restarts_total") == 1
+
+
+def test_metrics_can_be_moved_or_turned_off(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
+    server = (
+        builder("off")
+        .routes.with_route("/ping", ping_route)
+        .without_metrics()
+        .done()
+        .subprocess.with_ipc(*queues)
+        .done()
+    ).build()
+    with running(server) as url:
+        assert httpx.get(f"{url}/metrics", timeout=10).status_code == 404
+    moved = builder("moved").routes.with_route("/ping", ping_route).with_metrics("/internal/metrics").done().build()
+    assert "/internal/metrics" in [getattr(r, "path", "") for r in moved.app.routes]
