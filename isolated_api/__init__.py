@@ -4,6 +4,7 @@
 The facade: everything a user imports lives here; the implementation is in ``features/``.
 """
 
+from features.codecs.codec import Codec, CodecError, MsgspecCodec, PickleCodec
 from features.configuration.settings import ApiConfig, ConfigError, IPCConfig, UvicornConfig
 from features.ipc.channel import ChunkStream, IPCChannel, merge_text
 from features.ipc.errors import (
@@ -31,6 +32,8 @@ __all__ = [
     "CancelRequest",
     "ChannelClosedError",
     "ChunkStream",
+    "Codec",
+    "CodecError",
     "ConfigError",
     "DuplicateRequestIdError",
     "ErrorReply",
@@ -38,7 +41,9 @@ __all__ = [
     "IPCConfig",
     "IPCError",
     "IPCTimeoutError",
+    "MsgspecCodec",
     "OverloadedError",
+    "PickleCodec",
     "QueueFullError",
     "RemoteError",
     "RouteConfigurer",

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from features.codecs.codec import Codec
 from features.configuration.settings import ApiConfig, ConfigError, IPCConfig, UvicornConfig
 from features.cors_middleware.cors import CorsPolicy
 from features.health.readiness import HealthSettings
@@ -204,6 +205,15 @@ class SubprocessConfigurer:
         self._builder._cancel_notices = enabled
         return self
 
+    def with_codec(self, codec: Codec) -> SubprocessConfigurer:
+        """How requests and replies cross between processes: ``PickleCodec()`` (default) or
+        ``MsgspecCodec(*struct_types)``, with which the queues carry MessagePack bytes that the main
+        process decodes with ``server.codec`` (the ``Engine`` companion does it itself)."""
+        if not all(callable(getattr(codec, name, None)) for name in ("encode", "decode", "encode_control")):
+            raise ConfigError(f"expected a codec (PickleCodec, MsgspecCodec), got {codec!r}")
+        self._builder._codec = codec
+        return self
+
     def with_start_method(self, method: str) -> SubprocessConfigurer:
         """``"spawn"`` (default: safe with threads, CUDA, macOS), ``"forkserver"`` or ``"fork"``."""
         if method not in START_METHODS:
@@ -283,6 +293,7 @@ class ServerBuilder:
         self._start_method = "spawn"
         self._restart_policy: RestartPolicy | None = None
         self._cancel_notices = False
+        self._codec: Codec | None = None
         self._routes = RouteConfigurer(self)
         self._subprocess = SubprocessConfigurer(self)
         self._uvicorn = UvicornConfigurer(self)
@@ -370,4 +381,5 @@ class ServerBuilder:
             start_method=self._start_method,
             restart_policy=self._restart_policy,
             cancel_notices=self._cancel_notices,
+            codec=self._codec,
         )

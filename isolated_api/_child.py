@@ -9,9 +9,10 @@ import os
 import pickle
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
+from features.codecs.codec import Codec, PickleCodec
 from features.configuration.settings import ApiConfig, IPCConfig
 from features.graceful_shutdown.drain import DrainState
 from features.graceful_shutdown.draining_server import DrainingServer
@@ -38,6 +39,7 @@ class ChildSpec:
     api: ApiConfig
     ipc: IPCConfig
     signal_drain_timeout: float
+    codec: Codec = field(default_factory=PickleCodec)
     # Under fork the child inherits the parent's ends of its pipes; holding them would hide
     # the parent's death (no end-of-file), so the child closes them first.
     parent_fds: tuple[int, ...] = ()
@@ -81,6 +83,7 @@ def child_main(
         downlink,
         on_drain=lambda timeout: server_ref[0].request_drain(timeout),
         on_lost=lambda reason: server_ref[0].request_exit_now(),
+        codec=spec.codec,
     )
     channel = IPCChannel(config=spec.ipc, response_timeout=spec.api.response_timeout, link=link)
     recorder = BatchingRecorder(link.send_metrics, channel)

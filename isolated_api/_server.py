@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 from uvicorn.config import LOGGING_CONFIG
 
+from features.codecs.codec import Codec, PickleCodec
 from features.configuration.settings import ApiConfig, IPCConfig
 from features.graceful_shutdown.drain import DrainState
 from features.graceful_shutdown.draining_server import DrainingServer
@@ -59,6 +60,7 @@ class Server:
         start_method: str = "spawn",
         restart_policy: RestartPolicy | None = None,
         cancel_notices: bool = False,
+        codec: Codec | None = None,
         startup_timeout: float = 30.0,
         kill_timeout: float = 2.0,
     ) -> None:
@@ -71,6 +73,7 @@ class Server:
         self._startup_timeout = startup_timeout
         self._kill_timeout = kill_timeout
         self._subprocess_mode = request_q is not None
+        self._codec: Codec = codec or PickleCodec()
         # Metrics live in this process: every worker's requests pass through here.
         self._metrics = MetricsBook(self._metrics_facts) if recipe.metrics_path is not None else None
         self._relay = (
@@ -83,6 +86,7 @@ class Server:
                 retry_after=ipc.retry_after,
                 cancel_notices=cancel_notices,
                 observe_round_trip=self._metrics.observe_round_trip if self._metrics else None,
+                codec=self._codec,
             )
             if self._subprocess_mode
             else None
@@ -124,6 +128,12 @@ class Server:
     @property
     def host(self) -> str:
         return self._api.host
+
+    @property
+    def codec(self) -> Codec:
+        """How messages cross between the workers and this process (``PickleCodec`` unless
+        ``.subprocess.with_codec(...)``); decode requests and encode replies with it."""
+        return self._codec
 
     @property
     def config(self) -> ApiConfig:
@@ -222,7 +232,9 @@ class Server:
         return process
 
     def _worker_recipe(self, relay: Relay, sock: socket.socket) -> WorkerRecipe:
-        spec = ChildSpec(recipe=self._recipe, api=self._api, ipc=self._ipc, signal_drain_timeout=5.0)
+        spec = ChildSpec(
+            recipe=self._recipe, api=self._api, ipc=self._ipc, signal_drain_timeout=5.0, codec=self._codec
+        )
         fork = self._start_method == "fork"
 
         def make_args(uplink: Connection, downlink: Connection, lifeline: Connection, fds: tuple[int, ...]) -> Any:
@@ -242,6 +254,7 @@ class Server:
             facts=self._main_facts,
             on_metrics=self._worker_metrics if self._metrics else None,
             render_metrics=self._metrics.render if self._metrics else None,
+            codec=self._codec,
         )
 
     def _listen(self) -> socket.socket:

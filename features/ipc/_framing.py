@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pickle
 import struct
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from enum import IntEnum
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
@@ -47,17 +47,17 @@ def frame(kind: Kind, body: bytes) -> bytes:
     return _HEADER.pack(len(body), kind) + body
 
 
-def request_body(request_id: Hashable, payload: bytes) -> bytes:
-    """The id travels pickled apart from the request, so the main process can route the request
-    without unpickling it."""
-    id_bytes = dumps(request_id)
+def request_body(request_id: Hashable, payload: bytes, encode_id: Callable[[Any], bytes] = dumps) -> bytes:
+    """The id travels encoded apart from the request, so the main process can route the request
+    without decoding it."""
+    id_bytes = encode_id(request_id)
     return _ID_LEN.pack(len(id_bytes)) + id_bytes + payload
 
 
-def split_request_body(body: bytes) -> tuple[Hashable, bytes]:
+def split_request_body(body: bytes, decode_id: Callable[[bytes], Any] = loads) -> tuple[Hashable, bytes]:
     (id_len,) = _ID_LEN.unpack_from(body)
     start = _ID_LEN.size
-    request_id: Hashable = loads(body[start : start + id_len])
+    request_id: Hashable = decode_id(body[start : start + id_len])
     return request_id, body[start + id_len :]
 
 

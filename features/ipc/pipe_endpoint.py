@@ -15,7 +15,8 @@ from collections.abc import Callable, Hashable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from features.ipc._framing import FrameDecoder, Kind, dumps, frame, loads, request_body, split_request_body
+from features.codecs.codec import Codec, CodecError, PickleCodec
+from features.ipc._framing import FrameDecoder, Kind, frame, request_body, split_request_body
 from features.ipc.errors import IPCError
 from features.ipc.relay import Relay
 
@@ -38,7 +39,9 @@ class PipeEndpoint:
         facts: Callable[[], dict[str, Any]] | None = None,
         on_metrics: Callable[[dict[str, Any]], None] | None = None,
         render_metrics: Callable[[], bytes] | None = None,
+        codec: Codec | None = None,
     ) -> None:
+        self._codec: Codec = codec or PickleCodec()
         self.name = name
         self._relay = relay
         self._uplink = uplink
@@ -62,24 +65,24 @@ class PipeEndpoint:
     # -- main -> child ---------------------------------------------------------------------
 
     def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
+        codec = self._codec
         chunks: list[bytes] = []
         for reply, raw in zip(replies, raws, strict=True):
             request_id = reply.id
             try:
-                payload = raw if raw is not None else dumps(reply)
-                chunks.append(frame(Kind.REPLY, request_body(request_id, payload)))
-            except Exception as exc:  # a reply put on a thread queue was never pickled before
-                error = IPCError(f"the reply could not be pickled: {exc!r}")
-                chunks.append(self._reject_frame(request_id, error))
+                payload = raw if raw is not None else codec.encode(reply)
+                chunks.append(frame(Kind.REPLY, request_body(request_id, payload, codec.encode_control)))
+            except CodecError as exc:  # a reply put on a thread queue was never encoded before
+                chunks.append(self._reject_frame(request_id, IPCError(f"the reply could not be sent: {exc}")))
         self._write(b"".join(chunks))
 
     def send_drain(self, timeout: float) -> None:
-        self._write(frame(Kind.DRAIN, dumps(timeout)))
+        self._write(frame(Kind.DRAIN, self._codec.encode_control(timeout)))
 
     def _reject_frame(self, request_id: Hashable, error: IPCError) -> bytes:
         # Sent as plain data: the child rebuilds an error of the same name, status and headers.
         details = (request_id, type(error).__name__, error.message, error.status_code, error.headers)
-        return frame(Kind.REJECT, dumps(details))
+        return frame(Kind.REJECT, self._codec.encode_control(details))
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -118,23 +121,23 @@ class PipeEndpoint:
 
     def _handle(self, kind: Kind, body: bytes) -> None:
         if kind is Kind.REQUEST or kind is Kind.STREAM_REQUEST:
-            request_id, payload = split_request_body(body)
+            request_id, payload = split_request_body(body, self._codec.decode_control)
             try:
                 self._relay.forward(self, request_id, payload=payload, streaming=kind is Kind.STREAM_REQUEST)
             except IPCError as exc:
                 self._write(self._reject_frame(request_id, exc))
         elif kind is Kind.CANCEL:
-            request_id, reason = loads(body)
+            request_id, reason = self._codec.decode_control(body)
             self._relay.abandon(self, request_id, reason)
         elif kind is Kind.PROBE:
             # Answered here, on the relay's side of the pipe: the user's loop never sees probes.
-            token, what = loads(body)
+            token, what = self._codec.decode_control(body)
             answer = self._facts() if what == "facts" else self._render_metrics() if self._render_metrics else None
-            self._write(frame(Kind.PONG, dumps((token, answer))))
+            self._write(frame(Kind.PONG, self._codec.encode_control((token, answer))))
         elif kind is Kind.METRICS:
             if self._on_metrics is not None:
-                self._on_metrics(loads(body))
+                self._on_metrics(self._codec.decode_control(body))
         elif kind is Kind.READY:
-            self._on_ready(self, loads(body))
+            self._on_ready(self, self._codec.decode_control(body))
         else:
             logger.warning("%s sent an unexpected frame kind %s", self.name, kind)

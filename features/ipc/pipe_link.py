@@ -11,8 +11,9 @@ from collections.abc import Callable, Hashable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from features.codecs.codec import Codec, CodecError, PickleCodec
 from features.ipc import errors
-from features.ipc._framing import FrameDecoder, Kind, dumps, frame, loads, request_body, split_request_body
+from features.ipc._framing import FrameDecoder, Kind, frame, request_body, split_request_body
 from features.ipc.link import LinkSink
 
 _REJECTIONS: dict[str, type[errors.IPCError]] = {
@@ -43,24 +44,22 @@ class _Downlink(asyncio.Protocol):
         self._decoder = FrameDecoder()
 
     def data_received(self, data: bytes) -> None:
+        codec = self._link.codec
         replies: list[Any] = []
         for kind, body in self._decoder.feed(data):
             if kind is Kind.REPLY:
-                request_id, payload = split_request_body(body)
+                request_id, payload = split_request_body(body, codec.decode_control)
                 try:
-                    replies.append(loads(payload))
-                except Exception as exc:
-                    self._sink.on_failure(
-                        request_id,
-                        errors.RemoteError(f"the reply could not be unpickled in the HTTP process: {exc!r}", 500),
-                    )
+                    replies.append(codec.decode(payload))
+                except CodecError as exc:
+                    self._sink.on_failure(request_id, errors.RemoteError(f"the reply could not be decoded: {exc}", 500))
             elif kind is Kind.REJECT:
-                request_id, name, message, status, headers = loads(body)
+                request_id, name, message, status, headers = codec.decode_control(body)
                 self._sink.on_failure(request_id, _rejection(name, message, status, headers))
             elif kind is Kind.DRAIN:
-                self._link.on_drain(loads(body))
+                self._link.on_drain(codec.decode_control(body))
             elif kind is Kind.PONG:
-                self._link.on_pong(*loads(body))
+                self._link.on_pong(*codec.decode_control(body))
         if replies:
             self._sink.on_replies(replies)
 
@@ -88,7 +87,9 @@ class PipeLink:
         *,
         on_drain: Callable[[float], None] = lambda timeout: None,
         on_lost: Callable[[str], None] = lambda reason: None,
+        codec: Codec | None = None,
     ) -> None:
+        self.codec: Codec = codec or PickleCodec()
         self._uplink = uplink
         self._downlink = downlink
         self.on_drain = on_drain
@@ -111,7 +112,8 @@ class PipeLink:
         if self._writer is None or self._lost:
             raise errors.ChannelClosedError("the IPC link to the main process is closed")
         kind = Kind.STREAM_REQUEST if streaming else Kind.REQUEST
-        self._write(frame(kind, request_body(request_id, dumps(request))))
+        codec = self.codec
+        self._write(frame(kind, request_body(request_id, codec.encode(request), codec.encode_id)))
 
     def _write(self, data: bytes) -> None:
         # Frames written in one loop iteration leave in one write: under load, one syscall and
@@ -132,7 +134,7 @@ class PipeLink:
 
     def cancel(self, request_id: Hashable, reason: str = "cancelled") -> None:
         if self._writer is not None and not self._lost:
-            self._write(frame(Kind.CANCEL, dumps((request_id, reason))))
+            self._write(frame(Kind.CANCEL, self.codec.encode_control((request_id, reason))))
 
     async def probe(self, timeout: float) -> dict[str, Any] | None:
         """Asks the main process's relay for its facts; None if it doesn't answer in time.
@@ -147,7 +149,7 @@ class PipeLink:
 
     def send_metrics(self, report: dict[str, Any]) -> None:
         if self._writer is not None and not self._lost:
-            self._write(frame(Kind.METRICS, dumps(report)))
+            self._write(frame(Kind.METRICS, self.codec.encode_control(report)))
 
     async def ask(self, what: str, timeout: float) -> Any:
         if self._writer is None or self._lost:
@@ -157,7 +159,7 @@ class PipeLink:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._probes[token] = future
         try:
-            self._write(frame(Kind.PROBE, dumps((token, what))))
+            self._write(frame(Kind.PROBE, self.codec.encode_control((token, what))))
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
@@ -172,7 +174,7 @@ class PipeLink:
 
     def send_ready(self, info: Any) -> None:
         if self._writer is not None and not self._lost:
-            self._writer.write(frame(Kind.READY, dumps(info)))
+            self._writer.write(frame(Kind.READY, self.codec.encode_control(info)))
 
     def lost(self, reason: str) -> None:
         if self._lost:

@@ -16,6 +16,7 @@ import multiprocessing.queues
 import queue
 from typing import Any
 
+from features.codecs.codec import Codec
 from features.ipc._framing import dumps, loads
 
 _READ_PARTS = ("_rlock", "_recv_bytes", "_sem", "_poll", "_closed")
@@ -40,9 +41,12 @@ class _Prepickled:
 
 
 class RequestWriter:
-    def __init__(self, q: Any, timeout: float) -> None:
+    def __init__(self, q: Any, timeout: float, codec: Codec | None = None) -> None:
         self._q = q
         self._timeout = timeout
+        # A binary codec (msgspec): the queue carries the encoded bytes, never a pickle of the
+        # worker's data, so the main process decodes them with the codec alone.
+        self._codec = codec if codec is not None and codec.binary else None
         self._direct = _has(q, _WRITE_PARTS) and q._wlock is not None
         self._simple = isinstance(q, multiprocessing.queues.SimpleQueue)
         self._pickles = isinstance(q, multiprocessing.queues.Queue | multiprocessing.queues.SimpleQueue)
@@ -51,6 +55,9 @@ class RequestWriter:
         """Puts ``obj`` (or the object ``payload`` pickles). Raises ``queue.Full`` if a bounded
         queue stays full for the timeout, ``ValueError``/``OSError`` if it is closed."""
         q = self._q
+        if self._codec is not None:
+            obj = payload if payload is not None else self._codec.encode(obj)
+            payload = None
         if self._direct:
             if q._closed:
                 raise ValueError("the request queue is closed")
@@ -69,14 +76,26 @@ class RequestWriter:
 
 
 class ReplyReader:
-    def __init__(self, q: Any) -> None:
+    """Returns each reply with the bytes to forward to the worker (None: encode it again)."""
+
+    def __init__(self, q: Any, codec: Codec | None = None) -> None:
         self._q = q
-        self._raw = _has(q, _READ_PARTS)
+        self._codec = codec if codec is not None and codec.binary else None
+        self._raw = _has(q, _READ_PARTS) and self._codec is None
+
+    def _decoded(self, item: Any) -> tuple[Any, bytes | None]:
+        # With a binary codec the main process puts encoded bytes (or, for convenience, objects,
+        # which are encoded on the way to the worker).
+        assert self._codec is not None
+        if isinstance(item, bytes):
+            return self._codec.decode(item), item
+        return item, None
 
     def get(self) -> tuple[Any, bytes | None]:
         q = self._q
         if not self._raw:
-            return q.get(), None
+            item = q.get()
+            return self._decoded(item) if self._codec is not None else (item, None)
         if q._closed:
             raise ValueError("the response queue is closed")
         with q._rlock:
@@ -87,7 +106,8 @@ class ReplyReader:
     def get_nowait(self) -> tuple[Any, bytes | None]:
         q = self._q
         if not self._raw:
-            return q.get_nowait(), None
+            item = q.get_nowait()
+            return self._decoded(item) if self._codec is not None else (item, None)
         if not q._rlock.acquire(False):
             raise queue.Empty
         try:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from features.codecs.codec import Codec
 from features.ipc.errors import ChannelClosedError, DuplicateRequestIdError, OverloadedError, QueueFullError
 from features.ipc.messages import CancelRequest, ErrorReply
 from features.ipc.queue_access import ReplyReader, RequestWriter
@@ -68,6 +69,7 @@ class Relay:
         retry_after: int = 1,
         cancel_notices: bool = False,
         observe_round_trip: Callable[[float], None] | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self._request_q = request_q
         self._response_q = response_q
@@ -83,7 +85,8 @@ class Relay:
         self.queue_full = 0
         self.stream_chunks = 0
         self._observe_round_trip = observe_round_trip
-        self._writer = RequestWriter(request_q, queue_timeout)
+        self._codec = codec
+        self._writer = RequestWriter(request_q, queue_timeout, codec)
         self._lock = threading.Lock()
         self._routes: dict[Hashable, _Route] = {}
         self._reader: threading.Thread | None = None
@@ -249,7 +252,7 @@ class Relay:
     # -- replies (reader thread) -------------------------------------------------------------
 
     def _read_replies(self) -> None:
-        reader = ReplyReader(self._response_q)
+        reader = ReplyReader(self._response_q, self._codec)
         token = self._token
         while True:
             try:

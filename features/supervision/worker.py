@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from features.codecs.codec import Codec
 from features.ipc.pipe_endpoint import PipeEndpoint
 from features.ipc.relay import Relay
 from features.subprocess_runtime.manager import SubprocessManager
@@ -55,6 +56,7 @@ class WorkerRecipe:
     facts: Callable[[], dict[str, Any]] | None = None
     on_metrics: Callable[[dict[str, Any]], None] | None = None
     render_metrics: Callable[[], bytes] | None = None
+    codec: Codec | None = None
 
 
 def spawn_worker(recipe: WorkerRecipe, slot: int, incarnation: int, on_lost: Callable[[Worker], None]) -> Worker:
@@ -94,6 +96,7 @@ def spawn_worker(recipe: WorkerRecipe, slot: int, incarnation: int, on_lost: Cal
         facts=recipe.facts,
         on_metrics=recipe.on_metrics,
         render_metrics=recipe.render_metrics,
+        codec=recipe.codec,
     )
     worker = Worker(slot, incarnation, manager, endpoint, lifeline_w)
     holder.append(worker)

@@ -1,0 +1,1 @@
+"""How messages cross between the HTTP workers and the main process: pickle (default) or msgspec."""
