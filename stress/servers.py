@@ -151,7 +151,7 @@ def close_queues(*queues: Any) -> None:
 
 
 @contextmanager
-def ipc_server(log_dir: Path, *, max_pending: int = 4096) -> Iterator[tuple[Server, str]]:
+def ipc_server(log_dir: Path, *, max_pending: int = 4096, workers: int = 1) -> Iterator[tuple[Server, str]]:
     """The IPC path: an HTTP child and, in this process, the relay and an ``Echoer``."""
     ctx = multiprocessing.get_context("spawn")
     request_q, response_q = ctx.Queue(), ctx.Queue()
@@ -164,6 +164,8 @@ def ipc_server(log_dir: Path, *, max_pending: int = 4096) -> Iterator[tuple[Serv
         .routes.with_route("/echo", echo_ipc, methods=["POST"])
         .with_route("/stream", stream_ipc, methods=["POST"])
         .with_route("/load", load_route)
+        .done()
+        .uvicorn.with_workers(workers)
         .done()
         .subprocess.with_ipc(request_q, response_q)
         .with_max_pending(max_pending)
