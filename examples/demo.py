@@ -1,98 +1,258 @@
-"""The README demo: this process does the "work" (word count and upper-case, with an optional fake
-delay); the HTTP API runs in a child process and hands each request over a queue.
+"""The README demo: a token-generating "model" in this process, the HTTP API in a child process.
 
-    python examples/demo.py [--port 8000]      # serves until Ctrl-C, then stops cleanly
-    python examples/demo.py --port 0 --smoke   # makes one request itself, prints it, exits 0
+The engine is a stand-in (deterministic, no download): it "generates" the prompt's words in reverse
+order, or a fixed text for an empty prompt, one token per chunk, ``--token-delay`` seconds apart.
+
+    python examples/demo.py [--port 8000] [--token-delay 0.08]   # serves until Ctrl-C, then stops cleanly
+    python examples/demo.py --port 0 --smoke                     # makes its own requests, prints them, exits 0
+
+HTTP (the child):   GET  /                     a page that shows the tokens as they arrive
+                    POST /v1/generate          {"prompt", "max_tokens"} -> the whole text at once
+                    POST /v1/generate/stream   the same as Server-Sent Events, one token per frame
+Main process:       a plain loop, ``request = request_q.get()``; each request gets a thread that puts
+                    a reply (or one ``Token`` chunk per word, the last with ``is_final=True``) on
+                    ``response_q``. A ``CancelRequest`` (the client went away: the page's Stop button,
+                    Ctrl-C in curl) stops that thread, which says so on stdout.
 """
 
 import argparse
+import functools
 import json
+import math
 import multiprocessing
 import os
 import threading
-import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.request import ProxyHandler, Request, build_opener
 
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import Response
 
-from isolated_api import IPC, ServerBuilder
+from isolated_api import IPC, CancelRequest, ServerBuilder, merge_text, sse_response
+
+PAGE = Path(__file__).with_name("demo_page.html")
+FIXED_TEXT = (
+    "The HTTP layer runs in a child process while the model stays in the main process and streams "
+    "these words to you one token at a time over a multiprocessing queue."
+)
+SAMPLE_PROMPT = "tokens these watch and demo the to welcome"
 
 
-class WorkIn(BaseModel):
-    text: str
-    delay: float = Field(default=0.0, ge=0, le=10, description="seconds the main process pretends to work")
+# --- Messages between the processes (module level: the child imports them under spawn) ---
 
 
 @dataclass
-class WorkRequest:
+class Generate:
     id: str
-    text: str
-    delay: float
+    prompt: str
+    max_tokens: int
+    stream: bool
 
 
 @dataclass
-class WorkResult:
+class Token:
     id: str
-    words: int
-    upper: str
+    index: int
+    text: str  # the word, with a leading space after the first: concatenated, the tokens give the text
+    is_final: bool = False
+
+
+@dataclass
+class Completion:
+    id: str
+    text: str
+    tokens: int
     main_pid: int
 
 
-async def work(body: WorkIn, channel: IPC) -> dict[str, Any]:
-    result = await channel.submit(WorkRequest(uuid.uuid4().hex, body.text, body.delay))
-    return {"words": result.words, "upper": result.upper, "main_pid": result.main_pid}
+# --- HTTP side (runs in the child) ---
 
 
-def do_work(request: WorkRequest, response_q: Any) -> None:
-    time.sleep(request.delay)
-    response_q.put(WorkResult(request.id, len(request.text.split()), request.text.upper(), os.getpid()))
+class GenerateIn(BaseModel):
+    prompt: str = Field(default="", max_length=4000, description="its words come back reversed; empty: a fixed text")
+    max_tokens: int = Field(default=64, ge=1, le=512)
+
+
+class GenerateOut(BaseModel):
+    text: str
+    tokens: int
+    main_pid: int
+
+
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": 'Server-Sent Events: `data: {"index": 0, "text": "...", "final": false}`, one per token',
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@functools.cache
+def _page_html() -> str:
+    return PAGE.read_text(encoding="utf-8")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    return value
+
+
+async def invalid_request(request: HTTPRequest, exc: Exception) -> Response:
+    # FastAPI's own 422 echoes the input in strict UTF-8 JSON: for a body like {"max_tokens": 1e400}
+    # (infinity) or a lone surrogate ("\ud800") that rendering fails, and the client gets a 500.
+    assert isinstance(exc, RequestValidationError)
+    detail = _finite(jsonable_encoder(exc.errors()))
+    body = json.dumps({"detail": detail}, ensure_ascii=True, allow_nan=False)
+    return Response(body, status_code=422, media_type="application/json")
+
+
+async def page() -> HTMLResponse:
+    return HTMLResponse(_page_html())
+
+
+async def generate(body: GenerateIn, channel: IPC) -> GenerateOut:
+    reply = await channel.submit(Generate(uuid.uuid4().hex, body.prompt, body.max_tokens, stream=False))
+    return GenerateOut(text=reply.text, tokens=reply.tokens, main_pid=reply.main_pid)
+
+
+def token_frame(token: Token) -> str:
+    return json.dumps({"index": token.index, "text": token.text, "final": token.is_final}, ensure_ascii=False)
+
+
+async def generate_stream(body: GenerateIn, request: HTTPRequest, channel: IPC) -> Response:
+    # Tokens a slow client can't take yet are merged (texts concatenated): it still gets the whole text.
+    request_id = uuid.uuid4().hex
+    stream = channel.submit_streaming(Generate(request_id, body.prompt, body.max_tokens, stream=True), merge=merge_text)
+    return await sse_response(stream, token_frame, request=request)
+
+
+# --- Main-process side: the "model" ---
+
+
+def words_for(prompt: str, max_tokens: int) -> list[str]:
+    """What the stand-in model generates: the prompt's words reversed, or the fixed text."""
+    words = prompt.split()[::-1] or FIXED_TEXT.split()
+    return words[:max_tokens]
+
+
+def run_generate(request: Generate, response_q: Any, token_delay: float, cancelled: threading.Event) -> None:
+    words = words_for(request.prompt, request.max_tokens)
+    texts = [word if index == 0 else f" {word}" for index, word in enumerate(words)]
+    for index, text in enumerate(texts):
+        if index and cancelled.wait(token_delay):  # the pacing, cut short when the client went away
+            print(f"main: request {request.id} cancelled after {index} of {len(texts)} tokens", flush=True)
+            return
+        if request.stream:
+            response_q.put(Token(request.id, index, text, is_final=index == len(texts) - 1))
+    if not request.stream:
+        response_q.put(Completion(request.id, "".join(texts), len(texts), os.getpid()))
+
+
+def serve(request_q: Any, response_q: Any, token_delay: float) -> None:
+    """The main loop: one thread per request, so a long generation does not hold up the others."""
+    cancel_events: dict[str, threading.Event] = {}
+
+    def generate_then_forget(request: Generate, cancelled: threading.Event) -> None:
+        try:
+            run_generate(request, response_q, token_delay, cancelled)
+        finally:
+            cancel_events.pop(request.id, None)
+
+    while (request := request_q.get()) is not None:
+        if isinstance(request, CancelRequest):
+            if (event := cancel_events.get(str(request.id))) is not None:
+                event.set()
+        elif isinstance(request, Generate):
+            cancel_events[request.id] = cancelled = threading.Event()
+            threading.Thread(target=generate_then_forget, args=(request, cancelled), daemon=True).start()
+
+
+# --- Printed commands and --smoke ---
+
+
+def curl_commands(url: str) -> list[str]:
+    body = json.dumps({"prompt": SAMPLE_PROMPT})
+    header = "-H 'content-type: application/json'"
+    return [
+        f"curl -s -X POST {url}/v1/generate {header} -d '{body}'",
+        f"curl -sN -X POST {url}/v1/generate/stream {header} -d '{body}'",
+    ]
+
+
+def _post(url: str, body: dict[str, Any]) -> Any:
+    request = Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    return build_opener(ProxyHandler({})).open(request, timeout=30)
 
 
 def smoke(url: str, request_q: Any) -> None:
     try:
-        body = json.dumps({"text": "hello isolated world"}).encode()
-        request = Request(url, body, {"content-type": "application/json"})
-        with build_opener(ProxyHandler({})).open(request, timeout=10) as response:
-            print(f"POST /work -> {response.status} {response.read().decode()}", flush=True)
+        body = {"prompt": SAMPLE_PROMPT}
+        with _post(f"{url}/v1/generate", body) as response:
+            print(f"POST /v1/generate -> {response.status} {response.read().decode()}", flush=True)
+        with _post(f"{url}/v1/generate/stream", body) as response:
+            frames = [line[len(b"data: ") :].decode().strip() for line in response if line.startswith(b"data: ")]
+            print(f"POST /v1/generate/stream -> {response.status} [{', '.join(frames)}]", flush=True)
     finally:
         request_q.put(None)  # ends the main loop
 
 
-if __name__ == "__main__":
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--smoke", action="store_true", help="make one request, print it and exit")
+    parser.add_argument("--port", type=int, default=8000, help="0: a free port")
+    parser.add_argument("--token-delay", type=float, default=0.08, help="seconds between tokens (default 0.08)")
+    parser.add_argument("--smoke", action="store_true", help="make a few requests, print them and exit")
     args = parser.parse_args()
+    if args.token_delay < 0:
+        parser.error("--token-delay must be >= 0")
     request_q: Any = multiprocessing.Queue()  # requests arrive here (this process reads it)
-    response_q: Any = multiprocessing.Queue()  # replies go here, with the request's id
+    response_q: Any = multiprocessing.Queue()  # replies and tokens go here, with the request's id
     server = (
         ServerBuilder("demo")
         .with_host("127.0.0.1")
         .with_port(args.port)
         .with_title("isolated_api demo")
-        .routes.with_route("/work", work, methods=["POST"])
+        .with_description("A stand-in token generator in the main process; this API in a child process.")
+        .routes.with_exception_handler(RequestValidationError, invalid_request)
+        .with_route("/", page, include_in_schema=False, response_class=HTMLResponse)
+        .with_route("/v1/generate", generate, methods=["POST"], response_model=GenerateOut, tags=["generate"])
+        .with_route(
+            "/v1/generate/stream", generate_stream, methods=["POST"], tags=["generate"], responses=STREAM_RESPONSES
+        )
         .done()
         .subprocess.with_ipc(request_q, response_q)
+        .with_cancellation()  # a client that leaves mid-stream stops its generation
         .done()
         .build()
     )
     process = server.start_subprocess()
     url = f"http://127.0.0.1:{server.port}"
     print(f"HTTP child {process.pid} serving {url} (docs: {url}/docs); main process {os.getpid()}")
-    body = '{"text": "hello world", "delay": 0.5}'
-    print(f"try:  curl -s -X POST {url}/work -H 'content-type: application/json' -d '{body}'")
+    print(f"open {url}/ in a browser to watch the tokens arrive, or try:")
+    for command in curl_commands(url):
+        print(f"  {command}")
     print("Ctrl-C to stop", flush=True)
     if args.smoke:
-        threading.Thread(target=smoke, args=(f"{url}/work", request_q)).start()
+        threading.Thread(target=smoke, args=(url, request_q)).start()
     try:
-        while (request := request_q.get()) is not None:
-            # One thread per request, so a slow one does not hold up the others.
-            threading.Thread(target=do_work, args=(request, response_q), daemon=True).start()
+        serve(request_q, response_q, args.token_delay)
     except KeyboardInterrupt:
         print("\nCtrl-C: stopping", flush=True)
     finally:
         server.stop(timeout=5)
     print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

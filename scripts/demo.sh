@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README demo: bash scripts/demo.sh [--port 8000] [--smoke]. Ctrl-C stops it.
+# The README demo: bash scripts/demo.sh [--port 8000] [--token-delay 0.08] [--smoke]. Open the URL it prints
+# to watch tokens stream in; Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh

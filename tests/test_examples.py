@@ -88,70 +88,164 @@ def test_examples_stop_drains_in_flight_then_refuses_and_is_idempotent() -> None
     assert output.rstrip().endswith("second stop(): no-op")
 
 
-def test_examples_demo_smoke_gets_the_work_done_by_the_main_process() -> None:
-    """Steps: run demo.py --port 0 --smoke. Expect its POST /work answered 200 by the main process
-    (word count, upper-case, main pid) while a different process serves HTTP."""
-    output = _run("demo", "--port", "0", "--smoke")
+# --- The README demo (examples/demo.py). DemoProcess is also used by test_demo_browser and test_demo_schema.
+
+DEMO_PROMPT = "tokens these watch and demo the to welcome"  # the demo's sample prompt
+DEMO_TEXT = "welcome to the demo and watch these tokens"  # what its engine makes of it: the words reversed
+
+
+class DemoProcess:
+    """``python examples/demo.py --port 0 ARGS`` as a user would run it, in its own process group
+    (so SIGINT reaches both processes, as Ctrl-C in a terminal does); its output read by a thread.
+    Once started: ``url``, ``child_pid``, ``lines`` (what it printed so far)."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "examples" / "demo.py"), "--port", "0", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._pumper = threading.Thread(target=self._pump, daemon=True)
+        self._pumper.start()
+        self.url = ""
+        self.child_pid = 0
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def next_line(self, deadline: float) -> str | None:
+        """The next line printed, or None once the demo closed its output."""
+        line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+        if line is not None:
+            self.lines.append(line)
+        return line
+
+    def wait_ready(self, timeout: float = DEADLINE) -> DemoProcess:
+        """Waits for "Ctrl-C to stop", printed once the HTTP child accepts connections."""
+        deadline = time.monotonic() + timeout
+        while not (self.lines and self.lines[-1] == "Ctrl-C to stop"):
+            line = self.next_line(deadline)
+            assert line is not None, "the demo exited early:\n" + self.output
+        serving = re.search(r"^HTTP child (\d+) serving (http://127\.0\.0\.1:\d+) ", self.output, re.MULTILINE)
+        assert serving is not None, self.output
+        self.child_pid, self.url = int(serving[1]), serving[2]
+        return self
+
+    def wait_for_line(self, pattern: str, timeout: float = DEADLINE) -> re.Match[str]:
+        """Waits for a printed line matching ``pattern`` (from the start of the line)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next_line(deadline)
+            assert line is not None, f"the demo exited without printing {pattern!r}:\n{self.output}"
+            if (match := re.match(pattern, line)) is not None:
+                return match
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def interrupt(self, timeout: float = DEADLINE) -> int:
+        """Ctrl-C as a terminal sends it (to the whole group); returns the exit code, all output read."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        code = self.process.wait(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self.next_line(deadline) is not None:
+            pass
+        return code
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self._pumper.join(10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+    def __enter__(self) -> DemoProcess:
+        try:
+            return self.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.interrupt()
+        self.close()
+
+
+def _sse_data(body: str) -> list[object]:
+    """The decoded ``data:`` fields of an SSE body, in order."""
+    return [json.loads(line[len("data: ") :]) for line in body.splitlines() if line.startswith("data: ")]
+
+
+def _expected_tokens(text: str) -> list[object]:
+    words = text.split()
+    texts = [word if index == 0 else f" {word}" for index, word in enumerate(words)]
+    return [{"index": i, "text": t, "final": i == len(words) - 1} for i, t in enumerate(texts)]
+
+
+def test_examples_demo_smoke_generates_whole_and_streamed_text_in_the_main_process() -> None:
+    """Steps: run demo.py --port 0 --smoke. Expect POST /v1/generate answered 200 with the engine's
+    text by the main process (not the HTTP child), POST /v1/generate/stream answered 200 with one
+    frame per token, in order, the last one final; then a clean exit."""
+    output = _run("demo", "--port", "0", "--smoke", "--token-delay", "0")
     pids = re.search(r"^HTTP child (\d+) serving .*; main process (\d+)$", output, re.MULTILINE)
     assert pids is not None, output
     child_pid, main_pid = int(pids[1]), int(pids[2])
     assert child_pid != main_pid
-    status, body = _reply(output, "POST /work")
-    assert (status, body) == (200, {"words": 3, "upper": "HELLO ISOLATED WORLD", "main_pid": main_pid})
+    assert _reply(output, "POST /v1/generate ") == (200, {"text": DEMO_TEXT, "tokens": 8, "main_pid": main_pid})
+    assert _reply(output, "POST /v1/generate/stream") == (200, _expected_tokens(DEMO_TEXT))
     assert output.rstrip().endswith("stopped")
 
 
-def test_examples_demo_curl_command_works_and_ctrl_c_stops_cleanly() -> None:
-    """Steps: start demo.py --port 0 in its own process group, wait for its URL, POST the body of
-    the curl command it printed, then Ctrl-C the group as a terminal would. Expect the reply, exit
-    code 0, "stopped", and the HTTP child gone."""
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "demo.py"), "--port", "0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
+def test_examples_demo_curl_commands_work_and_ctrl_c_stops_cleanly() -> None:
+    """Steps: start demo.py --port 0 in its own process group, wait for its URL, send what each curl
+    command it printed sends (plus a body FastAPI must refuse), then Ctrl-C the group as a terminal
+    would. Expect the whole text, the token stream, 422 for the bad body, exit code 0, "stopped",
+    and the HTTP child gone."""
+    with DemoProcess("--token-delay", "0.01") as demo:
+        curls = [re.search(r"curl -sN? -X POST (\S+) -H '([^']+)' -d '(.+)'$", line) for line in demo.lines]
+        commands = [(c[1], c[3]) for c in curls if c is not None]
+        assert [url for url, _ in commands] == [f"{demo.url}/v1/generate", f"{demo.url}/v1/generate/stream"]
+        headers = {"content-type": "application/json"}
+        with httpx.Client(timeout=10, trust_env=False) as client:
+            whole = client.post(commands[0][0], content=commands[0][1], headers=headers)
+            assert whole.status_code == 200, whole.text
+            assert whole.json() == {"text": DEMO_TEXT, "tokens": 8, "main_pid": demo.process.pid}
+            streamed = client.post(commands[1][0], content=commands[1][1], headers=headers)
+            assert streamed.status_code == 200, streamed.text
+            assert streamed.headers["content-type"].startswith("text/event-stream")
+            assert _sse_data(streamed.text) == _expected_tokens(DEMO_TEXT)
+            refused = client.post(commands[1][0], json={"prompt": "x", "max_tokens": 0})
+            assert refused.status_code == 422, refused.text
+            page = client.get(f"{demo.url}/")
+            assert page.status_code == 200
+            assert "/v1/generate/stream" in page.text
 
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
+        assert demo.interrupt() == 0, demo.output
+        assert demo.lines[-1] == "stopped", demo.output
+        wait_until(lambda: not pid_alive(demo.child_pid), 5.0, "the HTTP child to exit")
 
-    pumper = threading.Thread(target=pump, daemon=True)
-    pumper.start()
-    seen: list[str] = []
 
-    def next_line(deadline: float) -> str:
-        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        assert line is not None, "demo exited early:\n" + "\n".join(seen)
-        seen.append(line)
-        return line
-
-    try:
-        deadline = time.monotonic() + DEADLINE
-        while not (seen and seen[-1] == "Ctrl-C to stop"):
-            next_line(deadline)
-        child_pid = int(_line("\n".join(seen), "HTTP child ").split()[2])
-        curl = re.search(r"curl -s -X POST (\S+) -H 'content-type: application/json' -d '(.+)'$", seen[-2])
-        assert curl is not None, seen
-        response = httpx.post(curl[1], content=curl[2], headers={"content-type": "application/json"}, timeout=10)
-        assert response.status_code == 200
-        assert response.json() == {"words": 2, "upper": "HELLO WORLD", "main_pid": process.pid}
-
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=DEADLINE) == 0, "\n".join(seen)
-        while (line := lines.get(timeout=DEADLINE)) is not None:
-            seen.append(line)
-        assert seen[-1] == "stopped", seen
-        wait_until(lambda: not pid_alive(child_pid), 5.0, "the HTTP child to exit")
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        pumper.join(10)
-        assert process.stdout is not None
-        process.stdout.close()
+def test_examples_demo_client_leaving_mid_stream_stops_the_generation() -> None:
+    """Steps: start demo.py with 0.2 s between tokens; stream a 40-word prompt, read the first token
+    and hang up. Expect the main process to stop generating that request well before its 40th token
+    (it prints "cancelled after N of 40 tokens")."""
+    with DemoProcess("--token-delay", "0.2") as demo:
+        with httpx.Client(timeout=10, trust_env=False) as client:
+            body = {"prompt": " ".join(f"w{i}" for i in range(40))}
+            with client.stream("POST", f"{demo.url}/v1/generate/stream", json=body) as response:
+                assert response.status_code == 200
+                first = next(line for line in response.iter_lines() if line.startswith("data: "))
+                assert json.loads(first[len("data: ") :]) == {"index": 0, "text": "w39", "final": False}
+        cancelled = demo.wait_for_line(r"main: request \w+ cancelled after (\d+) of 40 tokens$", timeout=20)
+        assert int(cancelled[1]) < 40

@@ -9,7 +9,8 @@ JSON ``detail``, without a traceback. What a route adds here:
 - ``submit_unless_disconnected``: a unary submit that gives its slot back the moment the client
   hangs up. uvicorn does not cancel a handler whose client left, so a plain ``channel.submit``
   holds its slot until the reply or the timeout; under overload, clients that gave up would keep
-  the server refusing the ones still there.
+  the server refusing the ones still there. (``.subprocess.with_cancellation()`` does this for
+  every route at once, with ``features/cancellation``'s middleware, and tells the main process.)
 - ``stream_route``: admission and the first chunk before the 200, so an overloaded stream is a
   real 503, and leaving the stream early frees its slot (Starlette cancels the body on disconnect).
 """

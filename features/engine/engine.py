@@ -4,7 +4,10 @@ Threads: one *intake* thread blocks on ``request_q.get()`` (see ``intake.py``); 
 runs an asyncio loop that dispatches each batch of messages, awaits async handlers and async
 generators, and hands sync handlers to a pool of ``concurrency`` worker threads. A semaphore on
 the loop bounds the handlers running at once; the intake holds at most ``concurrency +
-max_waiting`` requests, so a saturated engine stops taking from ``request_q``.
+max_waiting + 1`` requests, so a saturated engine stops taking from ``request_q`` (backpressure).
+The one extra keeps the reader listening while every slot is busy, so a ``CancelRequest`` reaches
+a busy engine; a cancellation queued *behind* further requests is read only when a slot frees
+(requests and cancellations share one queue; a separate cancel queue would lift that).
 
 Every request ends exactly once (``Job``): its reply / final chunk / ``ErrorReply``, or nothing
 when a ``CancelRequest`` cancelled it, or a 503 when ``stop()`` ran out of time for it.
@@ -22,7 +25,7 @@ from typing import Any, TypeVar, overload
 from features.engine.execution import run_job
 from features.engine.handlers import Handler, HandlerTable
 from features.engine.intake import Intake, StopIntake
-from features.engine.job import Job, put
+from features.engine.job import Encode, Job, put
 from features.engine.messages import HealthPing, HealthStatus
 from features.ipc.messages import CancelRequest, ErrorReply
 
@@ -53,9 +56,13 @@ class Engine:
     async generators (streams). Declared as ``fn(request, ctx)`` they also get a
     ``RequestContext``. Raise ``EngineError(message, status)`` to choose the client's status;
     any other exception is a 500 with its message. ``handle(object, fn)`` is a catch-all.
+    ``codec``: the server's codec when it is binary (``MsgspecCodec``; list ``ENGINE_WIRE_TYPES``
+    from ``features.engine.wire`` in it): requests are decoded and replies encoded here.
     """
 
-    def __init__(self, request_q: Any, response_q: Any, *, concurrency: int = 8, max_waiting: int = 0) -> None:
+    def __init__(
+        self, request_q: Any, response_q: Any, *, concurrency: int = 8, max_waiting: int = 0, codec: Any = None
+    ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if max_waiting < 0:
@@ -63,8 +70,11 @@ class Engine:
         self._request_q = request_q
         self._response_q = response_q
         self.concurrency = concurrency
+        self._encode, self._decode = _codec_functions(codec)
         self._handlers = HandlerTable()
-        self._intake = Intake(request_q, concurrency + max_waiting, self._deliver, self._intake_exited)
+        # One request more than the engine can start or queue: with every slot busy the reader
+        # stays in get() (one request parked), so a CancelRequest still reaches a busy engine.
+        self._intake = Intake(request_q, concurrency + max_waiting + 1, self._deliver, self._intake_exited)
         self._jobs: dict[Hashable, Job] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -238,6 +248,8 @@ class Engine:
 
     def _accept(self, message: Any) -> bool:
         """Starts a job for ``message``; False when the message needed no slot (answered, or not a request)."""
+        if self._decode is not None and type(message) is bytes:
+            message = self._decode(message)
         kind = type(message)
         if kind is CancelRequest:
             job = self._jobs.get(message.id)
@@ -255,7 +267,7 @@ class Engine:
             logger.warning("dropped a %s from request_q: no hashable .id, or its id is in flight", kind.__name__)
             return False
         if kind is HealthPing:
-            put(self._response_q, self._health(request_id))
+            put(self._response_q, self._health(request_id), self._encode)
             return False
         handler = self._handlers.lookup(kind)
         if self._stopping or handler is None:
@@ -265,9 +277,9 @@ class Engine:
                 if self._stopping
                 else ErrorReply(request_id, f"no handler for {kind.__name__}", 501)
             )
-            put(self._response_q, reply)
+            put(self._response_q, reply, self._encode)
             return False
-        job = Job(request_id, message, self._response_q)
+        job = Job(request_id, message, self._response_q, self._encode)
         self._jobs[request_id] = job
         job.task = asyncio.get_running_loop().create_task(self._serve(handler, job))
         return True
@@ -289,3 +301,20 @@ class Engine:
 
     def _health(self, request_id: Hashable) -> HealthStatus:
         return HealthStatus(request_id, len(self._jobs), self.concurrency, self.served, self.failed, self.cancelled)
+
+
+def _codec_functions(codec: Any) -> tuple[Encode, Callable[[bytes], Any] | None]:
+    """With a binary codec (``MsgspecCodec``) the queues carry bytes: decode requests, encode
+    replies (engine messages in their ``wire`` form). Otherwise the queues carry objects."""
+    if codec is None or not getattr(codec, "binary", False):
+        return None, None
+    from features.engine.wire import from_wire, to_wire
+
+    def encode(message: Any) -> bytes:
+        data: bytes = codec.encode(to_wire(message))
+        return data
+
+    def decode(data: bytes) -> Any:
+        return from_wire(codec.decode(data))
+
+    return encode, decode

@@ -8,18 +8,23 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from features.engine.context import RequestContext
+from features.ipc.messages import ErrorReply
 
 logger = logging.getLogger("isolated_api.engine")
 
+# How a message becomes what goes on response_q: None puts it as it is (the queue pickles it);
+# with a binary codec, its bytes.
+Encode = Callable[[Any], Any] | None
+
 
 class Job:
-    __slots__ = ("_closed", "_lock", "_response_q", "context", "id", "in_thread", "request", "task")
+    __slots__ = ("_closed", "_encode", "_lock", "_response_q", "context", "id", "in_thread", "request", "task")
 
-    def __init__(self, request_id: Hashable, request: Any, response_q: Any) -> None:
+    def __init__(self, request_id: Hashable, request: Any, response_q: Any, encode: Encode = None) -> None:
         self.id = request_id
         self.request = request
         self.context = RequestContext(request_id)
@@ -28,6 +33,7 @@ class Job:
         # the concurrency slot while the thread still works, so only the context flag is set.
         self.in_thread = False
         self._response_q = response_q
+        self._encode = encode
         self._lock = threading.Lock()
         self._closed = False
 
@@ -42,7 +48,9 @@ class Job:
                 return False
             if final:
                 self._closed = True
-            put(self._response_q, message)
+            if not put(self._response_q, message, self._encode):
+                self._closed = True  # it went out as an ErrorReply: the request is over
+                return False
             return True
 
     def cancel(self, reason: str, last_word: Any = None) -> bool:
@@ -53,15 +61,28 @@ class Job:
                 return False
             self._closed = True
             if last_word is not None:
-                put(self._response_q, last_word)
+                put(self._response_q, last_word, self._encode)
         self.context.cancel(reason)
         if self.task is not None and not self.in_thread:
             self.task.cancel()
         return True
 
 
-def put(response_q: Any, message: Any) -> None:
+def put(response_q: Any, message: Any, encode: Encode = None) -> bool:
+    """Puts ``message``; False when it could not be encoded and an ``ErrorReply`` (500) saying so
+    went out in its place, failing that one request."""
+    item = message
+    if encode is not None:
+        try:
+            item = encode(message)
+        except Exception as exc:
+            request_id = getattr(message, "id", None)
+            logger.error("could not encode a %s for %r: %s", type(message).__name__, request_id, exc)
+            if type(message) is not ErrorReply:
+                put(response_q, ErrorReply(request_id, f"the reply could not be encoded: {exc}", 500), encode)
+            return False
     try:
-        response_q.put(message)
+        response_q.put(item)
     except (ValueError, OSError, queue.Full) as exc:  # closed or full for good: nothing else to do
         logger.error("could not put a reply for %r on response_q: %r", getattr(message, "id", None), exc)
+    return True

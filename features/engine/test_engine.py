@@ -122,15 +122,16 @@ def test_engine_generators_stream_chunks_in_order_ending_final(queues: Queues) -
 
 
 def test_engine_concurrency_bound_holds_and_the_rest_stay_queued(queues: Queues, probe: Probe) -> None:
-    """Steps: concurrency=3, ten held requests. Expect exactly 3 started while 7 stay on request_q
-    (backpressure), then, once released, all ten answered with never more than 3 at once."""
+    """Steps: concurrency=3, ten held requests. Expect exactly 3 started, one more taken (parked so
+    the reader still hears cancellations) and 6 left on request_q (backpressure); once released,
+    all ten answered with never more than 3 at once."""
     request_q, response_q = queues
     with _engine(queues, concurrency=3, probe=probe) as engine:
         for i in range(10):
             request_q.put(Hold(i, str(i)))
         wait_until(lambda: probe.running == 3, 10, "3 handlers running")
-        wait_until(lambda: request_q.qsize() == 7, 10, "7 requests left on request_q")
-        assert engine.running_count == 3 and probe.max_running == 3
+        wait_until(lambda: request_q.qsize() == 6, 10, "6 requests left on request_q")
+        assert engine.running_count == 4 and probe.max_running == 3
         probe.release.set()
         replies = _replies(response_q, 10)
         assert sorted(r.id for r in replies) == list(range(10))
@@ -140,8 +141,9 @@ def test_engine_concurrency_bound_holds_and_the_rest_stay_queued(queues: Queues,
 
 def test_engine_max_waiting_reads_ahead_and_a_waiting_request_can_be_cancelled(queues: Queues, probe: Probe) -> None:
     """Steps: concurrency=2, max_waiting=2, four held requests. Expect 2 running and 2 taken from
-    request_q to wait for a slot; a CancelRequest for a waiting one means it never runs and gets
-    no reply; once released, the other three are answered, never more than 2 at once."""
+    request_q to wait for a slot (the reader still listening: room for one more); a CancelRequest
+    for a waiting one means it never runs and gets no reply; once released, the other three are
+    answered, never more than 2 at once."""
     request_q, response_q = queues
     engine = Engine(*queues, concurrency=2, max_waiting=2)
     engine.handle(Hold, probe.hold_sync)
@@ -205,23 +207,25 @@ def test_engine_cancel_request_stops_a_generator(queues: Queues, probe: Probe, k
 
 
 def test_engine_stop_lets_in_flight_work_finish(queues: Queues, probe: Probe) -> None:
-    """Steps: concurrency=2, two held requests and a third left queued by backpressure;
-    stop(timeout=30) in a thread; release. Expect the queued one refused with 503 (the engine
-    stops taking work), both held ones answered normally, and stop() returning well before its
-    timeout."""
+    """Steps: concurrency=2, two held requests, a third taken and waiting for a slot, a fourth left
+    queued by backpressure; stop(timeout=30) in a thread; release. Expect the queued one refused
+    with 503 (the engine stops taking work), the three in flight answered normally, and stop()
+    returning well before its timeout."""
     request_q, response_q = queues
     engine = _engine(queues, concurrency=2, probe=probe).start()
     request_q.put(Hold(1, "one"))
     request_q.put(Hold(2, "two"))
+    request_q.put(Upper("waiting", "in flight"))
     request_q.put(Upper("queued", "not started"))
-    wait_until(lambda: probe.running == 2, 10, "both handlers running")
+    wait_until(lambda: probe.running == 2 and engine.running_count == 3, 10, "2 running and 1 waiting")
+    wait_until(lambda: request_q.qsize() == 1, 10, "1 request left on request_q")
     stopper = threading.Thread(target=engine.stop, args=(30.0,))
     stopper.start()
     assert _next(response_q) == ErrorReply("queued", "the engine is stopping", 503)
     assert stopper.is_alive()  # still waiting for the in-flight work
     probe.release.set()
-    replies = sorted(_replies(response_q, 2), key=lambda r: r.id)
-    assert replies == [Result(1, "held one"), Result(2, "held two")]
+    replies = sorted(_replies(response_q, 3), key=lambda r: str(r.id))
+    assert replies == [Result(1, "held one"), Result(2, "held two"), Result("waiting", "IN FLIGHT")]
     stopper.join(10)
     assert not stopper.is_alive() and not engine.is_running
     assert probe.max_running == 2
