@@ -6,6 +6,8 @@ from the same small harness so the whole matrix can be read and run in one place
 |-----------------------------------------|---------------------------------|--------------------------------|
 | worker SIGKILL while idle               | next request served (restart)   | nothing; port unchanged        |
 | worker SIGKILL mid-unary                | connection drop                 | ids reported abandoned         |
+| worker SIGKILL mid-stream               | stream ends without final token | id reported, later tokens drop |
+| 1,000 clients drop their streams        | other clients served normally   | pending back to 0              |
 | main process SIGKILL                    | 503 for in-flight, then refused | no child, port free (<2 s)     |
 | main stops reading request_q            | 504 after the timeout           | readiness 503; pending back 0  |
 | reply late / twice / unknown id / no id | its own reply, or 504           | drops counted, nothing kept    |
@@ -16,6 +18,7 @@ from the same small harness so the whole matrix can be read and run in one place
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import queue
@@ -27,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from features.streaming.streaming import Generate, emit_tokens, generate_route
 from tests.helpers import (
     Done,
     MainLoop,
@@ -190,3 +194,106 @@ def test_fault_matrix_stop_during_a_restart_backoff(queues: tuple[Any, Any], mai
     threading.Event().wait(3.5)  # past the backoff: a replacement would have started by now
     assert server.processes == [] and not server.is_running
     assert [p for p in multiprocessing.active_children() if p.name.startswith("faults-http")] == []
+
+
+def _stream_server(queues: tuple[Any, Any], *, max_pending: int = 100, restart: bool = False) -> Any:
+    b = (
+        builder("faults-stream")
+        .with_timeout(20.0)
+        .routes.with_route("/generate", generate_route, methods=["POST"])
+        .with_route("/upper", upper_route, methods=["POST"])
+        .done()
+        .uvicorn.with_backlog(4096)
+        .done()
+        .subprocess.with_ipc(*queues)
+        .with_max_pending(max_pending)
+        .done()
+    )
+    if restart:
+        b.subprocess.with_auto_restart(backoff=0.0)
+    return b.build()
+
+
+def _engine(main_loop: MainLoop, release: threading.Event) -> Any:
+    """Streams: the first token at once, the rest only after ``release``. Unary: answered."""
+
+    def hold_after_first(index: int) -> None:
+        if index == 1:
+            release.wait(60)
+
+    def behaviour(request: Any) -> Any:
+        if isinstance(request, Generate):
+            emit_tokens(request, main_loop.response_q.put, before=hold_after_first)
+            return None
+        return answer_upper(request)
+
+    return behaviour
+
+
+def test_fault_matrix_worker_sigkill_mid_stream(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
+    """Client: the stream stops without its final token (the connection drops). Left: the id
+    reported abandoned, nothing pending, the engine's later tokens dropped, a new worker serving."""
+    release = threading.Event()
+    main_loop.behaviour = _engine(main_loop, release)
+    reports: list[list[Any]] = []
+    server = _stream_server(queues, restart=True)
+    server.add_child_exit_callback(lambda code, ids: reports.append(ids))
+    with running(server) as url, httpx.Client(timeout=30) as client:
+        with client.stream("POST", f"{url}/generate", json={"prompt": "k", "max_tokens": 50}) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data:"))
+            os.kill(server.process.pid, signal.SIGKILL)
+            try:
+                rest = list(lines)
+            except httpx.HTTPError:
+                rest = []
+        assert not any('"is_final": true' in line or '"is_final":true' in line for line in rest)
+        wait_until(lambda: len(reports) == 1, 10, "the exit report")
+        assert reports[0] == [main_loop.received[0].id]
+        assert server.ipc.pending_count == 0
+        release.set()
+        wait_until(lambda: server.ipc.dropped_count == 49, 10, "the 49 later tokens to be dropped")
+        wait_until(lambda: server.restart_count == 1, 10, "the replacement")
+        assert _post(url, "after").json()["text"] == "AFTER"  # type: ignore[union-attr]
+
+
+async def _open_and_drop(port: int, body: bytes) -> bool:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        # Read up to the first data frame, then hang up mid-stream.
+        await reader.readuntil(b"data:")
+        return head.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+
+
+async def _storm(port: int, streams: int) -> list[bool]:
+    body = b'{"prompt": "s", "max_tokens": 20}'
+    return list(await asyncio.gather(*(_open_and_drop(port, body) for _ in range(streams))))
+
+
+def test_fault_matrix_client_disconnect_storm(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
+    """Steps: 1,000 streams each hang up after their first token, while another client sends
+    unary requests. Expect every unary request answered (200, its own text), the 1,000 streams'
+    slots freed (pending back to 0), and their later tokens dropped once the engine goes on."""
+    release = threading.Event()
+    main_loop.behaviour = _engine(main_loop, release)
+    server = _stream_server(queues, max_pending=1100)
+    with running(server) as url, ThreadPoolExecutor(1) as pool:
+        side = pool.submit(lambda: [_post(url, f"side{i}") for i in range(50)])
+        started = asyncio.run(_storm(server.port, 1000))
+        assert started == [True] * 1000
+        answers = side.result(60)
+        assert [a.json()["text"] if a else None for a in answers] == [f"SIDE{i}" for i in range(50)]
+        wait_until(lambda: server.ipc.pending_count == 0, 30, "the storm's slots to be freed")
+        release.set()
+        wait_until(lambda: server.ipc.dropped_count == 1000 * 19, 60, "the storm's later tokens to be dropped")
+        assert _post(url, "after").json()["text"] == "AFTER"  # type: ignore[union-attr]
