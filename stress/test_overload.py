@@ -64,6 +64,8 @@ def test_stress_overload_burst(tmp_path: Path, figures: Figures) -> None:
                     timeout=60,
                     message="the burst's rejections",
                 )
+                # The admitted ones are on their way (a worker writes once per loop iteration).
+                wait_until(lambda: len(loop.received) >= MAX_PENDING, timeout=30, message="the admitted requests")
                 assert len(loop.received) == MAX_PENDING
             finally:
                 holder.release.set()
