@@ -7,6 +7,6 @@ bash scripts/setup.sh
 status=0
 echo "lint: ruff check ."
 .venv/bin/ruff check . || status=1
-echo "lint: mypy isolated_api features tests examples"
-.venv/bin/mypy isolated_api features tests examples || status=1
+echo "lint: mypy isolated_api features tests examples stress"
+.venv/bin/mypy isolated_api features tests examples stress || status=1
 exit "$status"
