@@ -16,9 +16,7 @@ from typing import Any
 
 from appinfra.app import AppBuilder
 
-from features.appinfra_plugin.plugin import ServerPlugin
-from features.engine.engine import Engine
-from isolated_api import IPC, ServerBuilder
+from isolated_api import IPC, Engine, ServerBuilder, ServerPlugin
 
 
 @dataclass

@@ -16,9 +16,7 @@ from typing import Any
 from urllib.error import HTTPError
 from urllib.request import ProxyHandler, Request, build_opener
 
-from features.engine.engine import Engine
-from features.engine.errors import EngineError
-from isolated_api import IPC, ServerBuilder
+from isolated_api import IPC, Engine, EngineError, ServerBuilder
 
 
 @dataclass

@@ -4,8 +4,14 @@
 The facade: everything a user imports lives here; the implementation is in ``features/``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from features.codecs.codec import Codec, CodecError, MsgspecCodec, PickleCodec
 from features.configuration.settings import ApiConfig, ConfigError, IPCConfig, UvicornConfig
+from features.engine.context import RequestContext
+from features.engine.engine import Engine
+from features.engine.errors import EngineError
+from features.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
 from features.ipc.channel import ChunkStream, IPCChannel, merge_text
 from features.ipc.errors import (
     ChannelClosedError,
@@ -25,6 +31,19 @@ from isolated_api._builder import RouteConfigurer, ServerBuilder, SubprocessConf
 from isolated_api._recipe import BuildError
 from isolated_api._server import Server
 
+if TYPE_CHECKING:
+    from features.appinfra_plugin.plugin import ServerPlugin as ServerPlugin
+
+
+def __getattr__(name: str) -> Any:
+    # ServerPlugin needs the optional extra isolated_api[appinfra]: imported on first use.
+    if name == "ServerPlugin":
+        from features.appinfra_plugin.plugin import ServerPlugin as ServerPlugin
+
+        return ServerPlugin
+    raise AttributeError(f"module 'isolated_api' has no attribute {name!r}")
+
+
 __all__ = [
     "IPC",
     "ApiConfig",
@@ -36,7 +55,11 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "DuplicateRequestIdError",
+    "Engine",
+    "EngineError",
     "ErrorReply",
+    "HealthPing",
+    "HealthStatus",
     "IPCChannel",
     "IPCConfig",
     "IPCError",
@@ -46,9 +69,12 @@ __all__ = [
     "PickleCodec",
     "QueueFullError",
     "RemoteError",
+    "RequestContext",
+    "Result",
     "RouteConfigurer",
     "Server",
     "ServerBuilder",
+    "StreamChunk",
     "StreamOverflowError",
     "SubprocessConfigurer",
     "SubprocessManager",

@@ -347,6 +347,11 @@ class Server:
             self._relay.close()
         self._ended.set()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until the server has stopped (``stop()``, or every worker gone for good);
+        True if it has."""
+        return self._ended.wait(timeout)
+
     def _close_socket(self) -> None:
         if self._sock is not None:
             self._sock.close()

@@ -43,6 +43,5 @@ class ServeTool(Tool):
 
 
 def _wait_until_stopped(server: Server) -> None:
-    # Server has no public "wait until stopped" yet (proposed: Server.wait()); ``_ended`` is what
-    # Server.start() itself waits on. The wait is a lock acquire, so a signal interrupts it.
-    server._ended.wait()
+    # The wait is a lock acquire, so a signal (turned into KeyboardInterrupt) interrupts it.
+    server.wait()
