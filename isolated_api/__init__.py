@@ -12,7 +12,8 @@ from features.engine.context import RequestContext
 from features.engine.engine import Engine
 from features.engine.errors import EngineError
 from features.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
-from features.ipc.channel import ChunkStream, IPCChannel, merge_text
+from features.ipc.channel import IPCChannel
+from features.ipc.chunk_stream import ChunkStream, merge_text
 from features.ipc.errors import (
     ChannelClosedError,
     DuplicateRequestIdError,

@@ -6,7 +6,7 @@ waiter costs the same with 1 or 1,000 pending. A request leaves the registry exa
 its reply arrives, or in ``submit``'s ``finally`` (timeout, cancellation, failure). A reply whose
 id is not registered (unknown, late, abandoned) is dropped and counted, never kept.
 
-Streams: a stream's chunks wait in its own bounded buffer (``_StreamWaiter``) until the consumer
+Streams: a stream's chunks wait in its own bounded buffer (``StreamWaiter``) until the consumer
 takes them. The entry leaves the registry when the final chunk (or an ``ErrorReply``) arrives,
 when the buffer overflows, or at once when the consumer stops (break, ``aclose``, cancellation,
 idle timeout), so a slow or vanished client can neither hold a ``max_pending`` slot nor grow
@@ -17,14 +17,12 @@ break the batch it arrived in: the fault fails its own stream only.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import enum
 import logging
-from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any
 
 from features.configuration.settings import IPCConfig
+from features.ipc.chunk_stream import ChunkStream, Merge, StreamWaiter
 from features.ipc.errors import (
     ChannelClosedError,
     DuplicateRequestIdError,
@@ -32,7 +30,6 @@ from features.ipc.errors import (
     IPCTimeoutError,
     OverloadedError,
     RemoteError,
-    StreamOverflowError,
 )
 from features.ipc.link import Link
 from features.ipc.local_link import LocalLink
@@ -59,212 +56,6 @@ class _UnaryWaiter:
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(error)
-
-
-Merge = Callable[[Any, Any], Any]
-T = TypeVar("T")
-
-
-class _StreamWaiter:
-    """Chunks of one stream, in arrival order, in a bounded buffer. When the buffer is full a
-    ``merge(older, newer)`` function folds the newer chunk into the last buffered one (for token
-    streams: concatenate the text); without one the stream fails with ``StreamOverflowError``."""
-
-    __slots__ = ("_wakeup", "buffer", "complete", "discarded", "error", "limit", "merge")
-
-    def __init__(self, limit: int, merge: Merge | None) -> None:
-        self.buffer: deque[Any] = deque()
-        self.limit = limit
-        self.merge = merge
-        self.error: BaseException | None = None
-        # The final chunk (or an ErrorReply) arrived: once the buffer is empty the stream ends,
-        # even if a user's merge folded the final chunk into one that does not say so.
-        self.complete = False
-        # The chunk that ended the stream was not kept (overflow, unreadable): count it as dropped.
-        self.discarded = False
-        self._wakeup: asyncio.Future[None] | None = None
-
-    def offer(self, chunk: Any) -> bool:
-        """Takes a chunk; returns True when the stream needs no more chunks (its entry leaves)."""
-        if self.error is not None:
-            return True
-        try:
-            final = type(chunk) is ErrorReply or bool(getattr(chunk, "is_final", False))
-        except Exception as exc:  # a user's is_final property that raises: fail this stream only
-            self.discarded = True
-            self.fail(StreamOverflowError(f"a chunk's is_final could not be read: {exc!r}"))
-            return True
-        if len(self.buffer) < self.limit or type(chunk) is ErrorReply:
-            # An ErrorReply is never merged (it has no text) and is the last chunk: one over the
-            # limit at most.
-            self.buffer.append(chunk)
-        elif self.merge is not None and type(self.buffer[-1]) is not ErrorReply:
-            try:
-                self.buffer[-1] = self.merge(self.buffer[-1], chunk)
-            except Exception as exc:
-                logger.exception("merge() failed on a full stream buffer")
-                self.discarded = True
-                self.fail(StreamOverflowError(f"stream buffer of {self.limit} chunks full and merge() failed: {exc!r}"))
-                return True
-        else:
-            self.discarded = True
-            self.fail(StreamOverflowError(f"stream buffer of {self.limit} chunks overflowed: the client is too slow"))
-            return True
-        if final:
-            self.complete = True
-        self._wake()
-        return final
-
-    def fail(self, error: BaseException) -> None:
-        if self.error is None:
-            self.error = error
-        self._wake()
-
-    def _wake(self) -> None:
-        wakeup = self._wakeup
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
-
-    def wait(self) -> asyncio.Future[None]:
-        self._wakeup = asyncio.get_running_loop().create_future()
-        return self._wakeup
-
-
-class StreamSignal(enum.Enum):
-    """What ``ChunkStream.next_chunk`` returns instead of a chunk."""
-
-    IDLE = "idle"  # ``idle_after`` seconds passed without a chunk (time for an SSE keep-alive)
-    END = "end"  # the stream is over (its final chunk was already returned, or it was closed)
-
-
-IDLE = StreamSignal.IDLE
-END = StreamSignal.END
-
-
-def merge_text(older: T, newer: T) -> T:
-    """A ``merge`` for chunks with a ``text`` field (dataclasses): the newer chunk carrying both
-    texts. Keeps the newer chunk's other fields, ``is_final`` included."""
-    return dataclasses.replace(newer, text=older.text + newer.text)  # type: ignore[attr-defined,type-var]
-
-
-class ChunkStream:
-    """The async iterator returned by ``IPCChannel.submit_streaming``. Ends after the chunk with
-    ``is_final=True`` (which it yields). Leaving early (``break``, ``aclose()``, an exception,
-    the client disconnecting) removes the stream from the registry at once; later chunks for it
-    are dropped and counted."""
-
-    def __init__(
-        self,
-        channel: IPCChannel,
-        request_id: Hashable,
-        waiter: _StreamWaiter,
-        idle_timeout: float,
-        first_chunk_timeout: float | None = None,
-    ) -> None:
-        self._channel = channel
-        self.request_id = request_id
-        self._waiter = waiter
-        self._idle_timeout = idle_timeout
-        self._next_timeout = idle_timeout if first_chunk_timeout is None else first_chunk_timeout
-        # When the current wait for a chunk gave up (loop time); kept across IDLE returns so
-        # keep-alives do not stretch the idle timeout.
-        self._deadline: float | None = None
-        self._finished = False
-        self.received = 0
-
-    def __aiter__(self) -> ChunkStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        chunk = await self.next_chunk()
-        if chunk is END:
-            raise StopAsyncIteration
-        return chunk
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    @property
-    def ready(self) -> int:
-        """Chunks (or an end) that ``next_chunk`` would return without waiting: lets a writer
-        send a burst in one write."""
-        waiter = self._waiter
-        return len(waiter.buffer) + (waiter.error is not None or waiter.complete)
-
-    async def next_chunk(self, idle_after: float | None = None) -> Any:
-        """The next chunk, or ``END`` once the stream is over, or ``IDLE`` when ``idle_after``
-        seconds pass without a chunk (the stream stays open; call again). The idle timeout counts
-        from the end of the previous chunk and raises ``IPCTimeoutError``; ``ErrorReply`` raises
-        ``RemoteError``; an overflow raises ``StreamOverflowError``. Any exception, cancellation
-        included, ends the stream."""
-        waiter = self._waiter
-        while True:
-            if self._finished:
-                return END
-            if waiter.buffer:
-                chunk = waiter.buffer.popleft()
-                self._deadline = None
-                self._next_timeout = self._idle_timeout
-                if type(chunk) is ErrorReply:
-                    self._finish()
-                    raise RemoteError(chunk.message, chunk.http_status)
-                self.received += 1
-                if not waiter.buffer and waiter.complete:
-                    self._finish()
-                return chunk
-            if waiter.error is not None:
-                self._finish()
-                raise waiter.error
-            if waiter.complete:
-                self._finish()
-                return END
-            loop = asyncio.get_running_loop()
-            now = loop.time()
-            if self._deadline is None:
-                self._deadline = now + self._next_timeout
-            wake_at = self._deadline if idle_after is None else min(self._deadline, now + idle_after)
-            try:
-                async with asyncio.timeout_at(wake_at):
-                    await waiter.wait()
-            except TimeoutError:
-                # A chunk that landed in the same loop iteration as the deadline wins.
-                if waiter.buffer or waiter.error is not None or waiter.complete:
-                    continue
-                if loop.time() < self._deadline:
-                    return IDLE
-                self._finish("timeout")
-                raise IPCTimeoutError(
-                    f"no chunk for stream {self.request_id!r} within {self._next_timeout:g} s"
-                ) from None
-            except BaseException:
-                self._finish()
-                raise
-
-    async def aclose(self, reason: str = "cancelled") -> None:
-        """Ends the stream now. ``reason`` goes to the main side if the stream was still open
-        (``"disconnected"`` when its client left)."""
-        self._finish(reason)
-
-    async def __aenter__(self) -> ChunkStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._finish()
-
-    def _finish(self, reason: str = "cancelled") -> None:
-        if not self._finished:
-            self._finished = True
-            self._waiter.buffer.clear()  # what the consumer will never read must not stay alive
-            self._channel._settle(self.request_id, self._waiter, reason)
-
-    def __del__(self) -> None:
-        # An iterator dropped without being exhausted must not keep its registry slot.
-        if not self._finished:
-            try:
-                self._finish()
-            except Exception:
-                pass
 
 
 def request_id_of(request: Any) -> Hashable:
@@ -308,7 +99,7 @@ class IPCChannel:
                 raise ValueError("IPCChannel needs request_q and response_q (or a link)")
             link = LocalLink(Relay(request_q, response_q, queue_timeout=self._config.queue_timeout))
         self._link = link
-        self._waiters: dict[Hashable, _UnaryWaiter | _StreamWaiter] = {}
+        self._waiters: dict[Hashable, _UnaryWaiter | StreamWaiter] = {}
         self._open = False
         self._closed_reason = "the IPC channel is not started"
         self._dropped = 0
@@ -422,7 +213,7 @@ class IPCChannel:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         request_id = self._admit(request)
-        waiter = _StreamWaiter(buffer_size, merge)
+        waiter = StreamWaiter(buffer_size, merge)
         self._waiters[request_id] = waiter
         try:
             self._link.send(request_id, request, streaming=True)
@@ -430,7 +221,7 @@ class IPCChannel:
             self._settle(request_id, waiter)
             raise
         idle = self._timeout if timeout is None else timeout
-        return ChunkStream(self, request_id, waiter, idle, first_chunk_timeout)
+        return ChunkStream(self._settle, request_id, waiter, idle, first_chunk_timeout)
 
     def _admit(self, request: Any) -> Hashable:
         request_id = request_id_of(request)
@@ -447,7 +238,7 @@ class IPCChannel:
             )
         return request_id
 
-    def _settle(self, request_id: Hashable, waiter: _UnaryWaiter | _StreamWaiter, reason: str = "cancelled") -> None:
+    def _settle(self, request_id: Hashable, waiter: _UnaryWaiter | StreamWaiter, reason: str = "cancelled") -> None:
         # Still registered means no reply ended it (timeout, cancellation, client gone, stream
         # abandoned): tell the main side to forget the id, so its later replies are dropped there.
         if self._waiters.get(request_id) is waiter:
@@ -486,7 +277,7 @@ class IPCChannel:
                 done = True
             if done:
                 del waiters[request_id]
-                if type(waiter) is _StreamWaiter and waiter.discarded:
+                if type(waiter) is StreamWaiter and waiter.discarded:
                     self._dropped += 1
                     if self._open:
                         self._link.cancel(request_id, "cancelled")

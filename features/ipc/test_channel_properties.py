@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.configuration.settings import IPCConfig
-from features.ipc.channel import ChunkStream, IPCChannel, merge_text
+from features.ipc.channel import IPCChannel
+from features.ipc.chunk_stream import ChunkStream, merge_text
 from features.ipc.errors import ChannelClosedError, IPCTimeoutError, OverloadedError, RemoteError, StreamOverflowError
 from features.ipc.link import LinkSink
 from features.ipc.messages import ErrorReply

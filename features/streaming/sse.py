@@ -48,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from features.ipc.channel import END, IDLE, ChunkStream
+from features.ipc.chunk_stream import END, IDLE, ChunkStream
 from features.ipc.errors import IPCError
 
 logger = logging.getLogger("isolated_api.streaming")

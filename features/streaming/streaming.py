@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from features.ipc.channel import merge_text
+from features.ipc.chunk_stream import merge_text
 from features.ipc.messages import ErrorReply
 from features.streaming.sse import sse_response
 from features.unary.dependencies import IPC

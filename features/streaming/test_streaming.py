@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from features.ipc.channel import END, IDLE, IPCChannel, merge_text
+from features.ipc.channel import IPCChannel
+from features.ipc.chunk_stream import END, IDLE, merge_text
 from features.ipc.errors import IPCError, IPCTimeoutError, RemoteError, StreamOverflowError
 from features.ipc.link import LinkSink
 from features.ipc.messages import ErrorReply
