@@ -13,6 +13,7 @@ from typing import Any
 
 from features.engine.context import RequestContext
 from features.ipc.messages import ErrorReply
+from features.ipc.queue_access import put_now
 
 logger = logging.getLogger("isolated_api.engine")
 
@@ -82,7 +83,9 @@ def put(response_q: Any, message: Any, encode: Encode = None) -> bool:
                 put(response_q, ErrorReply(request_id, f"the reply could not be encoded: {exc}", 500), encode)
             return False
     try:
-        response_q.put(item)
+        # Written from this thread (no feeder-thread hop per chunk) when response_q allows it.
+        if not put_now(response_q, item):
+            response_q.put(item)
     except (ValueError, OSError, queue.Full) as exc:  # closed or full for good: nothing else to do
         logger.error("could not put a reply for %r on response_q: %r", getattr(message, "id", None), exc)
     return True

@@ -75,6 +75,23 @@ class RequestWriter:
             q.put(obj, timeout=self._timeout)
 
 
+def put_now(q: Any, obj: Any) -> bool:
+    """Pickles ``obj`` and writes it into a ``multiprocessing.Queue`` from this thread, as the
+    queue's feeder thread would: one thread wake-up less per message (for the main process, whose
+    threads share one GIL, that is most of what a small message costs). False if ``q`` is not a
+    queue this works on: use ``q.put(obj)`` then. Messages put this way and by ``q.put`` from the
+    same thread may overtake each other, so keep one way per stream of messages."""
+    if not _has(q, _WRITE_PARTS) or q._wlock is None:
+        return False
+    if q._closed:
+        raise ValueError("the queue is closed")
+    data = dumps(obj)
+    q._sem.acquire()
+    with q._wlock:
+        q._writer.send_bytes(data)
+    return True
+
+
 class ReplyReader:
     """Returns each reply with the bytes to forward to the worker (None: encode it again)."""
 
