@@ -89,6 +89,8 @@ def test_unary_timeout_is_504_and_the_late_reply_goes_nowhere(
         first = httpx.post(f"{url}/upper", json={"text": "slow"}, timeout=10)
         assert first.status_code == 504
         assert "no reply" in first.json()["detail"]
+        # The worker tells the relay to forget the id; once it has, the late reply can only be dropped.
+        wait_until(lambda: server.ipc.route_count == 0, 10, "the relay to forget the timed-out id")
         dropped = server.ipc.dropped_replies
         release.set()
         wait_until(lambda: server.ipc.dropped_replies == dropped + 1, 10, "the late reply to be dropped")

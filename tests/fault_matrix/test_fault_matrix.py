@@ -121,9 +121,12 @@ def test_fault_matrix_main_stops_reading_request_q(queues: tuple[Any, Any]) -> N
 def test_fault_matrix_replies_late_twice_unknown_and_without_id(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
     """Client: 504 for the late one, its own answer for the others. Left: 4 drops counted."""
 
+    servers: list[Any] = []
+
     def misbehave(request: Work) -> Any:
         if request.text == "late":
-            time.sleep(0.6)  # simulated slow work, past the 0.3 s timeout
+            # Answer only after the 0.3 s timeout made the relay forget the id.
+            wait_until(lambda: servers[0].ipc.route_count == 0, 10, "the timed-out id to be forgotten")
             return answer_upper(request)
         main_loop.response_q.put(Done(request.id, "TWICE"))  # the first of two replies wins
         main_loop.response_q.put(Done("nobody", "unknown"))
@@ -132,6 +135,7 @@ def test_fault_matrix_replies_late_twice_unknown_and_without_id(queues: tuple[An
 
     main_loop.behaviour = misbehave
     server = _server(queues, timeout=0.3)
+    servers.append(server)
     with running(server) as url:
         assert _post(url, "late").status_code == 504  # type: ignore[union-attr]
         assert _post(url, "dup").json()["text"] == "TWICE"  # type: ignore[union-attr]
