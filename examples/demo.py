@@ -3,7 +3,7 @@
 The engine is a stand-in (deterministic, no download): it "generates" the prompt's words in reverse
 order, or a fixed text for an empty prompt, one token per chunk, ``--token-delay`` seconds apart.
 
-    python examples/demo.py [--port 8000] [--token-delay 0.08]   # serves until Ctrl-C, then stops cleanly
+    python examples/demo.py [--port 8000] [--token-delay 0.08]   # serves until Ctrl-C (or SIGTERM), stops cleanly
     python examples/demo.py --port 0 --smoke                     # makes its own requests, prints them, exits 0
 
 HTTP (the child):   GET  /                     a page that shows the tokens as they arrive
@@ -21,6 +21,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import threading
 import uuid
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from urllib.request import ProxyHandler, Request, build_opener
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
@@ -78,6 +80,15 @@ class Completion:
 class GenerateIn(BaseModel):
     prompt: str = Field(default="", max_length=4000, description="its words come back reversed; empty: a fixed text")
     max_tokens: int = Field(default=64, ge=1, le=512)
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _json_integer(cls, value: Any) -> Any:
+        # What the schema says, no more: JSON Schema's integer takes 2.0 (pydantic does too), but not
+        # true or "2", which pydantic would turn into numbers.
+        if isinstance(value, bool | str):
+            raise PydanticCustomError("int_type", "Input should be a valid integer")
+        return value
 
 
 class GenerateOut(BaseModel):
@@ -208,6 +219,10 @@ def smoke(url: str, request_q: Any) -> None:
         request_q.put(None)  # ends the main loop
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # `kill` or a process manager stops the demo as cleanly as Ctrl-C
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=8000, help="0: a free port")
@@ -237,18 +252,19 @@ def main() -> None:
         .build()
     )
     process = server.start_subprocess()
-    url = f"http://127.0.0.1:{server.port}"
-    print(f"HTTP child {process.pid} serving {url} (docs: {url}/docs); main process {os.getpid()}")
-    print(f"open {url}/ in a browser to watch the tokens arrive, or try:")
-    for command in curl_commands(url):
-        print(f"  {command}")
-    print("Ctrl-C to stop", flush=True)
-    if args.smoke:
-        threading.Thread(target=smoke, args=(url, request_q)).start()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
+        url = f"http://127.0.0.1:{server.port}"
+        print(f"HTTP child {process.pid} serving {url} (docs: {url}/docs); main process {os.getpid()}")
+        print(f"open {url}/ in a browser to watch the tokens arrive, or try:")
+        for command in curl_commands(url):
+            print(f"  {command}")
+        print("Ctrl-C to stop", flush=True)
+        if args.smoke:
+            threading.Thread(target=smoke, args=(url, request_q)).start()
         serve(request_q, response_q, args.token_delay)
     except KeyboardInterrupt:
-        print("\nCtrl-C: stopping", flush=True)
+        print("\nstopping", flush=True)
     finally:
         server.stop(timeout=5)
     print("stopped", flush=True)

@@ -249,3 +249,16 @@ def test_examples_demo_client_leaving_mid_stream_stops_the_generation() -> None:
                 assert json.loads(first[len("data: ") :]) == {"index": 0, "text": "w39", "final": False}
         cancelled = demo.wait_for_line(r"main: request \w+ cancelled after (\d+) of 40 tokens$", timeout=20)
         assert int(cancelled[1]) < 40
+
+
+def test_examples_demo_sigterm_stops_as_cleanly_as_ctrl_c() -> None:
+    """Steps: start demo.py, then SIGTERM its main process only (as `kill` or a process manager
+    does). Expect exit code 0, "stopped" printed after server.stop(), and the HTTP child gone."""
+    with DemoProcess() as demo:
+        demo.process.send_signal(signal.SIGTERM)
+        assert demo.process.wait(timeout=DEADLINE) == 0, demo.output
+        deadline = time.monotonic() + DEADLINE
+        while demo.next_line(deadline) is not None:
+            pass
+        assert demo.lines[-2:] == ["stopping", "stopped"], demo.output
+        wait_until(lambda: not pid_alive(demo.child_pid), 5.0, "the HTTP child to exit")
