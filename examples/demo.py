@@ -18,7 +18,6 @@ Main process:       a plain loop, ``request = request_q.get()``; each request ge
 import argparse
 import functools
 import json
-import math
 import multiprocessing
 import os
 import signal
@@ -29,8 +28,6 @@ from pathlib import Path
 from typing import Any
 from urllib.request import ProxyHandler, Request, build_opener
 
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
@@ -108,25 +105,6 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
 @functools.cache
 def _page_html() -> str:
     return PAGE.read_text(encoding="utf-8")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    return value
-
-
-async def invalid_request(request: HTTPRequest, exc: Exception) -> Response:
-    # FastAPI's own 422 echoes the input in strict UTF-8 JSON: for a body like {"max_tokens": 1e400}
-    # (infinity) or a lone surrogate ("\ud800") that rendering fails, and the client gets a 500.
-    assert isinstance(exc, RequestValidationError)
-    detail = _finite(jsonable_encoder(exc.errors()))
-    body = json.dumps({"detail": detail}, ensure_ascii=True, allow_nan=False)
-    return Response(body, status_code=422, media_type="application/json")
 
 
 async def page() -> HTMLResponse:
@@ -239,8 +217,7 @@ def main() -> None:
         .with_port(args.port)
         .with_title("isolated_api demo")
         .with_description("A stand-in token generator in the main process; this API in a child process.")
-        .routes.with_exception_handler(RequestValidationError, invalid_request)
-        .with_route("/", page, include_in_schema=False, response_class=HTMLResponse)
+        .routes.with_route("/", page, include_in_schema=False, response_class=HTMLResponse)
         .with_route("/v1/generate", generate, methods=["POST"], response_model=GenerateOut, tags=["generate"])
         .with_route(
             "/v1/generate/stream", generate_stream, methods=["POST"], tags=["generate"], responses=STREAM_RESPONSES

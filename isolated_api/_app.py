@@ -15,7 +15,7 @@ from features.health.routes import Probe, install_health_routes
 from features.ipc.channel import IPCChannel
 from features.metrics.middleware import MetricsMiddleware
 from features.metrics.routes import MetricsHooks, install_metrics_route
-from features.unary.http_errors import install_ipc_error_handlers
+from features.unary.http_errors import install_error_handlers
 from isolated_api._recipe import AppRecipe, resolve
 
 
@@ -47,7 +47,7 @@ def build_app(
     app = FastAPI(title=recipe.title, description=recipe.description, version=recipe.version, lifespan=lifespan)
     app.state.ipc_channel = channel
     app.state.drain = drain
-    install_ipc_error_handlers(app)
+    install_error_handlers(app)
     if recipe.health is not None:
         install_health_routes(app, recipe.health, channel=channel, probe=probe)
     if recipe.metrics_path is not None and metrics is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
 
 from isolated_api import IPC, ErrorReply, Server, ServerBuilder
 
@@ -205,3 +206,12 @@ async def fail_if_marked(app: Any) -> AsyncIterator[None]:
     if marker and os.path.exists(marker):  # noqa: ASYNC240 - one stat at start-up
         raise RuntimeError("start-up refused by the test marker")
     yield
+
+
+class CountBody(BaseModel):
+    n: int
+
+
+async def count_route(body: CountBody) -> dict[str, int]:
+    """A typed body: validation errors are the framework's 422."""
+    return {"n": body.n}

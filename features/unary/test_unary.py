@@ -20,6 +20,7 @@ from tests.helpers import (
     Work,
     answer_upper,
     builder,
+    count_route,
     gather_posts,
     held_until,
     pending_route,
@@ -133,10 +134,18 @@ def test_unary_unknown_duplicate_and_idless_replies_are_dropped(queues: tuple[An
 
 
 def test_unary_invalid_body_is_422(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
-    server = _server(queues)
+    """Invalid bodies are 422, including those FastAPI's own 422 would fail to render (a 500):
+    infinity, NaN, a lone surrogate."""
+    b = builder("invalid").routes.with_route("/count", count_route, methods=["POST"]).done()
+    server = b.subprocess.with_ipc(*queues).done().build()
     with running(server) as url:
-        response = httpx.post(f"{url}/upper", content=b"not json", timeout=10)
-        assert response.status_code == 422
+        for body in (b"not json", b'{"n": "x"}', b'{"n": 1e400}', b'{"n": NaN}', b'{"n": "\\ud800"}'):
+            response = httpx.post(
+                f"{url}/count", content=body, headers={"content-type": "application/json"}, timeout=10
+            )
+            assert response.status_code == 422, (body, response.text)
+            assert response.json()["detail"]
+        assert httpx.post(f"{url}/count", json={"n": 3}, timeout=10).json() == {"n": 3}
         assert main_loop.received == []
 
 
