@@ -37,6 +37,9 @@ from isolated_api._uvicorn import uvicorn_config
 
 logger = logging.getLogger("isolated_api.server")
 
+# SIGTERM/SIGINT sent to an HTTP worker itself (not through stop()) drains it for at most this long.
+SIGNAL_DRAIN_TIMEOUT = 10.0
+
 ChildExitCallback = Callable[[int | None, list[Hashable]], None]
 
 
@@ -233,7 +236,11 @@ class Server:
 
     def _worker_recipe(self, relay: Relay, sock: socket.socket) -> WorkerRecipe:
         spec = ChildSpec(
-            recipe=self._recipe, api=self._api, ipc=self._ipc, signal_drain_timeout=5.0, codec=self._codec
+            recipe=self._recipe,
+            api=self._api,
+            ipc=self._ipc,
+            signal_drain_timeout=SIGNAL_DRAIN_TIMEOUT,
+            codec=self._codec,
         )
         fork = self._start_method == "fork"
 
@@ -383,7 +390,7 @@ class Server:
             # This is the user's process: configure uvicorn's loggers only, as uvicorn.run would.
             log_config = copy.deepcopy(LOGGING_CONFIG)
             server = DrainingServer(
-                uvicorn_config(self.app, self._api, log_config), self._drain, signal_drain_timeout=5.0
+                uvicorn_config(self.app, self._api, log_config), self._drain, signal_drain_timeout=SIGNAL_DRAIN_TIMEOUT
             )
             self._uvicorn = server
             self._direct_done.clear()
