@@ -43,6 +43,10 @@ class Codec(Protocol):
 
     def encode_id(self, request_id: Hashable) -> bytes: ...
 
+    def find_id(self, data: bytes) -> Hashable | None:
+        """The ``id`` of a message that did not decode, if it can still be read (so that one
+        request can fail with the reason instead of timing out)."""
+
 
 class PickleCodec:
     """The default: ``multiprocessing``'s pickler, so anything a ``multiprocessing.Queue`` can
@@ -66,6 +70,9 @@ class PickleCodec:
     encode_control = encode
     decode_control = decode
     encode_id = encode
+
+    def find_id(self, data: bytes) -> Hashable | None:
+        return None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PickleCodec)
@@ -150,6 +157,14 @@ class MsgspecCodec:
 
     def encode_id(self, request_id: Hashable) -> bytes:
         return self.encode_control(_wire_id(request_id))
+
+    def find_id(self, data: bytes) -> Hashable | None:
+        try:
+            plain = self._plain.decode(data)
+        except self._errors:
+            return None
+        request_id = plain.get("id") if isinstance(plain, dict) else None
+        return request_id if isinstance(request_id, str | int) and not isinstance(request_id, bool) else None
 
     # Pickled to the worker by its types; the decoders are rebuilt there.
     def __reduce__(self) -> tuple[Any, tuple[type, ...]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from features.codecs.codec_messages import Answer, Ask, Untagged, ask_route, bad_id_route
@@ -113,8 +114,9 @@ def test_codecs_msgspec_end_to_end_the_queues_carry_bytes(queues: tuple[Any, Any
 
 
 def test_codecs_msgspec_undecodable_reply_is_dropped_not_fatal(queues: tuple[Any, Any]) -> None:
-    """A reply the relay can't decode has no readable id: it is dropped and counted, its request
-    times out (504), and the next request is served."""
+    """A reply the relay can't decode: with a readable id its request fails at once with 500 and
+    the reason; without one it is dropped and counted and its request times out (504); the next
+    request is served either way."""
     server = _msgspec_server(queues, timeout=1.0)
     codec = server.codec
 
@@ -122,6 +124,8 @@ def test_codecs_msgspec_undecodable_reply_is_dropped_not_fatal(queues: tuple[Any
         ask = codec.decode(raw)
         if ask.text == "garbage":
             return b"\xc1 not msgpack"
+        if ask.text == "wrong type":
+            return msgspec.msgpack.encode({"id": ask.id, "type": "NotDeclared"})
         return codec.encode(Answer(ask.id, "ok", 0))
 
     loop = MainLoop(*queues, behaviour).start()
@@ -129,6 +133,8 @@ def test_codecs_msgspec_undecodable_reply_is_dropped_not_fatal(queues: tuple[Any
         with running(server) as url:
             assert httpx.post(f"{url}/ask", json={"text": "garbage"}, timeout=10).status_code == 504
             assert server.ipc.dropped_count == 1
+            wrong = httpx.post(f"{url}/ask", json={"text": "wrong type"}, timeout=10)
+            assert wrong.status_code == 500 and "could not be decoded" in wrong.json()["detail"]
             assert httpx.post(f"{url}/ask", json={"text": "fine"}, timeout=10).json()["text"] == "ok"
     finally:
         loop.stop()

@@ -16,8 +16,9 @@ import multiprocessing.queues
 import queue
 from typing import Any
 
-from features.codecs.codec import Codec
+from features.codecs.codec import Codec, CodecError
 from features.ipc._framing import dumps, loads
+from features.ipc.messages import ErrorReply
 
 _READ_PARTS = ("_rlock", "_recv_bytes", "_sem", "_poll", "_closed")
 _WRITE_PARTS = ("_wlock", "_writer", "_sem", "_closed")
@@ -103,10 +104,18 @@ class ReplyReader:
     def _decoded(self, item: Any) -> tuple[Any, bytes | None]:
         # With a binary codec the main process puts encoded bytes (or, for convenience, objects,
         # which are encoded on the way to the worker).
-        assert self._codec is not None
-        if isinstance(item, bytes):
-            return self._codec.decode(item), item
-        return item, None
+        codec = self._codec
+        assert codec is not None
+        if not isinstance(item, bytes):
+            return item, None
+        try:
+            return codec.decode(item), item
+        except CodecError as exc:
+            request_id = codec.find_id(item)
+            if request_id is None:
+                raise
+            # Its id is readable: that one request fails with the reason instead of timing out.
+            return ErrorReply(request_id, f"the reply could not be decoded: {exc}", 500), None
 
     def get(self) -> tuple[Any, bytes | None]:
         q = self._q
