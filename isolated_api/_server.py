@@ -159,7 +159,10 @@ class Server:
 
     @property
     def process(self) -> multiprocessing.process.BaseProcess | None:
-        """The first HTTP worker's process (subprocess mode, while running)."""
+        """The first HTTP worker's process (subprocess mode, while running). The server reaps its
+        workers itself: to learn how one ended, wait for ``process.exitcode`` to be set rather than
+        calling ``join()`` from another thread (two threads reaping one child race in
+        ``multiprocessing``)."""
         processes = self.processes
         return processes[0] if processes else None
 

@@ -161,7 +161,9 @@ def test_graceful_shutdown_sigterm_to_the_child_drains(queues: tuple[Any, Any], 
             release.set()
             result = held.result(30)
             assert result is not None and result.status_code == 200 and result.json()["text"] == "TERM"
-        process.join(20)
+        # The server's supervisor reaps the worker too: wait for the exit code rather than racing
+        # its waitpid with a join() here.
+        wait_until(lambda: process.exitcode is not None, 20, "the worker to exit")
         assert process.exitcode == 0
     finally:
         release.set()

@@ -181,7 +181,9 @@ def test_fault_matrix_sigterm_to_the_worker(queues: tuple[Any, Any], main_loop: 
         wait_until(lambda: not _serves(url), 10, "the worker to refuse new requests")
         release.set()
         assert client.result(30).status_code == 200  # type: ignore[union-attr]
-        process.join(20)
+        # The server's supervisor reaps the worker too: wait for the exit code rather than racing
+        # its waitpid with a join() here.
+        wait_until(lambda: process.exitcode is not None, 20, "the worker to exit")
         assert process.exitcode == 0
 
 
