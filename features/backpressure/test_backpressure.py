@@ -240,12 +240,12 @@ def test_backpressure_abandoned_stream_frees_the_slot_and_drops_its_chunks(
                 assert next(stream.iter_lines()) == '{"text": "0"}'
             wait_until(lambda: _load(url)["pending"] == 0, timeout=20.0, message="the abandoned stream to leave")
             # ... and the relay has heard it, so every late token is dropped there.
-            wait_until(lambda: server.ipc.route_count == 0, timeout=10.0, message="the relay to forget the stream")
+            relay = server.ipc
+            assert relay is not None
+            wait_until(lambda: relay.route_count == 0, timeout=10.0, message="the relay to forget the stream")
             assert not behaviour.release.is_set()
         finally:
             behaviour.release.set()
-        relay = server.ipc
-        assert relay is not None
         wait_until(lambda: relay.dropped_replies == 49, message="the 49 late tokens to be dropped")
         assert httpx.post(f"{url}/job", json={"text": "next"}, timeout=10).json() == {"text": "NEXT"}
         assert _received_texts(loop) == ["hold", "next"]
