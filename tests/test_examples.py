@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
 
+from tests.cli_process import CliProcess
 from tests.helpers import pid_alive, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,46 +92,19 @@ DEMO_PROMPT = "tokens these watch and demo the to welcome"  # the demo's sample 
 DEMO_TEXT = "welcome to the demo and watch these tokens"  # what its engine makes of it: the words reversed
 
 
-class DemoProcess:
+class DemoProcess(CliProcess):
     """``python examples/demo.py --port 0 ARGS`` as a user would run it, in its own process group
-    (so SIGINT reaches both processes, as Ctrl-C in a terminal does); its output read by a thread.
-    Once started: ``url``, ``child_pid``, ``lines`` (what it printed so far)."""
+    (so SIGINT reaches both processes, as Ctrl-C in a terminal does). Entered, it waits until the
+    demo serves; then ``url``, ``child_pid``, ``lines`` (what it printed so far)."""
 
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "examples" / "demo.py"), "--port", "0", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._pumper = threading.Thread(target=self._pump, daemon=True)
-        self._pumper.start()
+        super().__init__([str(ROOT / "examples" / "demo.py"), "--port", "0", *args])
         self.url = ""
         self.child_pid = 0
 
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def next_line(self, deadline: float) -> str | None:
-        """The next line printed, or None once the demo closed its output."""
-        line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-        if line is not None:
-            self.lines.append(line)
-        return line
-
     def wait_ready(self, timeout: float = DEADLINE) -> DemoProcess:
         """Waits for "Ctrl-C to stop", printed once the HTTP child accepts connections."""
-        deadline = time.monotonic() + timeout
-        while not (self.lines and self.lines[-1] == "Ctrl-C to stop"):
-            line = self.next_line(deadline)
-            assert line is not None, "the demo exited early:\n" + self.output
+        self.wait_for(re.compile(r"^Ctrl-C to stop$"), timeout)
         serving = re.search(r"^HTTP child (\d+) serving (http://127\.0\.0\.1:\d+) ", self.output, re.MULTILINE)
         assert serving is not None, self.output
         self.child_pid, self.url = int(serving[1]), serving[2]
@@ -141,33 +112,12 @@ class DemoProcess:
 
     def wait_for_line(self, pattern: str, timeout: float = DEADLINE) -> re.Match[str]:
         """Waits for a printed line matching ``pattern`` (from the start of the line)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.next_line(deadline)
-            assert line is not None, f"the demo exited without printing {pattern!r}:\n{self.output}"
-            if (match := re.match(pattern, line)) is not None:
-                return match
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
+        return self.wait_for(re.compile(f"^(?:{pattern})"), timeout)
 
     def interrupt(self, timeout: float = DEADLINE) -> int:
         """Ctrl-C as a terminal sends it (to the whole group); returns the exit code, all output read."""
-        os.killpg(self.process.pid, signal.SIGINT)
-        code = self.process.wait(timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while self.next_line(deadline) is not None:
-            pass
-        return code
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-        self._pumper.join(10)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
+        self.send(signal.SIGINT, whole_group=True)
+        return self.wait(timeout)
 
     def __enter__(self) -> DemoProcess:
         try:
@@ -255,10 +205,7 @@ def test_examples_demo_sigterm_stops_as_cleanly_as_ctrl_c() -> None:
     """Steps: start demo.py, then SIGTERM its main process only (as `kill` or a process manager
     does). Expect exit code 0, "stopped" printed after server.stop(), and the HTTP child gone."""
     with DemoProcess() as demo:
-        demo.process.send_signal(signal.SIGTERM)
-        assert demo.process.wait(timeout=DEADLINE) == 0, demo.output
-        deadline = time.monotonic() + DEADLINE
-        while demo.next_line(deadline) is not None:
-            pass
+        demo.send(signal.SIGTERM)
+        assert demo.wait(DEADLINE) == 0, demo.output
         assert demo.lines[-2:] == ["stopping", "stopped"], demo.output
         wait_until(lambda: not pid_alive(demo.child_pid), 5.0, "the HTTP child to exit")

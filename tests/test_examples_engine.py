@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from features.appinfra_plugin.cli_runner import SERVING, CliProcess
+from features.appinfra_plugin.serve_tool import SERVING_LINE as SERVING
+from tests.cli_process import CliProcess
 from tests.helpers import pid_alive, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

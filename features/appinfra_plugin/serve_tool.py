@@ -8,11 +8,15 @@ the server ends; direct mode runs uvicorn here (``server.start()``), which handl
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from appinfra.app.tools.base import Tool, ToolConfig
 
 from isolated_api._server import Server
+
+# How the "serving" line reads in appinfra's log format: scripts and tests find the URL with it.
+SERVING_LINE = re.compile(r"serving\s.*url\[(?P<url>http://[^\]]+)\].*http_child_pid\[(?P<pid>\d+)\]")
 
 
 class ServeTool(Tool):

@@ -13,9 +13,10 @@ import httpx
 import pytest
 from appinfra.app import AppBuilder
 
-from features.appinfra_plugin.cli_runner import SERVING, CliProcess
 from features.appinfra_plugin.plugin import ServerPlugin
 from features.appinfra_plugin.serve_app import ping
+from features.appinfra_plugin.serve_tool import SERVING_LINE as SERVING
+from tests.cli_process import CliProcess
 from tests.helpers import builder, pid_alive, wait_until
 
 APP = ["-m", "features.appinfra_plugin.serve_app"]

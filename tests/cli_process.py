@@ -1,6 +1,6 @@
-"""Runs a CLI as a user would, for tests: a real process in its own session (so a test can send
-Ctrl-C to the whole group, as a terminal does), its output read line by line by a thread, and
-waits on lines with deadlines."""
+"""Runs a command as a user would, for tests: a real process in its own session (so a test can
+send Ctrl-C to the whole group, as a terminal does), its output read line by line by a thread,
+and waits on lines with deadlines. Used for the appinfra CLI, the engine examples and the demo."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-SERVING = re.compile(r"serving\s.*url\[(?P<url>http://[^\]]+)\].*http_child_pid\[(?P<pid>\d+)\]")
 
 
 class CliProcess:
@@ -43,6 +42,10 @@ class CliProcess:
     @property
     def pid(self) -> int:
         return self._process.pid
+
+    @property
+    def process(self) -> subprocess.Popen[str]:
+        return self._process
 
     @property
     def output(self) -> str:
@@ -91,8 +94,12 @@ class CliProcess:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kills what is still running of the group this test started, and reaps it."""
         if self._process.poll() is None:
-            self._process.kill()
+            os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait(10)
         self._pump.join(10)
         if self._process.stdout is not None:
