@@ -25,6 +25,7 @@ from features.ipc.errors import (
     StreamOverflowError,
 )
 from features.ipc.messages import CancelRequest, ErrorReply
+from features.reply_batching.reply_batcher import ReplyBatcher
 from features.streaming.sse import sse_response
 from features.subprocess_runtime.manager import SubprocessManager
 from features.unary.dependencies import IPC, get_ipc_channel
@@ -70,6 +71,7 @@ __all__ = [
     "PickleCodec",
     "QueueFullError",
     "RemoteError",
+    "ReplyBatcher",
     "RequestContext",
     "Result",
     "RouteConfigurer",

@@ -209,7 +209,8 @@ class SubprocessConfigurer:
         """How requests and replies cross between processes: ``PickleCodec()`` (default) or
         ``MsgspecCodec(*struct_types)``, with which the queues carry MessagePack bytes that the main
         process decodes with ``server.codec`` (the ``Engine`` companion does it itself)."""
-        if not all(callable(getattr(codec, name, None)) for name in ("encode", "decode", "encode_control")):
+        needed = ("encode", "decode", "encode_control", "encode_id", "decode_id")
+        if not all(callable(getattr(codec, name, None)) for name in needed):
             raise ConfigError(f"expected a codec (PickleCodec, MsgspecCodec), got {codec!r}")
         self._builder._codec = codec
         return self

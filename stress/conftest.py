@@ -32,6 +32,12 @@ def ipc(stress_logs: Path) -> Iterator[tuple[Server, str]]:
 
 
 @pytest.fixture(scope="session")
+def ipc_batched(stress_logs: Path) -> Iterator[tuple[Server, str]]:
+    with ipc_server(stress_logs, batched=True) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
 def ceiling() -> Iterator[tuple[int, str]]:
     with ceiling_server() as served:
         yield served

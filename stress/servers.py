@@ -20,10 +20,12 @@ from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 
 from features.backpressure import load_route
-from isolated_api import IPC, Server, ServerBuilder
+from features.ipc.chunk_stream import END
+from isolated_api import IPC, ReplyBatcher, Server, ServerBuilder
 from tests.helpers import wait_until
 
 TOKEN = b"tok\n"
+BURST = 64  # as features/streaming/sse.py
 
 
 @dataclass
@@ -91,7 +93,14 @@ async def stream_ipc(body: StreamBody, channel: IPC) -> StreamingResponse:
         try:
             yield TOKEN
             async for _ in stream:
-                yield TOKEN
+                # As sse_response does: tokens already waiting go out in the same write (the
+                # client reads the same bytes; one send per burst instead of one per token).
+                count = 1
+                while stream.ready and count < BURST:
+                    if await stream.next_chunk() is END:
+                        break
+                    count += 1
+                yield TOKEN * count
         finally:
             await stream.aclose()
 
@@ -111,17 +120,20 @@ async def stream_direct(body: StreamBody) -> StreamingResponse:
 
 class Echoer:
     """The main process's loop: one thread, every request answered as soon as it is read (the
-    cost measured is the framework's, not the work's). ``Probe(hold=True)`` is never answered."""
+    cost measured is the framework's, not the work's). ``Probe(hold=True)`` is never answered.
+    ``batched``: replies go through a ``ReplyBatcher`` instead of ``response_q.put``."""
 
-    def __init__(self, request_q: Any, response_q: Any) -> None:
+    def __init__(self, request_q: Any, response_q: Any, *, batched: bool = False) -> None:
         self.request_q = request_q
         self.response_q = response_q
         self.held = 0
+        self._batcher = ReplyBatcher(response_q) if batched else None
         self._thread = threading.Thread(target=self._run, name="echoer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        get, put = self.request_q.get, self.response_q.put
+        get = self.request_q.get
+        put = self.response_q.put if self._batcher is None else self._batcher.put
         while True:
             request = get()
             kind = type(request)
@@ -142,6 +154,8 @@ class Echoer:
     def stop(self) -> None:
         self.request_q.put(None)
         self._thread.join(5)
+        if self._batcher is not None:
+            self._batcher.close()
 
 
 def close_queues(*queues: Any) -> None:
@@ -151,11 +165,14 @@ def close_queues(*queues: Any) -> None:
 
 
 @contextmanager
-def ipc_server(log_dir: Path, *, max_pending: int = 4096, workers: int = 1) -> Iterator[tuple[Server, str]]:
-    """The IPC path: an HTTP child and, in this process, the relay and an ``Echoer``."""
+def ipc_server(
+    log_dir: Path, *, max_pending: int = 4096, workers: int = 1, batched: bool = False
+) -> Iterator[tuple[Server, str]]:
+    """The IPC path: an HTTP child and, in this process, the relay and an ``Echoer`` (replying
+    through a ``ReplyBatcher`` when ``batched``)."""
     ctx = multiprocessing.get_context("spawn")
     request_q, response_q = ctx.Queue(), ctx.Queue()
-    echoer = Echoer(request_q, response_q)
+    echoer = Echoer(request_q, response_q, batched=batched)
     server = (
         ServerBuilder("stress-ipc")
         .with_host("127.0.0.1")
@@ -169,7 +186,7 @@ def ipc_server(log_dir: Path, *, max_pending: int = 4096, workers: int = 1) -> I
         .done()
         .subprocess.with_ipc(request_q, response_q)
         .with_max_pending(max_pending)
-        .with_log_file(str(log_dir / "stress-ipc-child.log"))
+        .with_log_file(str(log_dir / f"stress-ipc{'-batched' if batched else ''}-child.log"))
         .done()
         .build()
     )

@@ -7,6 +7,8 @@ pipe, which dies with it (DESIGN.md invariant 3).
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
 import struct
 from collections.abc import Callable, Hashable
@@ -32,12 +34,41 @@ class Kind(IntEnum):
     DRAIN = 6
     REJECT = 7
     PONG = 9
+    REPLIES = 11  # several replies that came in one message (a list), with their ids
+
+
+class _QueuePickler(pickle.Pickler):
+    """Pickles as ``ForkingPickler`` (what multiprocessing queues use, so anything a user could put
+    on a ``multiprocessing.Queue`` crosses our pipes too), about 2.5x faster for small messages:
+    ``ForkingPickler.__init__`` copies the whole dispatch table for every message, this class
+    holds one merged copy (set by ``_refresh_dispatch_table``), rebuilt only when a reducer is
+    registered."""
+
+
+_registered: tuple[dict[Any, Any], dict[Any, Any]] = ({}, {})
+
+
+# ForkingPickler's own registry of reducers (sockets, connections...); private but stable.
+_EXTRA: dict[Any, Any] = getattr(ForkingPickler, "_extra_reducers", {})
+
+
+def _refresh_dispatch_table() -> None:
+    global _registered
+    standard, extra = dict(copyreg.dispatch_table), dict(_EXTRA)
+    _QueuePickler.dispatch_table = {**standard, **extra}
+    _registered = (standard, extra)
+
+
+_refresh_dispatch_table()
 
 
 def dumps(obj: Any) -> bytes:
-    # ForkingPickler is what multiprocessing queues use, so anything a user could put on a
-    # multiprocessing.Queue can cross our pipes too.
-    return bytes(ForkingPickler.dumps(obj, pickle.HIGHEST_PROTOCOL))
+    # Comparing two small dicts costs far less than ForkingPickler's copy of one.
+    if _registered[1] != _EXTRA or _registered[0] != copyreg.dispatch_table:
+        _refresh_dispatch_table()
+    buffer = io.BytesIO()
+    _QueuePickler(buffer, pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
 
 
 loads = pickle.loads

@@ -8,7 +8,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from features.ipc.link import LinkSink
-from features.ipc.relay import Relay
+from features.ipc.relay import Relay, flatten
 
 
 class _LoopEndpoint:
@@ -21,7 +21,7 @@ class _LoopEndpoint:
 
     def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._sink.on_replies, replies)
+            self._loop.call_soon_threadsafe(self._sink.on_replies, flatten(replies))
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 

@@ -68,13 +68,28 @@ class PipeEndpoint:
         codec = self._codec
         chunks: list[bytes] = []
         for reply, raw in zip(replies, raws, strict=True):
+            if type(reply) is list:
+                chunks.append(self._bundle_frame(reply, raw))
+                continue
             request_id = reply.id
             try:
                 payload = raw if raw is not None else codec.encode(reply)
-                chunks.append(frame(Kind.REPLY, request_body(request_id, payload, codec.encode_control)))
+                chunks.append(frame(Kind.REPLY, request_body(request_id, payload, codec.encode_id)))
             except CodecError as exc:  # a reply put on a thread queue was never encoded before
                 chunks.append(self._reject_frame(request_id, IPCError(f"the reply could not be sent: {exc}")))
         self._write(b"".join(chunks))
+
+    def _bundle_frame(self, replies: list[Any], raw: bytes | None) -> bytes:
+        # The ids travel beside the bundle so that, should the worker fail to decode it, each of
+        # its requests fails with the reason instead of timing out.
+        codec = self._codec
+        ids = tuple(reply.id for reply in replies)
+        try:
+            payload = raw if raw is not None else codec.encode(replies)
+            return frame(Kind.REPLIES, request_body(ids, payload, codec.encode_control))
+        except CodecError as exc:
+            error = IPCError(f"the reply could not be sent: {exc}")
+            return b"".join(self._reject_frame(request_id, error) for request_id in ids)
 
     def send_drain(self, timeout: float) -> None:
         self._write(frame(Kind.DRAIN, self._codec.encode_control(timeout)))
@@ -121,7 +136,7 @@ class PipeEndpoint:
 
     def _handle(self, kind: Kind, body: bytes) -> None:
         if kind is Kind.REQUEST or kind is Kind.STREAM_REQUEST:
-            request_id, payload = split_request_body(body, self._codec.decode_control)
+            request_id, payload = split_request_body(body, self._codec.decode_id)
             try:
                 self._relay.forward(self, request_id, payload=payload, streaming=kind is Kind.STREAM_REQUEST)
             except IPCError as exc:

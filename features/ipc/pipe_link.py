@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Hashable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 from features.codecs.codec import Codec, CodecError, PickleCodec
 from features.ipc import errors
@@ -48,11 +48,19 @@ class _Downlink(asyncio.Protocol):
         replies: list[Any] = []
         for kind, body in self._decoder.feed(data):
             if kind is Kind.REPLY:
-                request_id, payload = split_request_body(body, codec.decode_control)
+                request_id, payload = split_request_body(body, codec.decode_id)
                 try:
                     replies.append(codec.decode(payload))
                 except CodecError as exc:
                     self._sink.on_failure(request_id, errors.RemoteError(f"the reply could not be decoded: {exc}", 500))
+            elif kind is Kind.REPLIES:
+                ids, payload = split_request_body(body, codec.decode_control)
+                try:
+                    replies.extend(codec.decode(payload))
+                except CodecError as exc:
+                    message = f"the reply could not be decoded: {exc}"
+                    for request_id in cast(tuple[Hashable, ...], ids):
+                        self._sink.on_failure(request_id, errors.RemoteError(message, 500))
             elif kind is Kind.REJECT:
                 request_id, name, message, status, headers = codec.decode_control(body)
                 self._sink.on_failure(request_id, _rejection(name, message, status, headers))

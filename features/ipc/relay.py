@@ -6,7 +6,12 @@ killed inside a write can leave half a message (DESIGN.md "Traps"). So HTTP chil
 the user's queues; they talk to this relay over pipes of their own, and the relay, living in the
 main process, is the one reader that routes every reply to the endpoint whose request has that id.
 One thread blocks on ``response_q.get()``: no polling, and a burst of replies is drained and handed
-to each endpoint in one batch.
+to each endpoint in one batch (at most ``_BATCH_WINDOW`` after its first reply was read, so the
+first token of a fast stream is not held back until the whole burst is read).
+
+A message on ``response_q`` may also be a ``list`` of replies (``ReplyBatcher`` sends them so):
+each is routed as if it had come alone, and when all go to the same endpoint the message's bytes
+are forwarded as they are, one frame for the lot.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ logger = logging.getLogger("isolated_api.relay")
 
 _MISSING = object()
 _BATCH_LIMIT = 512
+_BATCH_WINDOW = 0.0002  # seconds
 
 # One reader per response queue: two relays on one queue would take each other's replies.
 _queues_in_use: set[int] = set()
@@ -42,7 +48,22 @@ class Endpoint(Protocol):
 
     def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
         """Called on the relay's reader thread, outside its lock. ``raws[i]`` is ``replies[i]``
-        as the main process pickled it, when known: forwarding those bytes saves pickling again."""
+        as the main process pickled it, when known: forwarding those bytes saves pickling again.
+        An entry that is a ``list`` is a bundle: replies that came in one message, all for this
+        endpoint, in order (``flatten`` turns the entries into plain replies)."""
+
+
+def flatten(replies: list[Any]) -> list[Any]:
+    """The replies of ``Endpoint.deliver``'s entries, bundles opened, in order."""
+    if not any(type(reply) is list for reply in replies):
+        return replies
+    flat: list[Any] = []
+    for reply in replies:
+        if type(reply) is list:
+            flat.extend(reply)
+        else:
+            flat.append(reply)
+    return flat
 
 
 @dataclass(slots=True)
@@ -267,8 +288,9 @@ class Relay:
                 self.dropped_replies += 1
                 continue
             # Drain what is already queued: one wake-up per endpoint for a burst of replies.
+            window_ends = time.perf_counter() + _BATCH_WINDOW
             try:
-                while len(batch) < _BATCH_LIMIT:
+                while len(batch) < _BATCH_LIMIT and time.perf_counter() < window_ends:
                     batch.append(reader.get_nowait())
             except queue.Empty:
                 pass
@@ -281,37 +303,57 @@ class Relay:
     def _route_batch(self, batch: list[tuple[Any, bytes | None]], token: str) -> bool:
         stop = False
         by_endpoint: dict[int, tuple[Endpoint, list[Any], list[bytes | None]]] = {}
+
+        def add(endpoint: Endpoint, reply: Any, raw: bytes | None) -> None:
+            entry = by_endpoint.get(id(endpoint))
+            if entry is None:
+                by_endpoint[id(endpoint)] = (endpoint, [reply], [raw])
+            else:
+                entry[1].append(reply)
+                entry[2].append(raw)
+
         with self._lock:
-            routes = self._routes
             self._last_reply_at = time.monotonic()
             for reply, raw in batch:
+                if type(reply) is list:
+                    targets = [self._claim(member) for member in reply]
+                    first = targets[0] if targets else None
+                    if first is not None and all(target is first for target in targets):
+                        add(first, reply, raw)  # the whole bundle, as it was pickled
+                    else:
+                        for member, target in zip(reply, targets, strict=True):
+                            if target is not None:
+                                add(target, member, None)
+                    continue
                 if type(reply) is _StopReader:
                     stop = stop or reply.token == token
                     continue
-                request_id = getattr(reply, "id", _MISSING)
-                try:
-                    route = routes.get(request_id)
-                except TypeError:  # unhashable id
-                    route = None
-                if route is None:
-                    self.dropped_replies += 1
-                    logger.debug("dropped a reply for unknown or abandoned id %r", request_id)
-                    continue
-                if route.streaming:
-                    self.stream_chunks += 1
-                if not route.streaming or getattr(reply, "is_final", False) or type(reply) is ErrorReply:
-                    del routes[request_id]
-                    if self._observe_round_trip is not None:
-                        self._observe_round_trip(self._last_reply_at - route.created)
-                entry = by_endpoint.get(id(route.endpoint))
-                if entry is None:
-                    by_endpoint[id(route.endpoint)] = (route.endpoint, [reply], [raw])
-                else:
-                    entry[1].append(reply)
-                    entry[2].append(raw)
+                endpoint = self._claim(reply)
+                if endpoint is not None:
+                    add(endpoint, reply, raw)
         for endpoint, replies, raws in by_endpoint.values():
             try:
                 endpoint.deliver(replies, raws)
             except Exception:
                 logger.exception("delivering %d replies to %s failed", len(replies), endpoint.name)
         return stop
+
+    def _claim(self, reply: Any) -> Endpoint | None:
+        """The endpoint ``reply`` goes to (None: dropped and counted); a final reply ends its
+        route. Called with the lock held."""
+        request_id = getattr(reply, "id", _MISSING)
+        try:
+            route = self._routes.get(request_id)
+        except TypeError:  # unhashable id
+            route = None
+        if route is None:
+            self.dropped_replies += 1
+            logger.debug("dropped a reply for unknown or abandoned id %r", request_id)
+            return None
+        if route.streaming:
+            self.stream_chunks += 1
+        if not route.streaming or getattr(reply, "is_final", False) or type(reply) is ErrorReply:
+            del self._routes[request_id]
+            if self._observe_round_trip is not None:
+                self._observe_round_trip(self._last_reply_at - route.created)
+        return route.endpoint

@@ -1,0 +1,154 @@
+"""``ReplyBatcher``: ``response_q.put`` for a main loop that replies fast (token streams, many
+requests in flight).
+
+Why: every message on a ``multiprocessing.Queue`` costs a pickle, a feeder-thread hand-off, a
+pipe write, and on the relay's side a read and an unpickle; with one message per token the main
+process, whose threads share one GIL, spends more on messages than on tokens. The relay accepts a
+``list`` of replies as one message (each routed as if it came alone), so this class does what
+the queue's feeder thread does, except that it writes everything waiting as one message: while a
+write is in progress new replies collect, and the next write takes them all. Alone, a reply goes
+out at once, as with ``put``; under load, messages grow instead of queueing up.
+
+Order is kept: one writer thread, replies in ``put`` order. Nothing is lost: ``close()`` writes
+what is waiting before it returns, and a reply that can't be pickled fails its own request (an
+``ErrorReply`` 500 in its place) without taking the rest of its batch with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from features.ipc.messages import ErrorReply
+from features.ipc.queue_access import put_now
+
+logger = logging.getLogger("isolated_api.reply_batcher")
+
+Encode = Callable[[Any], Any]
+
+
+class ReplyBatcher:
+    """Puts replies on ``response_q`` from one writer thread, several per message under load.
+
+    ``encode`` (optional) turns a message (a reply, or a list of them) into what goes on the
+    queue: ``server.codec.encode`` when the server uses ``MsgspecCodec``. ``max_batch`` bounds
+    the replies per message."""
+
+    def __init__(self, response_q: Any, *, encode: Encode | None = None, max_batch: int = 512) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self._q = response_q
+        self._encode = encode
+        self._max_batch = max_batch
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: list[Any] = []
+        self._writing = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.messages = 0
+        self.replies = 0
+        self.failed = 0
+
+    def put(self, reply: Any) -> None:
+        """Queues ``reply`` (it must have the ``.id`` of its request); returns at once."""
+        self.put_many((reply,))
+
+    def put_many(self, replies: Iterable[Any]) -> None:
+        """Queues several replies in order (for example one token for each stream of a batch)."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("the ReplyBatcher is closed")
+            was_empty = not self._pending
+            self._pending.extend(replies)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="isolated-api-reply-batcher", daemon=True)
+                self._thread.start()
+            elif was_empty and self._pending:
+                self._wake.notify()
+
+    @property
+    def waiting(self) -> int:
+        """Replies queued but not yet written."""
+        return len(self._pending)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Waits until every reply queued so far is written; False if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._pending or self._writing:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._wake.wait(remaining)
+        return True
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Writes what is queued, then stops the writer thread. Safe to call twice."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def __enter__(self) -> ReplyBatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        limit = self._max_batch
+        while True:
+            with self._lock:
+                self._writing = False
+                self._wake.notify_all()  # flush() waiters
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                if not self._pending:
+                    return  # closed and nothing left
+                batch = self._pending[:limit]
+                del self._pending[:limit]
+                self._writing = True
+            self._write(batch)
+
+    def _write(self, batch: list[Any]) -> None:
+        message: Any = batch[0] if len(batch) == 1 else batch
+        try:
+            self._send(message)
+        except (ValueError, OSError, queue.Full) as exc:  # the queue is closed: nobody to tell
+            logger.error("could not put %d replies on response_q: %r", len(batch), exc)
+            return
+        except Exception:
+            if len(batch) == 1:
+                self._fail(batch[0])
+            else:
+                # One reply that can't be pickled must not sink the others: send them one by one.
+                for reply in batch:
+                    self._write([reply])
+            return
+        self.messages += 1
+        self.replies += len(batch)
+
+    def _send(self, message: Any) -> None:
+        item = message if self._encode is None else self._encode(message)
+        # Written from this thread: no second feeder-thread hop per message.
+        if not put_now(self._q, item):
+            self._q.put(item)
+
+    def _fail(self, reply: Any) -> None:
+        self.failed += 1
+        request_id = getattr(reply, "id", None)
+        logger.exception("a %s for %r could not be sent", type(reply).__name__, request_id)
+        if type(reply) is not ErrorReply and request_id is not None:
+            try:
+                self._send(ErrorReply(request_id, f"the reply could not be sent: {type(reply).__name__}", 500))
+            except Exception:
+                logger.exception("could not fail request %r either", request_id)
