@@ -253,3 +253,55 @@ def test_relay_pipe_endpoint_discards_a_torn_frame_and_reports_abandoned_ids(mp_
     finally:
         down_r.close()
         relay.close()
+
+
+def test_relay_forwards_a_list_of_replies_for_one_endpoint_as_one_bundle(mp_queues: tuple[Any, Any]) -> None:
+    """Steps: a list message whose replies all belong to endpoint a; then one mixing a, b, an
+    unknown id and a final chunk. Expect the first reached a as one bundle entry with the message's
+    bytes; the second split by owner in order, the stranger dropped and counted, routes ended."""
+    rq, sq = mp_queues
+    relay = Relay(rq, sq, queue_timeout=0.01)
+    relay.start()
+    try:
+
+        class Recorder(Collector):
+            def __init__(self, name: str) -> None:
+                super().__init__(name)
+                self.entries: list[tuple[Any, bytes | None]] = []
+
+            def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
+                with self.lock:
+                    self.entries.extend(zip(replies, raws, strict=True))
+
+        a, b = Recorder("a"), Recorder("b")
+        relay.forward(a, "s", request=Msg("s"), streaming=True)
+        relay.forward(a, "u", request=Msg("u"))
+        relay.forward(b, "v", request=Msg("v"))
+        sq.put([Msg("s", "0"), Msg("s", "1"), Msg("u", "unary")])
+        wait_until(lambda: len(a.entries) == 1, 10, "the bundle")
+        bundle, raw = a.entries[0]
+        assert type(bundle) is list and [m.body for m in bundle] == ["0", "1", "unary"]
+        assert raw is not None and loads(raw) == bundle
+        sq.put([Msg("v", "for b"), Msg("nobody"), Msg("s", "2"), Msg("s", "end", is_final=True)])
+        wait_until(lambda: len(a.entries) == 3 and len(b.entries) == 1, 10, "the split bundle")
+        assert [m.body for m, _ in a.entries[1:]] == ["2", "end"]
+        assert [m.body for m, _ in b.entries] == ["for b"]
+        assert relay.dropped_replies == 1 and relay.route_count == 0
+    finally:
+        relay.close()
+
+
+def test_dumps_honours_reducers_registered_with_forking_pickler() -> None:
+    """Steps: register a reducer for a class with ForkingPickler after dumps has been used. Expect
+    dumps (our faster pickler) to use it, as multiprocessing queues would."""
+    from multiprocessing.reduction import ForkingPickler
+
+    class Special:
+        pass
+
+    assert loads(dumps(Msg("warm"))) == Msg("warm")
+    ForkingPickler.register(Special, lambda obj: (str, ("reduced",)))
+    try:
+        assert loads(dumps(Special())) == "reduced"
+    finally:
+        ForkingPickler._extra_reducers.pop(Special, None)  # type: ignore[attr-defined]

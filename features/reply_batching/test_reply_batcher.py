@@ -1,0 +1,121 @@
+"""ReplyBatcher: replies leave in order, several to a message under load, nothing lost on close,
+and one reply that can't be pickled fails only its own request. Over a real server: many SSE
+streams and unary requests answered by a stepping main loop, one message per step."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from features.reply_batching.step_loop import StepLoop
+from features.streaming.streaming import generate_route
+from isolated_api import ErrorReply, ReplyBatcher
+from tests.helpers import Done, Work, answer_upper, builder, drain_queue, running, upper_route, wait_until
+
+
+def _replies_in(messages: list[Any]) -> list[Any]:
+    replies: list[Any] = []
+    for message in messages:
+        replies.extend(message if type(message) is list else [message])
+    return replies
+
+
+def _read_messages(response_q: Any, replies: int) -> list[Any]:
+    """Messages read from ``response_q`` until they hold ``replies`` replies (10 s at most)."""
+    messages: list[Any] = []
+
+    def enough() -> bool:
+        messages.extend(drain_queue(response_q))
+        return len(_replies_in(messages)) >= replies
+
+    wait_until(enough, 10, f"{replies} replies on response_q")
+    return messages
+
+
+def test_reply_batcher_keeps_order_and_writes_everything_before_close_returns(queues: tuple[Any, Any]) -> None:
+    """Steps: put 2,000 replies from one thread, close at once. Expect all 2,000 on response_q in
+    put order, in no more messages than replies; put after close refused."""
+    _, response_q = queues
+    batcher = ReplyBatcher(response_q)
+    for i in range(2000):
+        batcher.put(Done(str(i), "x"))
+    batcher.close()
+    messages = _read_messages(response_q, 2000)
+    assert [reply.id for reply in _replies_in(messages)] == [str(i) for i in range(2000)]
+    assert batcher.replies == 2000 and batcher.messages == len(messages) <= 2000
+    with pytest.raises(ValueError, match="closed"):
+        batcher.put(Done("late", "x"))
+
+
+def test_reply_batcher_put_many_is_one_message_and_a_bad_reply_fails_alone(queues: tuple[Any, Any]) -> None:
+    """Steps: put_many of three replies, the middle one unpicklable. Expect the two good replies
+    and an ErrorReply(500) for the bad one's id, in order; flush() returns once written."""
+    _, response_q = queues
+    with ReplyBatcher(response_q) as batcher:
+        batcher.put_many([Done("a", "1"), Done("b", lambda: None), Done("c", "3")])  # type: ignore[arg-type]
+        assert batcher.flush(10)
+    replies = _replies_in(_read_messages(response_q, 3))
+    assert [type(r).__name__ for r in replies] == ["Done", "ErrorReply", "Done"]
+    assert replies[1] == ErrorReply("b", "the reply could not be sent: Done", 500)
+    assert batcher.failed == 1
+
+
+def _stream_texts(body: str) -> tuple[list[int], str]:
+    indexes, text = [], ""
+    for line in body.splitlines():
+        if line.startswith("data: "):
+            token = json.loads(line[6:])
+            indexes.append(token["index"])
+            text += token["text"]
+    return indexes, text
+
+
+def test_reply_batcher_serves_streams_and_requests_through_a_stepping_main_loop(queues: tuple[Any, Any]) -> None:
+    """Steps: a server; a main loop that waits for 16 streams, then each step puts one token for
+    every stream in one message; 16 SSE clients of 40 tokens and 20 unary requests at once.
+    Expect every stream complete and in order, every unary reply right, far fewer messages than
+    replies, and nothing left pending in the relay."""
+    server = (
+        builder("batched")
+        .routes.with_route("/generate", generate_route, methods=["POST"])
+        .with_route("/upper", upper_route, methods=["POST"])
+        .done()
+        .subprocess.with_ipc(*queues)
+        .done()
+        .build()
+    )
+    loop = StepLoop(*queues, answer=lambda r: answer_upper(r) if type(r) is Work else None, batch=16).start()
+    try:
+        with running(server) as url:
+
+            async def clients() -> tuple[list[httpx.Response], list[httpx.Response]]:
+                async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                    streams = [client.post("/generate", json={"max_tokens": 40}) for _ in range(16)]
+                    unary = [client.post("/upper", json={"text": f"w{i}"}) for i in range(20)]
+                    done = await asyncio.gather(*streams, *unary)
+                return list(done[:16]), list(done[16:])
+
+            streams, unary = asyncio.run(clients())
+            expected_text = "".join(f"t{i} " for i in range(40))
+            for response in streams:
+                assert response.status_code == 200
+                indexes, text = _stream_texts(response.text)
+                assert text == expected_text and indexes == sorted(indexes)
+            assert sorted(r.json()["text"] for r in unary) == sorted(f"W{i}" for i in range(20))
+            relay = server.ipc
+            assert relay is not None
+            wait_until(lambda: relay.route_count == 0, 10, "the relay to have no route left")
+            # 16 streams x 40 tokens went out in about one message per step.
+            assert loop.batcher.replies == 16 * 40 + 20
+            assert loop.batcher.messages <= loop.steps + 20 < loop.batcher.replies / 4
+    finally:
+        loop.stop()
+
+
+def test_reply_batcher_refuses_a_bad_max_batch(queues: tuple[Any, Any]) -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        ReplyBatcher(queues[1], max_batch=0)
