@@ -1,6 +1,12 @@
 """(a) unary requests/s and latency, (b) streaming chunks/s and time to first chunk: the IPC path
 beside the same routes answered in-process, in one run, with the load generator in its own process.
-Interleaved (ceiling, then IPC, at each level) so a change in the machine's load hits both."""
+Interleaved (ceiling, then IPC, at each level) so a change in the machine's load hits both.
+
+Two IPC servers: "put" is the plainest user code (the ``IPC`` dependency, a main loop calling
+``response_q.put``); "batch" is what the README recommends for speed (the channel from
+``request.app.state``, replies through a ``ReplyBatcher``). The streaming routes write the tokens
+that are already waiting in one send, as ``sse_response`` does; the in-process generator never
+has tokens waiting, so it writes one per send."""
 
 from __future__ import annotations
 
@@ -26,9 +32,9 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
 
-def _unary(url: str, concurrency: int) -> LoadResult:
+def _unary(url: str, concurrency: int, path: str = "/echo") -> LoadResult:
     requests = 2000 if concurrency == 1 else 6000
-    spec = LoadSpec(_port(url), "/echo", BODY, concurrency, requests=requests, warmup=max(200, 2 * concurrency))
+    spec = LoadSpec(_port(url), path, BODY, concurrency, requests=requests, warmup=max(200, 2 * concurrency))
     result = run_load(spec)
     assert result.statuses == {200: requests}, result.statuses
     return result
@@ -61,7 +67,7 @@ def test_stress_unary_ipc_vs_in_process(
     for concurrency in (1, 16, 64, 256):
         base = _unary(ceiling[1], concurrency)
         plain = _unary(ipc[1], concurrency)
-        batched = _unary(ipc_batched[1], concurrency)
+        batched = _unary(ipc_batched[1], concurrency, "/echo-state")
         base_p50 = percentile(base.latencies, 0.5)
         row = [str(concurrency), f"{base.rate:.0f}"]
         for ours in (plain, batched):
@@ -74,8 +80,9 @@ def test_stress_unary_ipc_vs_in_process(
         # A generous sanity bound, not a performance target: the IPC path is not pathologically slow.
         assert min(plain.rate, batched.rate) > 0.05 * base.rate
     figures.table(
-        "unary POST /echo: in-process ceiling vs IPC path, the main loop replying with response_q.put "
-        "(put) or a ReplyBatcher (batch) (requests/s, latency ms)",
+        "unary POST /echo: in-process ceiling vs IPC path; put: `channel: IPC` dependency, main loop "
+        "replying with response_q.put; batch: channel from request.app.state, main loop replying "
+        "through a ReplyBatcher (requests/s, latency ms)",
         [
             "conns",
             "inproc/s",

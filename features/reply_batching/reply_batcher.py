@@ -6,8 +6,9 @@ pipe write, and on the relay's side a read and an unpickle; with one message per
 process, whose threads share one GIL, spends more on messages than on tokens. The relay accepts a
 ``list`` of replies as one message (each routed as if it came alone), so this class does what
 the queue's feeder thread does, except that it writes everything waiting as one message: while a
-write is in progress new replies collect, and the next write takes them all. Alone, a reply goes
-out at once, as with ``put``; under load, messages grow instead of queueing up.
+write is in progress new replies collect, and the next write takes them all. A reply that comes
+after a quiet millisecond is written by the caller's own thread at once (no hand-off at all);
+under load, messages grow instead of queueing up.
 
 Order is kept: one writer thread, replies in ``put`` order. Nothing is lost: ``close()`` writes
 what is waiting before it returns, and a reply that can't be pickled fails its own request (an
@@ -30,6 +31,9 @@ logger = logging.getLogger("isolated_api.reply_batcher")
 
 Encode = Callable[[Any], Any]
 
+# A reply that comes after this long without a write goes out from the caller's thread at once.
+_QUIET = 0.001  # seconds
+
 
 class ReplyBatcher:
     """Puts replies on ``response_q`` from one writer thread, several per message under load.
@@ -38,7 +42,7 @@ class ReplyBatcher:
     queue: ``server.codec.encode`` when the server uses ``MsgspecCodec``. ``max_batch`` bounds
     the replies per message."""
 
-    def __init__(self, response_q: Any, *, encode: Encode | None = None, max_batch: int = 512) -> None:
+    def __init__(self, response_q: Any, *, encode: Encode | None = None, max_batch: int = 64) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._q = response_q
@@ -48,6 +52,7 @@ class ReplyBatcher:
         self._wake = threading.Condition(self._lock)
         self._pending: list[Any] = []
         self._writing = False
+        self._last_write = 0.0
         self._closed = False
         self._thread: threading.Thread | None = None
         self.messages = 0
@@ -63,13 +68,23 @@ class ReplyBatcher:
         with self._lock:
             if self._closed:
                 raise ValueError("the ReplyBatcher is closed")
-            was_empty = not self._pending
-            self._pending.extend(replies)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="isolated-api-reply-batcher", daemon=True)
                 self._thread.start()
-            elif was_empty and self._pending:
-                self._wake.notify()
+            quiet = time.monotonic() - self._last_write > _QUIET
+            if self._pending or self._writing or not quiet:
+                was_empty = not self._pending
+                self._pending.extend(replies)
+                if was_empty and self._pending and not self._writing:
+                    self._wake.notify_all()
+                return
+            batch = list(replies)
+            if not batch:
+                return
+            self._writing = True
+        # Nothing was being written lately: write from this thread, sparing the first reply of a
+        # burst (or a lone reply) the hand-off to the writer thread; what follows it collects.
+        self._write_holding_token(batch)
 
     @property
     def waiting(self) -> int:
@@ -108,16 +123,24 @@ class ReplyBatcher:
         limit = self._max_batch
         while True:
             with self._lock:
-                self._writing = False
-                self._wake.notify_all()  # flush() waiters
-                while not self._pending and not self._closed:
+                while self._writing or (not self._pending and not self._closed):
                     self._wake.wait()
                 if not self._pending:
                     return  # closed and nothing left
                 batch = self._pending[:limit]
                 del self._pending[:limit]
                 self._writing = True
+            self._write_holding_token(batch)
+
+    def _write_holding_token(self, batch: list[Any]) -> None:
+        # ``_writing`` is the one write token: whoever holds it writes, so messages leave in order.
+        try:
             self._write(batch)
+        finally:
+            with self._lock:
+                self._writing = False
+                self._last_write = time.monotonic()
+                self._wake.notify_all()  # the writer thread (if replies collected) and flush()
 
     def _write(self, batch: list[Any]) -> None:
         message: Any = batch[0] if len(batch) == 1 else batch
