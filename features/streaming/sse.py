@@ -31,7 +31,8 @@ Memory per stream is thus bounded by ``buffer_size`` chunks (plus the socket buf
 The same rule meets a fast client when an engine bursts: the relay hands replies over in batches
 (what it reads within 0.2 ms, up to 512 messages, each of which may be a ``ReplyBatcher`` bundle),
 so a burst longer than ``buffer_size`` can be merged (or overflow) before any consumer can run.
-Measured: 2,000 tokens put back to back reached a fast client as ~1,500 frames, text intact. Give a stream without a merge a buffer larger than its engine's bursts.
+Measured: 2,000 tokens put back to back reached a fast client as ~1,500 frames, text intact.
+Give a stream without a merge a buffer larger than its engine's bursts.
 """
 
 from __future__ import annotations
