@@ -56,7 +56,10 @@ class _Downlink(asyncio.Protocol):
             elif kind is Kind.REPLIES:
                 ids, payload = split_request_body(body, codec.decode_control)
                 try:
-                    replies.extend(codec.decode(payload))
+                    bundle = codec.decode(payload)
+                    if type(bundle) is not list:
+                        raise CodecError(f"expected a list of replies, got {type(bundle).__name__}")
+                    replies.extend(bundle)
                 except CodecError as exc:
                     message = f"the reply could not be decoded: {exc}"
                     for request_id in cast(tuple[Hashable, ...], ids):
