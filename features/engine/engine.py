@@ -25,7 +25,7 @@ from typing import Any, TypeVar, overload
 from features.engine.execution import run_job
 from features.engine.handlers import Handler, HandlerTable
 from features.engine.intake import Intake, StopIntake
-from features.engine.job import Encode, Job, put
+from features.engine.job import Encode, Job, ReplySink
 from features.engine.messages import HealthPing, HealthStatus
 from features.ipc.messages import CancelRequest, ErrorReply
 
@@ -71,6 +71,7 @@ class Engine:
         self._response_q = response_q
         self.concurrency = concurrency
         self._encode, self._decode = _codec_functions(codec)
+        self._sink = ReplySink(response_q, self._encode)
         self._handlers = HandlerTable()
         # One request more than the engine can start or queue: with every slot busy the reader
         # stays in get() (one request parked), so a CancelRequest still reaches a busy engine.
@@ -184,6 +185,7 @@ class Engine:
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             loop.close()
+            self._sink.close()
             self._finished.set()
 
     def _begin_stop(self, timeout: float) -> None:
@@ -267,7 +269,7 @@ class Engine:
             logger.warning("dropped a %s from request_q: no hashable .id, or its id is in flight", kind.__name__)
             return False
         if kind is HealthPing:
-            put(self._response_q, self._health(request_id), self._encode)
+            self._sink.put(self._health(request_id))
             return False
         handler = self._handlers.lookup(kind)
         if self._stopping or handler is None:
@@ -277,9 +279,9 @@ class Engine:
                 if self._stopping
                 else ErrorReply(request_id, f"no handler for {kind.__name__}", 501)
             )
-            put(self._response_q, reply, self._encode)
+            self._sink.put(reply)
             return False
-        job = Job(request_id, message, self._response_q, self._encode)
+        job = Job(request_id, message, self._sink)
         self._jobs[request_id] = job
         job.task = asyncio.get_running_loop().create_task(self._serve(handler, job))
         return True

@@ -14,6 +14,7 @@ from typing import Any
 from features.engine.context import RequestContext
 from features.ipc.messages import ErrorReply
 from features.ipc.queue_access import put_now
+from features.reply_batching.reply_batcher import ReplyBatcher
 
 logger = logging.getLogger("isolated_api.engine")
 
@@ -22,10 +23,38 @@ logger = logging.getLogger("isolated_api.engine")
 Encode = Callable[[Any], Any] | None
 
 
-class Job:
-    __slots__ = ("_closed", "_encode", "_lock", "_response_q", "context", "id", "in_thread", "request", "task")
+class ReplySink:
+    """Where every engine message goes. With the queue pickling (no binary codec) a
+    ``ReplyBatcher``: a lone reply is written at once from the calling thread, and the chunks of
+    busy streams leave several to a message. With a binary codec each message is encoded here and
+    written as its own bytes (the relay expects one encoded message per queue item)."""
 
-    def __init__(self, request_id: Hashable, request: Any, response_q: Any, encode: Encode = None) -> None:
+    def __init__(self, response_q: Any, encode: Encode = None) -> None:
+        self._response_q = response_q
+        self._encode = encode
+        self._batcher = ReplyBatcher(response_q) if encode is None else None
+
+    def put(self, message: Any) -> bool:
+        """Puts ``message``; False when it could not be encoded and an ``ErrorReply`` (500) saying
+        so went out in its place, failing that one request."""
+        if self._batcher is not None:
+            try:
+                self._batcher.put(message)
+            except ValueError as exc:  # closed: the engine has stopped
+                logger.error("could not put a reply for %r: %s", getattr(message, "id", None), exc)
+            return True
+        return put(self._response_q, message, self._encode)
+
+    def close(self) -> None:
+        """Writes what is still waiting (replies of requests that just ended)."""
+        if self._batcher is not None:
+            self._batcher.close()
+
+
+class Job:
+    __slots__ = ("_closed", "_lock", "_sink", "context", "id", "in_thread", "request", "task")
+
+    def __init__(self, request_id: Hashable, request: Any, sink: ReplySink) -> None:
         self.id = request_id
         self.request = request
         self.context = RequestContext(request_id)
@@ -33,8 +62,7 @@ class Job:
         # True while sync code runs in a worker thread for it: then cancelling the task would free
         # the concurrency slot while the thread still works, so only the context flag is set.
         self.in_thread = False
-        self._response_q = response_q
-        self._encode = encode
+        self._sink = sink
         self._lock = threading.Lock()
         self._closed = False
 
@@ -49,7 +77,7 @@ class Job:
                 return False
             if final:
                 self._closed = True
-            if not put(self._response_q, message, self._encode):
+            if not self._sink.put(message):
                 self._closed = True  # it went out as an ErrorReply: the request is over
                 return False
             return True
@@ -62,7 +90,7 @@ class Job:
                 return False
             self._closed = True
             if last_word is not None:
-                put(self._response_q, last_word, self._encode)
+                self._sink.put(last_word)
         self.context.cancel(reason)
         if self.task is not None and not self.in_thread:
             self.task.cancel()

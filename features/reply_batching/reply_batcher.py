@@ -149,9 +149,9 @@ class ReplyBatcher:
         except (ValueError, OSError, queue.Full) as exc:  # the queue is closed: nobody to tell
             logger.error("could not put %d replies on response_q: %r", len(batch), exc)
             return
-        except Exception:
+        except Exception as exc:
             if len(batch) == 1:
-                self._fail(batch[0])
+                self._fail(batch[0], exc)
             else:
                 # One reply that can't be pickled must not sink the others: send them one by one.
                 for reply in batch:
@@ -166,12 +166,12 @@ class ReplyBatcher:
         if not put_now(self._q, item):
             self._q.put(item)
 
-    def _fail(self, reply: Any) -> None:
+    def _fail(self, reply: Any, exc: Exception) -> None:
         self.failed += 1
         request_id = getattr(reply, "id", None)
-        logger.exception("a %s for %r could not be sent", type(reply).__name__, request_id)
+        logger.error("a %s for %r could not be sent: %r", type(reply).__name__, request_id, exc)
         if type(reply) is not ErrorReply and request_id is not None:
             try:
-                self._send(ErrorReply(request_id, f"the reply could not be sent: {type(reply).__name__}", 500))
+                self._send(ErrorReply(request_id, f"the reply could not be sent: {exc}", 500))
             except Exception:
                 logger.exception("could not fail request %r either", request_id)

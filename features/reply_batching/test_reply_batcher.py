@@ -13,7 +13,7 @@ import pytest
 
 from features.reply_batching.step_loop import StepLoop
 from features.streaming.streaming import generate_route
-from isolated_api import ErrorReply, ReplyBatcher
+from isolated_api import ReplyBatcher
 from tests.helpers import Done, Work, answer_upper, builder, drain_queue, running, upper_route, wait_until
 
 
@@ -60,7 +60,9 @@ def test_reply_batcher_put_many_is_one_message_and_a_bad_reply_fails_alone(queue
         assert batcher.flush(10)
     replies = _replies_in(_read_messages(response_q, 3))
     assert [type(r).__name__ for r in replies] == ["Done", "ErrorReply", "Done"]
-    assert replies[1] == ErrorReply("b", "the reply could not be sent: Done", 500)
+    failed = replies[1]
+    assert failed.id == "b" and failed.status_code == 500
+    assert failed.message.startswith("the reply could not be sent:") and "pickle" in failed.message
     assert batcher.failed == 1
 
 
