@@ -10,7 +10,7 @@ import pytest
 
 from isolated_api import Server
 from stress.figures import Figures
-from stress.servers import ceiling_server, ipc_server
+from stress.servers import ceiling_server, engine_server, ipc_server
 
 _FIGURES = pytest.StashKey[Figures]()
 
@@ -34,6 +34,12 @@ def ipc(stress_logs: Path) -> Iterator[tuple[Server, str]]:
 @pytest.fixture(scope="session")
 def ipc_batched(stress_logs: Path) -> Iterator[tuple[Server, str]]:
     with ipc_server(stress_logs, batched=True) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def engine_ipc(stress_logs: Path) -> Iterator[tuple[Server, str]]:
+    with engine_server(stress_logs) as served:
         yield served
 
 

@@ -22,7 +22,7 @@ from starlette.responses import StreamingResponse
 
 from features.backpressure import load_route
 from features.ipc.chunk_stream import END
-from isolated_api import IPC, IPCChannel, ReplyBatcher, Server, ServerBuilder
+from isolated_api import IPC, Engine, IPCChannel, ReplyBatcher, Server, ServerBuilder
 from tests.helpers import wait_until
 
 TOKEN = b"tok\n"
@@ -51,6 +51,17 @@ class TokenRequest:
 class TokenChunk:
     id: str
     is_final: bool = False
+
+
+@dataclass
+class EngineTokens:
+    id: str
+    count: int
+
+
+def engine_tokens(request: EngineTokens) -> Iterator[int]:
+    """An Engine generator handler: one chunk per token, as fast as the engine takes them."""
+    yield from range(request.count)
 
 
 @dataclass
@@ -110,6 +121,30 @@ async def stream_ipc(body: StreamBody, channel: IPC) -> StreamingResponse:
                         break
                     count += 1
                 yield TOKEN * count
+        finally:
+            await stream.aclose()
+
+    return StreamingResponse(tokens(), media_type="text/plain")
+
+
+async def stream_engine(body: StreamBody, channel: IPC) -> StreamingResponse:
+    """The same stream from an ``Engine`` generator handler (``EngineTokens`` below)."""
+    stream = channel.submit_streaming(EngineTokens(uuid.uuid4().hex, body.count), buffer_size=4096)
+    await anext(stream)
+
+    async def tokens() -> AsyncIterator[bytes]:
+        try:
+            yield TOKEN
+            async for chunk in stream:
+                # The final StreamChunk carries no token (the generator's return value).
+                count = 0 if chunk.is_final else 1
+                while stream.ready and count < BURST:
+                    more = await stream.next_chunk()
+                    if more is END:
+                        break
+                    count += not more.is_final
+                if count:
+                    yield TOKEN * count
         finally:
             await stream.aclose()
 
@@ -206,6 +241,37 @@ def ipc_server(
     finally:
         server.stop(timeout=5.0)
         echoer.stop()
+        close_queues(request_q, response_q)
+
+
+@contextmanager
+def engine_server(log_dir: Path) -> Iterator[tuple[Server, str]]:
+    """The IPC path with the ``Engine`` companion as the main process's loop."""
+    ctx = multiprocessing.get_context("spawn")
+    request_q, response_q = ctx.Queue(), ctx.Queue()
+    engine = Engine(request_q, response_q, concurrency=64)
+    engine.handle(EngineTokens, engine_tokens)
+    server = (
+        ServerBuilder("stress-engine")
+        .with_host("127.0.0.1")
+        .with_port(0)
+        .with_timeout(30.0)
+        .routes.with_route("/stream", stream_engine, methods=["POST"])
+        .with_route("/load", load_route)
+        .done()
+        .subprocess.with_ipc(request_q, response_q)
+        .with_max_pending(4096)
+        .with_log_file(str(log_dir / "stress-engine-child.log"))
+        .done()
+        .build()
+    )
+    engine.start()
+    server.start_subprocess()
+    try:
+        yield server, f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop(timeout=5.0)
+        engine.stop(timeout=5.0)
         close_queues(request_q, response_q)
 
 
