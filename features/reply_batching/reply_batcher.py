@@ -53,6 +53,7 @@ class ReplyBatcher:
         self._pending: list[Any] = []
         self._writing = False
         self._last_write = 0.0
+        self._yield_next = False
         self._closed = False
         self._thread: threading.Thread | None = None
         self.messages = 0
@@ -77,14 +78,23 @@ class ReplyBatcher:
                 self._pending.extend(replies)
                 if was_empty and self._pending and not self._writing:
                     self._wake.notify_all()
-                return
-            batch = list(replies)
-            if not batch:
-                return
-            self._writing = True
-        # Nothing was being written lately: write from this thread, sparing the first reply of a
-        # burst (or a lone reply) the hand-off to the writer thread; what follows it collects.
-        self._write_holding_token(batch)
+                batch = None
+                yield_now, self._yield_next = self._yield_next, False
+            else:
+                batch = list(replies)
+                if not batch:
+                    return
+                self._writing = True
+        if batch is not None:
+            # Nothing was being written lately: write from this thread, sparing the first reply
+            # of a burst (or a lone reply) the hand-off to the writer thread; what follows collects.
+            self._write_holding_token(batch)
+            self._yield_next = True
+        elif yield_now:
+            # The second reply of a burst: the relay's reader (a thread of this process) was woken
+            # by the first one and waits for the GIL, which a producer in a tight loop would hold
+            # for up to the 5 ms switch interval. Let it forward the first reply now.
+            time.sleep(0)
 
     @property
     def waiting(self) -> int:
