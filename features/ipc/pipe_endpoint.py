@@ -22,6 +22,10 @@ from features.ipc.relay import Relay
 
 logger = logging.getLogger("isolated_api.relay")
 
+# What a pipe holds by default on Linux. os.read allocates the full size asked for on every call:
+# asking for 1 MiB cost ~18 us more per read than 64 KiB here, for the same few hundred bytes.
+_READ_SIZE = 1 << 16
+
 ReadyCallback = Callable[["PipeEndpoint", Any], None]
 LostCallback = Callable[["PipeEndpoint", list[Hashable], bool], None]
 
@@ -119,7 +123,7 @@ class PipeEndpoint:
         try:
             while True:
                 try:
-                    data = os.read(fd, 1 << 20)
+                    data = os.read(fd, _READ_SIZE)
                 except OSError:
                     break
                 if not data:
