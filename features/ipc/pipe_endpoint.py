@@ -69,19 +69,19 @@ class PipeEndpoint:
     # -- main -> child ---------------------------------------------------------------------
 
     def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
-        codec = self._codec
         chunks: list[bytes] = []
         for reply, raw in zip(replies, raws, strict=True):
-            if type(reply) is list:
-                chunks.append(self._bundle_frame(reply, raw))
-                continue
-            request_id = reply.id
-            try:
-                payload = raw if raw is not None else codec.encode(reply)
-                chunks.append(frame(Kind.REPLY, request_body(request_id, payload, codec.encode_id)))
-            except CodecError as exc:  # a reply put on a thread queue was never encoded before
-                chunks.append(self._reject_frame(request_id, IPCError(f"the reply could not be sent: {exc}")))
+            chunks.append(self._bundle_frame(reply, raw) if type(reply) is list else self._reply_frame(reply, raw))
         self._write(b"".join(chunks))
+
+    def _reply_frame(self, reply: Any, raw: bytes | None) -> bytes:
+        codec = self._codec
+        request_id = reply.id
+        try:
+            payload = raw if raw is not None else codec.encode(reply)
+            return frame(Kind.REPLY, request_body(request_id, payload, codec.encode_id))
+        except CodecError as exc:  # a reply that was never encoded before (a thread queue, route_local)
+            return self._reject_frame(request_id, IPCError(f"the reply could not be sent: {exc}"))
 
     def _bundle_frame(self, replies: list[Any], raw: bytes | None) -> bytes:
         # The ids travel beside the bundle so that, should the worker fail to decode it, each of
@@ -91,9 +91,9 @@ class PipeEndpoint:
         try:
             payload = raw if raw is not None else codec.encode(replies)
             return frame(Kind.REPLIES, request_body(ids, payload, codec.encode_control))
-        except CodecError as exc:
-            error = IPCError(f"the reply could not be sent: {exc}")
-            return b"".join(self._reject_frame(request_id, error) for request_id in ids)
+        except CodecError:
+            # One reply that can't be encoded must not fail the others: one frame each.
+            return b"".join(self._reply_frame(reply, None) for reply in replies)
 
     def send_drain(self, timeout: float) -> None:
         self._write(frame(Kind.DRAIN, self._codec.encode_control(timeout)))

@@ -37,8 +37,17 @@ _BATCH_LIMIT = 512
 _BATCH_WINDOW = 0.0002  # seconds
 
 # One reader per response queue: two relays on one queue would take each other's replies.
-_queues_in_use: set[int] = set()
+_queues_in_use: dict[int, Relay] = {}
 _queues_lock = threading.Lock()
+
+
+def relay_reading(response_q: Any) -> Relay | None:
+    """The running relay of this process that reads ``response_q``, if any: replies made in this
+    process can then be handed to it directly (``Relay.route_local``) instead of crossing the queue."""
+    relay = _queues_in_use.get(id(response_q))
+    if relay is None or relay._response_q is not response_q or relay._closed:
+        return None
+    return relay
 
 
 class Endpoint(Protocol):
@@ -103,6 +112,8 @@ class Relay:
         self._cancel_notices = cancel_notices
         self._last_reply_at = time.monotonic()
         self.cancel_notices_sent = 0
+        # Replies handed over in this process (route_local), never on response_q.
+        self.local_replies = 0
         self.queue_full = 0
         self.stream_chunks = 0
         self._observe_round_trip = observe_round_trip
@@ -127,7 +138,7 @@ class Relay:
             with _queues_lock:
                 if id(self._response_q) in _queues_in_use:
                     raise RuntimeError("this response_q is already read by another running server or channel")
-                _queues_in_use.add(id(self._response_q))
+                _queues_in_use[id(self._response_q)] = self
             self._closed = False
             self._token = uuid.uuid4().hex
             self._reader = threading.Thread(target=self._read_replies, name="isolated-api-relay", daemon=True)
@@ -148,7 +159,8 @@ class Relay:
             pass
         reader.join(timeout)
         with _queues_lock:
-            _queues_in_use.discard(id(self._response_q))
+            if _queues_in_use.get(id(self._response_q)) is self:
+                del _queues_in_use[id(self._response_q)]
 
     @property
     def is_running(self) -> bool:
@@ -269,6 +281,14 @@ class Relay:
                 return False
             del self._routes[request_id]
             return True
+
+    def route_local(self, replies: list[Any]) -> None:
+        """Routes replies made in this process as if they had been read from ``response_q`` (one
+        bundle: forwarded to a worker in one frame when they all belong to it), on the caller's
+        thread. What a ``ReplyBatcher`` does when this relay reads its queue: no pickle, pipe
+        write, wake-up and unpickle on the way through ``response_q``."""
+        self.local_replies += len(replies)
+        self._route_batch([(replies, None)], "")
 
     # -- replies (reader thread) -------------------------------------------------------------
 

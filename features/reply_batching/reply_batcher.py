@@ -26,6 +26,7 @@ from typing import Any
 
 from features.ipc.messages import ErrorReply
 from features.ipc.queue_access import put_now
+from features.ipc.relay import relay_reading
 
 logger = logging.getLogger("isolated_api.reply_batcher")
 
@@ -89,7 +90,8 @@ class ReplyBatcher:
             # Nothing was being written lately: write from this thread, sparing the first reply
             # of a burst (or a lone reply) the hand-off to the writer thread; what follows collects.
             self._write_holding_token(batch)
-            self._yield_next = True
+            # Only a relay reading the queue in another thread needs the GIL to forward it.
+            self._yield_next = relay_reading(self._q) is None
         elif yield_now:
             # The second reply of a burst: the relay's reader (a thread of this process) was woken
             # by the first one and waits for the GIL, which a producer in a tight loop would hold
@@ -171,6 +173,12 @@ class ReplyBatcher:
         self.replies += len(batch)
 
     def _send(self, message: Any) -> None:
+        relay = relay_reading(self._q)
+        if relay is not None:
+            # The server's relay reads this queue in this very process: hand the replies over
+            # (routed and written to the worker from this thread) instead of through the queue.
+            relay.route_local(message if type(message) is list else [message])
+            return
         item = message if self._encode is None else self._encode(message)
         # Written from this thread: no second feeder-thread hop per message.
         if not put_now(self._q, item):

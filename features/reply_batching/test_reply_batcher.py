@@ -78,9 +78,10 @@ def _stream_texts(body: str) -> tuple[list[int], str]:
 
 def test_reply_batcher_serves_streams_and_requests_through_a_stepping_main_loop(queues: tuple[Any, Any]) -> None:
     """Steps: a server; a main loop that waits for 16 streams, then each step puts one token for
-    every stream in one message; 16 SSE clients of 40 tokens and 20 unary requests at once.
-    Expect every stream complete and in order, every unary reply right, far fewer messages than
-    replies, and nothing left pending in the relay."""
+    every stream in one message; 16 SSE clients of 40 tokens and 20 unary requests at once, then
+    one request whose reply can't be pickled. Expect every stream complete and in order, every
+    unary reply right, a 500 naming the failure, far fewer messages than replies, all of them
+    handed to the relay in this process (not through response_q), nothing left pending."""
     server = (
         builder("batched")
         .routes.with_route("/generate", generate_route, methods=["POST"])
@@ -90,18 +91,26 @@ def test_reply_batcher_serves_streams_and_requests_through_a_stepping_main_loop(
         .done()
         .build()
     )
-    loop = StepLoop(*queues, answer=lambda r: answer_upper(r) if type(r) is Work else None, batch=16).start()
+    def answer(request: Any) -> Any:
+        if type(request) is not Work:
+            return None
+        if request.text == "bad":
+            return Done(request.id, lambda: None)  # type: ignore[arg-type]  # can't be pickled
+        return answer_upper(request)
+
+    loop = StepLoop(*queues, answer=answer, batch=16).start()
     try:
         with running(server) as url:
 
-            async def clients() -> tuple[list[httpx.Response], list[httpx.Response]]:
+            async def clients() -> tuple[list[httpx.Response], list[httpx.Response], httpx.Response]:
                 async with httpx.AsyncClient(base_url=url, timeout=30) as client:
                     streams = [client.post("/generate", json={"max_tokens": 40}) for _ in range(16)]
                     unary = [client.post("/upper", json={"text": f"w{i}"}) for i in range(20)]
                     done = await asyncio.gather(*streams, *unary)
-                return list(done[:16]), list(done[16:])
+                    bad = await client.post("/upper", json={"text": "bad"})
+                return list(done[:16]), list(done[16:]), bad
 
-            streams, unary = asyncio.run(clients())
+            streams, unary, bad = asyncio.run(clients())
             expected_text = "".join(f"t{i} " for i in range(40))
             for response in streams:
                 assert response.status_code == 200
@@ -111,9 +120,13 @@ def test_reply_batcher_serves_streams_and_requests_through_a_stepping_main_loop(
             relay = server.ipc
             assert relay is not None
             wait_until(lambda: relay.route_count == 0, 10, "the relay to have no route left")
-            # 16 streams x 40 tokens went out in about one message per step.
-            assert loop.batcher.replies == 16 * 40 + 20
-            assert loop.batcher.messages <= loop.steps + 20 < loop.batcher.replies / 4
+            # A reply that can't be pickled fails its own request, with the reason.
+            assert bad.status_code == 500 and "could not be sent" in bad.json()["detail"]
+            # 16 streams x 40 tokens went out in about one message per step, and the relay being
+            # in this process, none of them crossed response_q.
+            assert loop.batcher.replies == 16 * 40 + 21
+            assert loop.batcher.messages <= loop.steps + 21 < loop.batcher.replies / 4
+            assert relay.local_replies == loop.batcher.replies
     finally:
         loop.stop()
 
