@@ -8,9 +8,12 @@ process, whose threads share one GIL, spends more on messages than on tokens. Th
 the queue's feeder thread does, except that it writes everything waiting as one message: while a
 write is in progress new replies collect, and the next write takes them all. A reply that comes
 after a quiet millisecond is written by the caller's own thread at once (no hand-off at all);
-under load, messages grow instead of queueing up.
+under load, messages grow instead of queueing up. When the relay reading ``response_q`` runs in
+this process (the server was started here), "written" means handed to it: ``Relay.route_local``
+routes the replies and writes them to the worker's pipe from the writing thread, and the queue
+is not used at all.
 
-Order is kept: one writer thread, replies in ``put`` order. Nothing is lost: ``close()`` writes
+Order is kept: one write token, replies in ``put`` order. Nothing is lost: ``close()`` writes
 what is waiting before it returns, and a reply that can't be pickled fails its own request (an
 ``ErrorReply`` 500 in its place) without taking the rest of its batch with it.
 """
