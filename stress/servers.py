@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from features.backpressure import load_route
-from features.ipc.chunk_stream import END
+from features.ipc.chunk_stream import END, ChunkStream
 from isolated_api import IPC, Engine, IPCChannel, ReplyBatcher, Server, ServerBuilder
 from tests.helpers import wait_until
 
@@ -104,51 +104,43 @@ async def echo_direct(body: EchoBody) -> EchoBody:
     return EchoBody(text=body.text.upper())
 
 
-async def stream_ipc(body: StreamBody, channel: IPC) -> StreamingResponse:
-    stream = channel.submit_streaming(TokenRequest(uuid.uuid4().hex, body.count), buffer_size=4096)
+async def _tokens_as_text(stream: ChunkStream, is_token: Callable[[Any], bool]) -> StreamingResponse:
     # Admission and the first chunk before the 200, as the streaming slice does.
-    await anext(stream)
+    first = await anext(stream)
 
     async def tokens() -> AsyncIterator[bytes]:
         try:
-            yield TOKEN
-            async for _ in stream:
+            waiting = int(is_token(first))
+            while True:
                 # As sse_response does: tokens already waiting go out in the same write (the
                 # client reads the same bytes; one send per burst instead of one per token).
-                count = 1
-                while stream.ready and count < BURST:
-                    if await stream.next_chunk() is END:
+                while stream.ready and waiting < BURST:
+                    chunk = await stream.next_chunk()
+                    if chunk is END:
                         break
-                    count += 1
-                yield TOKEN * count
+                    waiting += is_token(chunk)
+                if waiting:
+                    yield TOKEN * waiting
+                chunk = await stream.next_chunk()
+                if chunk is END:
+                    return
+                waiting = int(is_token(chunk))
         finally:
             await stream.aclose()
 
     return StreamingResponse(tokens(), media_type="text/plain")
+
+
+async def stream_ipc(body: StreamBody, channel: IPC) -> StreamingResponse:
+    stream = channel.submit_streaming(TokenRequest(uuid.uuid4().hex, body.count), buffer_size=4096)
+    return await _tokens_as_text(stream, lambda chunk: True)
 
 
 async def stream_engine(body: StreamBody, channel: IPC) -> StreamingResponse:
-    """The same stream from an ``Engine`` generator handler (``EngineTokens`` below)."""
+    """The same stream from an ``Engine`` generator handler (``EngineTokens`` below): its final
+    ``StreamChunk`` carries the generator's return value, not a token."""
     stream = channel.submit_streaming(EngineTokens(uuid.uuid4().hex, body.count), buffer_size=4096)
-    await anext(stream)
-
-    async def tokens() -> AsyncIterator[bytes]:
-        try:
-            yield TOKEN
-            async for chunk in stream:
-                # The final StreamChunk carries no token (the generator's return value).
-                count = 0 if chunk.is_final else 1
-                while stream.ready and count < BURST:
-                    more = await stream.next_chunk()
-                    if more is END:
-                        break
-                    count += not more.is_final
-                if count:
-                    yield TOKEN * count
-        finally:
-            await stream.aclose()
-
-    return StreamingResponse(tokens(), media_type="text/plain")
+    return await _tokens_as_text(stream, lambda chunk: not chunk.is_final)
 
 
 async def stream_direct(body: StreamBody) -> StreamingResponse:
@@ -208,6 +200,10 @@ def close_queues(*queues: Any) -> None:
         q.close()
 
 
+def _loopback_builder(name: str) -> ServerBuilder:
+    return ServerBuilder(name).with_host("127.0.0.1").with_port(0).with_timeout(30.0)
+
+
 @contextmanager
 def ipc_server(
     log_dir: Path, *, max_pending: int = 4096, workers: int = 1, batched: bool = False
@@ -218,10 +214,7 @@ def ipc_server(
     request_q, response_q = ctx.Queue(), ctx.Queue()
     echoer = Echoer(request_q, response_q, batched=batched)
     server = (
-        ServerBuilder("stress-ipc")
-        .with_host("127.0.0.1")
-        .with_port(0)
-        .with_timeout(30.0)
+        _loopback_builder("stress-ipc")
         .routes.with_route("/echo", echo_ipc, methods=["POST"])
         .with_route("/echo-state", echo_ipc_state, methods=["POST"])
         .with_route("/stream", stream_ipc, methods=["POST"])
@@ -252,10 +245,7 @@ def engine_server(log_dir: Path) -> Iterator[tuple[Server, str]]:
     engine = Engine(request_q, response_q, concurrency=64)
     engine.handle(EngineTokens, engine_tokens)
     server = (
-        ServerBuilder("stress-engine")
-        .with_host("127.0.0.1")
-        .with_port(0)
-        .with_timeout(30.0)
+        _loopback_builder("stress-engine")
         .routes.with_route("/stream", stream_engine, methods=["POST"])
         .with_route("/load", load_route)
         .done()

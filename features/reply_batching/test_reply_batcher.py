@@ -91,6 +91,7 @@ def test_reply_batcher_serves_streams_and_requests_through_a_stepping_main_loop(
         .done()
         .build()
     )
+
     def answer(request: Any) -> Any:
         if type(request) is not Work:
             return None
