@@ -132,6 +132,42 @@ def test_reply_batcher_serves_streams_and_requests_through_a_stepping_main_loop(
         loop.stop()
 
 
+def test_reply_batcher_bundles_split_between_two_workers_reach_their_own_streams(queues: tuple[Any, Any]) -> None:
+    """Steps: a server with 2 HTTP workers; a main loop that waits for 12 streams, then each step
+    puts one token for every stream in one message, whichever worker serves it; 12 SSE clients
+    of 30 tokens at once. Expect each client its own 30 tokens, complete and in order (a token
+    routed to the wrong stream would show as a duplicate or a gap), nothing left pending."""
+    server = (
+        builder("batched-workers")
+        .routes.with_route("/generate", generate_route, methods=["POST"])
+        .done()
+        .uvicorn.with_workers(2)
+        .done()
+        .subprocess.with_ipc(*queues)
+        .done()
+        .build()
+    )
+    loop = StepLoop(*queues, batch=12).start()
+    try:
+        with running(server) as url:
+
+            async def clients() -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                    posts = [client.post("/generate", json={"max_tokens": 30}) for _ in range(12)]
+                    return list(await asyncio.gather(*posts))
+
+            expected = "".join(f"t{i} " for i in range(30))
+            for response in asyncio.run(clients()):
+                assert response.status_code == 200
+                assert _stream_texts(response.text) == (list(range(30)), expected)
+            relay = server.ipc
+            assert relay is not None
+            wait_until(lambda: relay.route_count == 0, 10, "the relay to have no route left")
+            assert relay.local_replies == loop.batcher.replies == 12 * 30
+    finally:
+        loop.stop()
+
+
 def test_reply_batcher_refuses_a_bad_max_batch(queues: tuple[Any, Any]) -> None:
     with pytest.raises(ValueError, match="max_batch"):
         ReplyBatcher(queues[1], max_batch=0)
