@@ -49,7 +49,8 @@ class Engine:
                 yield token
 
         engine.start()      # background threads; or engine.run() to block until Ctrl-C / stop()
-        ...
+        server.start_subprocess()   # built with .subprocess.with_ipc(request_q, response_q)
+        server.wait()               # until the server stops
         engine.stop(timeout=5)
 
     Handlers: plain functions (run in a worker thread), ``async def`` functions, generators and

@@ -58,6 +58,7 @@ class ReplyBatcher:
         self._writing = False
         self._last_write = 0.0
         self._yield_next = False
+        self._through_queue = True  # how the last message went: through response_q, or handed over
         self._closed = False
         self._thread: threading.Thread | None = None
         self.messages = 0
@@ -93,8 +94,8 @@ class ReplyBatcher:
             # Nothing was being written lately: write from this thread, sparing the first reply
             # of a burst (or a lone reply) the hand-off to the writer thread; what follows collects.
             self._write_holding_token(batch)
-            # Only a relay reading the queue in another thread needs the GIL to forward it.
-            self._yield_next = relay_reading(self._q) is None
+            # Only a relay reading the queue on another thread needs the GIL to forward it.
+            self._yield_next = self._through_queue
         elif yield_now:
             # The second reply of a burst: the relay's reader (a thread of this process) was woken
             # by the first one and waits for the GIL, which a producer in a tight loop would hold
@@ -177,6 +178,7 @@ class ReplyBatcher:
 
     def _send(self, message: Any) -> None:
         relay = relay_reading(self._q)
+        self._through_queue = relay is None
         if relay is not None:
             # The server's relay reads this queue in this very process: hand the replies over
             # (routed and written to the worker from this thread) instead of through the queue.
