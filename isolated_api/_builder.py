@@ -8,7 +8,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from features.codecs.codec import Codec
-from features.configuration.settings import ApiConfig, ConfigError, IPCConfig, UvicornConfig
+from features.configuration.settings import (
+    DEFAULT_CHILD_GC_THRESHOLD,
+    ApiConfig,
+    ConfigError,
+    IPCConfig,
+    UvicornConfig,
+    check_gc_threshold,
+)
 from features.cors_middleware.cors import CorsPolicy
 from features.health.readiness import HealthSettings
 from features.subprocess_runtime.manager import START_METHODS
@@ -222,6 +229,18 @@ class SubprocessConfigurer:
         self._builder._start_method = method
         return self
 
+    def with_gc_threshold(self, first: int | None) -> SubprocessConfigurer:
+        """The HTTP child's first garbage-collection threshold (``gc.set_threshold(first)``),
+        20,000 by default; ``None`` keeps the interpreter's (700 in CPython 3.11).
+
+        Requests awaiting the main process stay alive across young collections, and at 700 each
+        collection walks all of them again: with 256 requests in flight that cost the child a
+        fifth more work per request (measured with callgrind). A higher threshold lets unreachable
+        cycles wait a little longer before they are freed; the main process is not touched."""
+        check_gc_threshold(first)
+        self._builder._gc_threshold = first
+        return self
+
     def done(self) -> ServerBuilder:
         return self._builder
 
@@ -295,6 +314,7 @@ class ServerBuilder:
         self._restart_policy: RestartPolicy | None = None
         self._cancel_notices = False
         self._codec: Codec | None = None
+        self._gc_threshold: int | None = DEFAULT_CHILD_GC_THRESHOLD
         self._routes = RouteConfigurer(self)
         self._subprocess = SubprocessConfigurer(self)
         self._uvicorn = UvicornConfigurer(self)
@@ -383,4 +403,5 @@ class ServerBuilder:
             restart_policy=self._restart_policy,
             cancel_notices=self._cancel_notices,
             codec=self._codec,
+            gc_threshold=self._gc_threshold,
         )

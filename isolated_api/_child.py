@@ -4,6 +4,7 @@ on the listening socket the parent bound, and a lifeline that ends the child whe
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -40,6 +41,8 @@ class ChildSpec:
     ipc: IPCConfig
     signal_drain_timeout: float
     codec: Codec = field(default_factory=PickleCodec)
+    # The cyclic collector's first threshold in the child (None: the interpreter's default).
+    gc_threshold: int | None = None
     # Under fork the child inherits the parent's ends of its pipes; holding them would hide
     # the parent's death (no end-of-file), so the child closes them first.
     parent_fds: tuple[int, ...] = ()
@@ -75,6 +78,11 @@ def child_main(
             os.close(fd)
         except OSError:
             pass
+    if spec.gc_threshold is not None:
+        # Only the first generation: requests in flight keep their objects alive across young
+        # collections, so at the default (700) each collection walks them again; see
+        # SubprocessConfigurer.with_gc_threshold for the figures.
+        gc.set_threshold(spec.gc_threshold)
     log_config = configure_logging(spec.api.uvicorn.log_level, to_file=spec.api.log_file is not None)
     drain = DrainState()
     server_ref: list[DrainingServer] = []

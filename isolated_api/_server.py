@@ -64,6 +64,7 @@ class Server:
         restart_policy: RestartPolicy | None = None,
         cancel_notices: bool = False,
         codec: Codec | None = None,
+        gc_threshold: int | None = None,
         startup_timeout: float = 30.0,
         kill_timeout: float = 2.0,
     ) -> None:
@@ -77,6 +78,7 @@ class Server:
         self._kill_timeout = kill_timeout
         self._subprocess_mode = request_q is not None
         self._codec: Codec = codec or PickleCodec()
+        self._gc_threshold = gc_threshold
         # Metrics live in this process: every worker's requests pass through here.
         self._metrics = MetricsBook(self._metrics_facts) if recipe.metrics_path is not None else None
         self._relay = (
@@ -244,6 +246,7 @@ class Server:
             ipc=self._ipc,
             signal_drain_timeout=SIGNAL_DRAIN_TIMEOUT,
             codec=self._codec,
+            gc_threshold=self._gc_threshold,
         )
         fork = self._start_method == "fork"
 

@@ -102,6 +102,9 @@ def test_builder_with_config_replaces_whole_configs() -> None:
         lambda b: b.routes.with_exception_handler("boom", ping_route),
         lambda b: b.subprocess.with_ipc(object(), queue.Queue()),
         lambda b: b.routes.with_cors(["*"], allow_credentials=True),
+        lambda b: b.subprocess.with_gc_threshold(0),
+        lambda b: b.subprocess.with_gc_threshold(True),
+        lambda b: b.subprocess.with_gc_threshold(2.5),
     ],
 )
 def test_builder_refuses_bad_input_with_config_error(mistake: Any) -> None:

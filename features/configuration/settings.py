@@ -36,6 +36,19 @@ def _number(name: str, value: object, *, positive: bool) -> None:
         raise ConfigError(f"{name} must be >= 0, got {value}")
 
 
+# The HTTP child's first garbage-collection threshold (CPython's default is 700). A request that
+# awaits the main process keeps its objects (scope, coroutine frames, futures) alive across young
+# collections, and at 700 each collection walks every request in flight again: measured with
+# callgrind on the child's app, 617k instructions per request at 64 in flight and 695k at 256,
+# against 569k and 571k at 20,000 (the same route answered without awaiting: 533k).
+DEFAULT_CHILD_GC_THRESHOLD = 20_000
+
+
+def check_gc_threshold(value: object) -> None:
+    """``None`` (the interpreter's default) or an integer >= 1."""
+    _optional_int_at_least("gc_threshold", value, 1)
+
+
 @dataclass(frozen=True)
 class UvicornConfig:
     """Settings handed to uvicorn in the process that serves HTTP.

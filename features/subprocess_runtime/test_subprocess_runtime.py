@@ -3,6 +3,7 @@ spawn is the default and fork works, and what can't be pickled is reported by bu
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from features.configuration.settings import DEFAULT_CHILD_GC_THRESHOLD
 from features.subprocess_runtime.manager import SubprocessManager
 from isolated_api import BuildError, ServerBuilder
 from tests.helpers import (
@@ -113,6 +115,32 @@ def test_subprocess_runtime_fork_is_selectable(queues: tuple[Any, Any], main_loo
         assert server.process is not None
         assert server.process._start_method == "fork"
         assert httpx.post(f"{url}/upper", json={"text": "b"}, timeout=10).json()["text"] == "B"
+
+
+async def gc_threshold_route() -> dict[str, int]:
+    return {"first": gc.get_threshold()[0]}
+
+
+def _served_gc_threshold(queues: tuple[Any, Any], *threshold: int | None) -> int:
+    b = builder("gc").routes.with_route("/gc", gc_threshold_route).done().subprocess.with_ipc(*queues)
+    if threshold:
+        b.with_gc_threshold(threshold[0])
+    with running(b.done().build()) as url:
+        first: int = httpx.get(f"{url}/gc", timeout=10).json()["first"]
+    return first
+
+
+def test_subprocess_runtime_child_collects_garbage_at_the_configured_threshold(queues: tuple[Any, Any]) -> None:
+    """Steps: ask the child for gc.get_threshold() by default, with 5,000, and with None. Expect
+    20,000, 5,000, and what a fresh interpreter starts with; this process's own stays as it was."""
+    own = gc.get_threshold()
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import gc; print(gc.get_threshold()[0])"], capture_output=True, text=True, check=True
+    )
+    assert _served_gc_threshold(queues) == DEFAULT_CHILD_GC_THRESHOLD == 20_000
+    assert _served_gc_threshold(queues, 5_000) == 5_000
+    assert _served_gc_threshold(queues, None) == int(fresh.stdout) != 20_000
+    assert gc.get_threshold() == own
 
 
 def test_subprocess_runtime_build_names_an_unpicklable_handler(queues: tuple[Any, Any]) -> None:
