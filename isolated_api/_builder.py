@@ -231,12 +231,12 @@ class SubprocessConfigurer:
 
     def with_gc_threshold(self, first: int | None) -> SubprocessConfigurer:
         """The HTTP child's first garbage-collection threshold (``gc.set_threshold(first)``),
-        20,000 by default; ``None`` keeps the interpreter's (700 in CPython 3.11).
+        100,000 by default; ``None`` keeps the interpreter's (700 in CPython 3.11).
 
         Requests awaiting the main process stay alive across young collections, and at 700 each
         collection walks all of them again: with 256 requests in flight that cost the child a
         fifth more work per request (measured with callgrind). A higher threshold lets unreachable
-        cycles wait a little longer before they are freed; the main process is not touched."""
+        cycles wait longer before they are freed; the main process is not touched."""
         check_gc_threshold(first)
         self._builder._gc_threshold = first
         return self

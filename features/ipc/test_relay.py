@@ -305,3 +305,42 @@ def test_dumps_honours_reducers_registered_with_forking_pickler() -> None:
         assert loads(dumps(Special())) == "reduced"
     finally:
         ForkingPickler._extra_reducers.pop(Special, None)  # type: ignore[attr-defined]
+
+
+class _PicklesItsPartsWithDumps:
+    """A __reduce__ that calls dumps itself, while the thread's pickler is busy with this object."""
+
+    def __init__(self, part: Msg) -> None:
+        self.part = part
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_from_dumps, (dumps(self.part),))
+
+
+def _rebuild_from_dumps(data: bytes) -> Msg:
+    part: Msg = loads(data)
+    return part
+
+
+def test_dumps_reuses_its_pickler_without_keeping_what_it_pickled() -> None:
+    """Steps: pickle the same object twice, one that calls dumps from its __reduce__, one of
+    1 MB, then drop the object. Expect every result to stand alone (no memo references across
+    calls), nested calls to work, and nothing pickled kept alive by the reused pickler."""
+    import weakref
+
+    first = Msg("same")
+    assert loads(dumps(first)) == loads(dumps(first)) == first
+    assert loads(dumps([first, _PicklesItsPartsWithDumps(Msg("inner")), first])) == [first, Msg("inner"), first]
+    big = Msg("x" * (1 << 20))
+    assert loads(dumps(big)) == big
+    ref = weakref.ref(big)
+    del big
+    assert ref() is None
+
+
+def test_frame_decoder_refuses_an_unknown_kind() -> None:
+    decoder = FrameDecoder()
+    assert decoder.feed(frame(Kind.REPLY, b"ok")[:3]) == []
+    assert decoder.feed(frame(Kind.REPLY, b"ok")[3:]) == [(Kind.REPLY, b"ok")]
+    with pytest.raises(ValueError, match="unknown frame kind 99"):
+        decoder.feed(b"\x00\x00\x00\x01\x63x")

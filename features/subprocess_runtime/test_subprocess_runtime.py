@@ -132,14 +132,14 @@ def _served_gc_threshold(queues: tuple[Any, Any], *threshold: int | None) -> int
 
 def test_subprocess_runtime_child_collects_garbage_at_the_configured_threshold(queues: tuple[Any, Any]) -> None:
     """Steps: ask the child for gc.get_threshold() by default, with 5,000, and with None. Expect
-    20,000, 5,000, and what a fresh interpreter starts with; this process's own stays as it was."""
+    100,000, 5,000, and what a fresh interpreter starts with; this process's own stays as it was."""
     own = gc.get_threshold()
     fresh = subprocess.run(
         [sys.executable, "-c", "import gc; print(gc.get_threshold()[0])"], capture_output=True, text=True, check=True
     )
-    assert _served_gc_threshold(queues) == DEFAULT_CHILD_GC_THRESHOLD == 20_000
+    assert _served_gc_threshold(queues) == DEFAULT_CHILD_GC_THRESHOLD == 100_000
     assert _served_gc_threshold(queues, 5_000) == 5_000
-    assert _served_gc_threshold(queues, None) == int(fresh.stdout) != 20_000
+    assert _served_gc_threshold(queues, None) == int(fresh.stdout) != 100_000
     assert gc.get_threshold() == own
 
 
