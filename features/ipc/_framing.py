@@ -64,14 +64,14 @@ _refresh_dispatch_table()
 
 
 # One pickler and buffer per thread, reused: building a ``Pickler`` costs about 1 us, as much as
-# pickling a small message. ``slot`` is None while the thread's pickler is in use (a __reduce__
-# that itself calls dumps gets a pickler of its own).
+# pickling a small message. A call takes the thread's pair out while it works, so a __reduce__
+# that itself calls dumps finds none and builds its own.
 _local = threading.local()
 # A buffer grown past this by a big message is dropped rather than kept for the thread's life.
 _KEEP_BUFFER = 1 << 16
 
 
-def _new_slot() -> tuple[pickle.Pickler, io.BytesIO]:
+def _new_pair() -> tuple[pickle.Pickler, io.BytesIO]:
     buffer = io.BytesIO()
     return _QueuePickler(buffer, pickle.HIGHEST_PROTOCOL), buffer
 
@@ -80,26 +80,20 @@ def dumps(obj: Any) -> bytes:
     # Comparing two small dicts costs far less than ForkingPickler's copy of one.
     if _registered[1] != _EXTRA or _registered[0] != copyreg.dispatch_table:
         _refresh_dispatch_table()
-        _local.__dict__.clear()  # picklers built before see the old table
-    slot = getattr(_local, "slot", False)
-    if slot is None:
-        pickler, buffer = _new_slot()
-        pickler.dump(obj)
-        return buffer.getvalue()
-    pickler, buffer = slot or _new_slot()
-    _local.slot = None
+        _local.__dict__.clear()  # a pair built before holds the old table
+    spare: dict[str, tuple[pickle.Pickler, io.BytesIO]] = _local.__dict__
+    pair = spare.pop("pair", None) or _new_pair()
+    pickler, buffer = pair
     try:
         pickler.dump(obj)
         return buffer.getvalue()
     finally:
         # The memo holds what was pickled: cleared now, so nothing outlives this call.
         pickler.clear_memo()
-        if buffer.tell() > _KEEP_BUFFER:
-            _local.slot = _new_slot()
-        else:
+        if buffer.tell() <= _KEEP_BUFFER:
             buffer.seek(0)
             buffer.truncate()
-            _local.slot = (pickler, buffer)
+            spare["pair"] = pair
 
 
 loads = pickle.loads
