@@ -25,8 +25,8 @@ def test_stress_workers_scaling(stress_logs: Path, figures: Figures) -> None:
             pids = [p.pid for p in server.processes if p.pid is not None]
             assert len(pids) == workers
             cpu_before = sum(cpu_seconds(pid) for pid in pids)
-            unary = _unary(url, 64)
-            streams = _streams(url, 32)
+            unary = _unary(url, "/echo", 64)
+            streams = _streams(url, "/stream", 32)
             cpu_used = sum(cpu_seconds(pid) for pid in pids) - cpu_before
             relay = server.ipc
             assert relay is not None and relay.pending_count == 0
