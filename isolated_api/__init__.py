@@ -25,6 +25,7 @@ from features.ipc.errors import (
     StreamOverflowError,
 )
 from features.ipc.messages import CancelRequest, ErrorReply
+from features.ipc.request_ids import new_request_id
 from features.reply_batching.reply_batcher import ReplyBatcher
 from features.streaming.sse import sse_response
 from features.subprocess_runtime.manager import SubprocessManager
@@ -85,5 +86,6 @@ __all__ = [
     "UvicornConfigurer",
     "get_ipc_channel",
     "merge_text",
+    "new_request_id",
     "sse_response",
 ]

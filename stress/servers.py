@@ -22,7 +22,7 @@ from starlette.responses import StreamingResponse
 
 from features.backpressure import load_route
 from features.ipc.chunk_stream import END, ChunkStream
-from isolated_api import IPC, Engine, IPCChannel, ReplyBatcher, Server, ServerBuilder
+from isolated_api import IPC, Engine, IPCChannel, ReplyBatcher, Server, ServerBuilder, new_request_id
 from tests.helpers import wait_until
 
 TOKEN = b"tok\n"
@@ -94,9 +94,10 @@ async def echo_ipc(body: EchoBody, channel: IPC) -> EchoBody:
 
 async def echo_ipc_state(body: EchoBody, request: Request) -> EchoBody:
     # The channel from app.state: the same call without FastAPI's dependency machinery (measured
-    # with callgrind: ~70k instructions per request, ~16% of this whole route in-process).
+    # with callgrind: ~70k instructions per request, ~16% of this whole route in-process), and
+    # an id from new_request_id() (~0.3 us) instead of uuid4 (3-4 us).
     channel: IPCChannel = request.app.state.ipc_channel
-    reply = await channel.submit(Echo(uuid.uuid4().hex, body.text))
+    reply = await channel.submit(Echo(new_request_id(), body.text))
     return EchoBody(text=reply.text)
 
 
