@@ -28,7 +28,9 @@ class CliProcess:
         self._process = subprocess.Popen(
             [sys.executable, *argv],
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            # A process that fails to exit in time is sent SIGABRT, on which faulthandler prints
+            # every thread's stack: the failure then says where it hung.
+            env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -81,12 +83,34 @@ class CliProcess:
             self._process.send_signal(signum)
 
     def wait(self, timeout: float = 30.0) -> int:
-        """Waits for the exit; returns the exit code once every output line is read."""
-        code = self._process.wait(timeout)
+        """Waits for the exit; returns the exit code once every output line is read. If it does
+        not exit in time, fails with every thread's stack of the group's Python processes."""
+        try:
+            code = self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGABRT)
+            try:
+                self._process.wait(10)
+            finally:
+                self._pump.join(10)
+                self._drain_output()
+            raise AssertionError(
+                f"{self._process.args!r} did not exit within {timeout} s; its output, with the stacks "
+                f"faulthandler printed on SIGABRT:\n{self.output}"
+            ) from None
         self._pump.join(timeout)
-        while (line := self._queue.get_nowait()) is not None:
-            self.lines.append(line)
+        self._drain_output()
         return code
+
+    def _drain_output(self) -> None:
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if line is None:
+                return
+            self.lines.append(line)
 
     def __enter__(self) -> CliProcess:
         return self
