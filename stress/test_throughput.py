@@ -1,9 +1,9 @@
 """(a) unary requests/s and latency, (b) streaming chunks/s and time to first chunk: the IPC path
 beside the same routes answered in-process, in one run, with the load generator in its own process.
 
-Interleaved: at each level, three rounds, each measuring every server once (in a rotated order), so
-a change in the machine's load hits them all; a ratio is the median of the three rounds' ratios,
-a rate the median of its three rounds. On a shared 2-core VM one long run per server moved by
+Interleaved: at each level, five rounds, each measuring every server once (in a rotated order), so
+a change in the machine's load hits them all; a ratio is the median of the five rounds' ratios,
+a rate the median of its five rounds. On a shared 2-core VM one long run per server moved by
 10-30% from run to run; rounds keep a burst of load elsewhere from deciding a ratio.
 
 Two IPC servers: "put" is the plainest user code (the ``IPC`` dependency, a main loop calling
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.stress
 
 BODY = b'{"text": "hello world"}'
 CHUNKS_PER_STREAM = 256
-ROUNDS = 3
+ROUNDS = 5
 
 
 def _port(url: str) -> int:
