@@ -282,6 +282,24 @@ class Relay:
             del self._routes[request_id]
             return True
 
+    def answers_everything(self, replies: list[Any]) -> bool:
+        """True when ``replies`` end every request the server still awaits (each a reply to a
+        unary request, one per request): nothing else is coming that they could share a write
+        with. Read without the lock: the answer only decides how soon a batcher writes."""
+        routes = self._routes
+        if len(routes) > len(replies):
+            return False
+        answered: set[int] = set()
+        for reply in replies:
+            try:
+                route = routes.get(getattr(reply, "id", _MISSING))
+            except TypeError:  # an unhashable id: routed (and dropped) as usual, not decided here
+                return False
+            if route is None or route.streaming:
+                return False
+            answered.add(id(route))
+        return len(answered) >= len(routes)
+
     def route_local(self, replies: list[Any]) -> None:
         """Routes replies made in this process as if they had been read from ``response_q`` (one
         bundle: forwarded to a worker in one frame when they all belong to it), on the caller's

@@ -7,7 +7,8 @@ process, whose threads share one GIL, spends more on messages than on tokens. Th
 ``list`` of replies as one message (each routed as if it came alone), so this class does what
 the queue's feeder thread does, except that it writes everything waiting as one message: while a
 write is in progress new replies collect, and the next write takes them all. A reply that comes
-0.2 ms or more after the last write is written by the caller's own thread at once (no hand-off);
+after a quiet millisecond, or that answers the last request the server awaits, is written by the
+caller's own thread at once (no hand-off);
 under load, messages grow instead of queueing up. When the relay reading ``response_q`` runs in
 this process (the server was started here), "written" means handed to it: ``Relay.route_local``
 routes the replies and writes them to the worker's pipe from the writing thread, and the queue
@@ -35,12 +36,12 @@ logger = logging.getLogger("isolated_api.reply_batcher")
 
 Encode = Callable[[Any], Any]
 
-# A reply that comes after this long without a write goes out from the caller's thread at once.
-# A producer in a burst puts every few microseconds; a server answering one request at a time
-# puts about once per round trip (~1 ms here), and with a 1 ms window those replies went through
-# the writer thread, one more thread wake-up per request (1 connection, reply p50 over in-process:
-# +0.44-0.58 ms at 1 ms, +0.26-0.46 ms at 0.2 ms, three runs each).
-_QUIET = 0.0002  # seconds
+# A reply that comes after this long without a write goes out from the caller's thread at once;
+# so does one that answers everything the server's relay (in this process) still awaits, since
+# nothing else could share its write: a server answering one request at a time puts about once
+# per round trip (~1 ms here), and by the clock alone those replies took a writer-thread wake-up
+# each (1 connection, p50 over in-process: +0.44-0.58 ms; written at once: +0.36-0.42 ms).
+_QUIET = 0.001  # seconds
 
 
 class ReplyBatcher:
@@ -68,6 +69,7 @@ class ReplyBatcher:
         self.messages = 0
         self.replies = 0
         self.failed = 0
+        self.direct_writes = 0  # messages written by the caller's thread at once
 
     def put(self, reply: Any) -> None:
         """Queues ``reply`` (it must have the ``.id`` of its request); returns at once."""
@@ -81,8 +83,12 @@ class ReplyBatcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="isolated-api-reply-batcher", daemon=True)
                 self._thread.start()
-            quiet = time.monotonic() - self._last_write > _QUIET
-            if self._pending or self._writing or not quiet:
+            direct = not self._pending and not self._writing
+            if direct and time.monotonic() - self._last_write <= _QUIET:
+                replies = list(replies)
+                relay = relay_reading(self._q)
+                direct = relay is not None and relay.answers_everything(replies)
+            if not direct:
                 was_empty = not self._pending
                 self._pending.extend(replies)
                 if was_empty and self._pending and not self._writing:
@@ -94,9 +100,11 @@ class ReplyBatcher:
                 if not batch:
                     return
                 self._writing = True
+                self.direct_writes += 1
         if batch is not None:
-            # Nothing was being written lately: write from this thread, sparing the first reply
-            # of a burst (or a lone reply) the hand-off to the writer thread; what follows collects.
+            # Nothing was being written lately, or nothing else is awaited: write from this
+            # thread, sparing the first reply of a burst (or a lone reply) the hand-off to the
+            # writer thread; what follows collects.
             self._write_holding_token(batch)
             # Only a relay reading the queue on another thread needs the GIL to forward it.
             self._yield_next = self._through_queue

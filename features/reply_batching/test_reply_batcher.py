@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import httpx
@@ -64,6 +65,36 @@ def test_reply_batcher_put_many_is_one_message_and_a_bad_reply_fails_alone(queue
     assert failed.id == "b" and failed.status_code == 500
     assert failed.message.startswith("the reply could not be sent:") and "pickle" in failed.message
     assert batcher.failed == 1
+
+
+def test_reply_batcher_writes_the_reply_nothing_else_waits_behind_at_once(queues: tuple[Any, Any]) -> None:
+    """Steps: a server; a main loop replying through a ReplyBatcher; one client sends 40 requests
+    one after another. Expect each reply written by the main loop's own thread as it is put (40
+    direct writes, none left to the writer thread): with no other request awaited there is nothing
+    to batch it with, however soon it follows the last write."""
+    request_q, response_q = queues
+    server = (
+        (builder("lone").routes.with_route("/upper", upper_route, methods=["POST"]).done().subprocess.with_ipc(*queues))
+        .done()
+        .build()
+    )
+    batcher = ReplyBatcher(response_q)
+
+    def main_loop() -> None:
+        while (work := request_q.get()) is not None:
+            batcher.put(answer_upper(work))
+
+    loop = threading.Thread(target=main_loop, daemon=True)
+    loop.start()
+    try:
+        with running(server) as url, httpx.Client(timeout=10, trust_env=False) as client:
+            for i in range(40):
+                assert client.post(f"{url}/upper", json={"text": f"t{i}"}).json()["text"] == f"T{i}"
+    finally:
+        request_q.put(None)
+        loop.join(10)
+        batcher.close()
+    assert batcher.replies == batcher.direct_writes == 40
 
 
 def _stream_texts(body: str) -> tuple[list[int], str]:
