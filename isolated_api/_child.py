@@ -81,7 +81,7 @@ def child_main(
     if spec.gc_threshold is not None:
         # Only the first generation: requests in flight keep their objects alive across young
         # collections, so at the default (700) each collection walks them again; see
-        # SubprocessConfigurer.with_gc_threshold for the figures.
+        # DEFAULT_CHILD_GC_THRESHOLD for the figures.
         gc.set_threshold(spec.gc_threshold)
     log_config = configure_logging(spec.api.uvicorn.log_level, to_file=spec.api.log_file is not None)
     drain = DrainState()
