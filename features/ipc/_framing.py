@@ -42,8 +42,12 @@ class _QueuePickler(pickle.Pickler):
     """Pickles as ``ForkingPickler`` (what multiprocessing queues use, so anything a user could put
     on a ``multiprocessing.Queue`` crosses our pipes too), about 2.5x faster for small messages:
     ``ForkingPickler.__init__`` copies the whole dispatch table for every message, this class
-    holds one merged copy (set by ``_refresh_dispatch_table``), rebuilt only when a reducer is
-    registered."""
+    holds one merged copy (kept by ``_refresh_dispatch_table``), brought up to date in place when
+    a reducer is registered, so that picklers built before (one per thread, below) see it too."""
+
+
+_DISPATCH_TABLE: dict[Any, Any] = {}
+_QueuePickler.dispatch_table = _DISPATCH_TABLE
 
 
 _registered: tuple[dict[Any, Any], dict[Any, Any]] = ({}, {})
@@ -56,7 +60,11 @@ _EXTRA: dict[Any, Any] = getattr(ForkingPickler, "_extra_reducers", {})
 def _refresh_dispatch_table() -> None:
     global _registered
     standard, extra = dict(copyreg.dispatch_table), dict(_EXTRA)
-    _QueuePickler.dispatch_table = {**standard, **extra}
+    merged = {**standard, **extra}
+    # In place: each pickler holds the table it was built with.
+    _DISPATCH_TABLE.update(merged)
+    for gone in [key for key in _DISPATCH_TABLE if key not in merged]:
+        del _DISPATCH_TABLE[gone]
     _registered = (standard, extra)
 
 
@@ -80,7 +88,6 @@ def dumps(obj: Any) -> bytes:
     # Comparing two small dicts costs far less than ForkingPickler's copy of one.
     if _registered[1] != _EXTRA or _registered[0] != copyreg.dispatch_table:
         _refresh_dispatch_table()
-        _local.__dict__.clear()  # a pair built before holds the old table
     spare: dict[str, tuple[pickle.Pickler, io.BytesIO]] = _local.__dict__
     pair = spare.pop("pair", None) or _new_pair()
     pickler, buffer = pair

@@ -292,19 +292,24 @@ def test_relay_forwards_a_list_of_replies_for_one_endpoint_as_one_bundle(mp_queu
 
 
 def test_dumps_honours_reducers_registered_with_forking_pickler() -> None:
-    """Steps: register a reducer for a class with ForkingPickler after dumps has been used. Expect
-    dumps (our faster pickler) to use it, as multiprocessing queues would."""
+    """Steps: use dumps here and in another thread (each keeps a pickler), then register a reducer
+    for a class with ForkingPickler. Expect dumps (our faster pickler) to use it in both threads,
+    as multiprocessing queues would."""
+    from concurrent.futures import ThreadPoolExecutor
     from multiprocessing.reduction import ForkingPickler
 
     class Special:
         pass
 
-    assert loads(dumps(Msg("warm"))) == Msg("warm")
-    ForkingPickler.register(Special, lambda obj: (str, ("reduced",)))
-    try:
-        assert loads(dumps(Special())) == "reduced"
-    finally:
-        ForkingPickler._extra_reducers.pop(Special, None)  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(1) as other_thread:
+        assert loads(dumps(Msg("warm"))) == Msg("warm")
+        assert loads(other_thread.submit(dumps, Msg("warm")).result(10)) == Msg("warm")
+        ForkingPickler.register(Special, lambda obj: (str, ("reduced",)))
+        try:
+            assert loads(other_thread.submit(dumps, Special()).result(10)) == "reduced"
+            assert loads(dumps(Special())) == "reduced"
+        finally:
+            ForkingPickler._extra_reducers.pop(Special, None)  # type: ignore[attr-defined]
 
 
 class _PicklesItsPartsWithDumps:
