@@ -349,3 +349,26 @@ def test_frame_decoder_refuses_an_unknown_kind() -> None:
     assert decoder.feed(frame(Kind.REPLY, b"ok")[3:]) == [(Kind.REPLY, b"ok")]
     with pytest.raises(ValueError, match="unknown frame kind 99"):
         decoder.feed(b"\x00\x00\x00\x01\x63x")
+
+
+def test_relay_answers_everything_only_for_the_last_awaited_unary_replies(mp_queues: tuple[Any, Any]) -> None:
+    """Steps: forward two unary requests and a stream; ask which reply sets end everything the
+    relay awaits. Expect True only for replies to every pending request, all of them unary."""
+    rq, sq = mp_queues
+    relay = Relay(rq, sq, queue_timeout=0.01)
+    relay.start()
+    try:
+        a = Collector("a")
+        relay.forward(a, "u1", request=Msg("u1"))
+        relay.forward(a, "u2", request=Msg("u2"))
+        assert not relay.answers_everything([Msg("u1")])  # u2 still awaited
+        assert relay.answers_everything([Msg("u1"), Msg("u2")])
+        assert not relay.answers_everything([Msg("u1"), Msg("u1")])  # twice the same request
+        assert not relay.answers_everything([Msg("u1"), Msg("nobody")])
+        assert not relay.answers_everything([Msg(["unhashable"]), Msg("u2")])
+        relay.route_local([Msg("u1")])
+        assert relay.answers_everything([Msg("u2")])
+        relay.forward(a, "s", request=Msg("s"), streaming=True)
+        assert not relay.answers_everything([Msg("u2"), Msg("s", is_final=True)])  # a stream may go on
+    finally:
+        relay.close()
