@@ -15,6 +15,7 @@ from features.health.routes import Probe, install_health_routes
 from features.ipc.channel import IPCChannel
 from features.metrics.middleware import MetricsMiddleware
 from features.metrics.routes import MetricsHooks, install_metrics_route
+from features.unary.dependencies import direct_channel
 from features.unary.http_errors import install_error_handlers
 from isolated_api._recipe import AppRecipe, resolve
 
@@ -55,7 +56,8 @@ def build_app(
     for route in recipe.routes:
         app.add_api_route(
             route.path,
-            route.handler,
+            # `channel: IPC` without FastAPI's per-request dependency solving (see direct_channel).
+            direct_channel(route.handler),
             methods=list(route.methods),
             response_model=route.response_model,
             tags=list(route.tags) or None,
