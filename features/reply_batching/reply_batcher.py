@@ -30,7 +30,7 @@ from typing import Any
 
 from features.ipc.messages import ErrorReply
 from features.ipc.queue_access import put_now
-from features.ipc.relay import relay_reading
+from features.ipc.relay import Relay, relay_reading
 
 logger = logging.getLogger("isolated_api.reply_batcher")
 
@@ -84,29 +84,30 @@ class ReplyBatcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="isolated-api-reply-batcher", daemon=True)
                 self._thread.start()
+            batch = list(replies)
+            if not batch:
+                return
+            relay = None
             direct = not self._pending and not self._writing
-            if direct and time.monotonic() - self._last_write <= _QUIET:
-                replies = list(replies)
+            if direct:
+                # Looked up once: the write below hands the replies to this relay.
                 relay = relay_reading(self._q)
-                direct = relay is not None and relay.answers_everything(replies)
-            if not direct:
-                was_empty = not self._pending
-                self._pending.extend(replies)
-                if was_empty and self._pending and not self._writing:
-                    self._wake.notify_all()
-                batch = None
-                yield_now, self._yield_next = self._yield_next, False
-            else:
-                batch = list(replies)
-                if not batch:
-                    return
+                if time.monotonic() - self._last_write <= _QUIET:
+                    direct = relay is not None and relay.answers_everything(batch)
+            if direct:
                 self._writing = True
                 self.direct_writes += 1
-        if batch is not None:
+            else:
+                was_empty = not self._pending
+                self._pending.extend(batch)
+                if was_empty and not self._writing:
+                    self._wake.notify_all()
+                yield_now, self._yield_next = self._yield_next, False
+        if direct:
             # Nothing was being written lately, or nothing else is awaited: write from this
             # thread, sparing the first reply of a burst (or a lone reply) the hand-off to the
             # writer thread; what follows collects.
-            self._write_holding_token(batch)
+            self._write_holding_token(batch, relay)
             # Only a relay reading the queue on another thread needs the GIL to forward it.
             self._yield_next = self._through_queue
         elif yield_now:
@@ -159,38 +160,38 @@ class ReplyBatcher:
                 batch = self._pending[:limit]
                 del self._pending[:limit]
                 self._writing = True
-            self._write_holding_token(batch)
+            self._write_holding_token(batch, relay_reading(self._q))
 
-    def _write_holding_token(self, batch: list[Any]) -> None:
+    def _write_holding_token(self, batch: list[Any], relay: Relay | None) -> None:
         # ``_writing`` is the one write token: whoever holds it writes, so messages leave in order.
+        # ``relay``: the server's relay reading the queue in this process, if any (relay_reading).
         try:
-            self._write(batch)
+            self._write(batch, relay)
         finally:
             with self._lock:
                 self._writing = False
                 self._last_write = time.monotonic()
                 self._wake.notify_all()  # the writer thread (if replies collected) and flush()
 
-    def _write(self, batch: list[Any]) -> None:
+    def _write(self, batch: list[Any], relay: Relay | None) -> None:
         message: Any = batch[0] if len(batch) == 1 else batch
         try:
-            self._send(message)
+            self._send(message, relay)
         except (ValueError, OSError, queue.Full) as exc:  # the queue is closed: nobody to tell
             logger.error("could not put %d replies on response_q: %r", len(batch), exc)
             return
         except Exception as exc:
             if len(batch) == 1:
-                self._fail(batch[0], exc)
+                self._fail(batch[0], exc, relay)
             else:
                 # One reply that can't be pickled must not sink the others: send them one by one.
                 for reply in batch:
-                    self._write([reply])
+                    self._write([reply], relay)
             return
         self.messages += 1
         self.replies += len(batch)
 
-    def _send(self, message: Any) -> None:
-        relay = relay_reading(self._q)
+    def _send(self, message: Any, relay: Relay | None) -> None:
         self._through_queue = relay is None
         if relay is not None:
             # The server's relay reads this queue in this very process: hand the replies over
@@ -202,12 +203,12 @@ class ReplyBatcher:
         if not put_now(self._q, item):
             self._q.put(item)
 
-    def _fail(self, reply: Any, exc: Exception) -> None:
+    def _fail(self, reply: Any, exc: Exception, relay: Relay | None) -> None:
         self.failed += 1
         request_id = getattr(reply, "id", None)
         logger.error("a %s for %r could not be sent: %r", type(reply).__name__, request_id, exc)
         if type(reply) is not ErrorReply and request_id is not None:
             try:
-                self._send(ErrorReply(request_id, f"the reply could not be sent: {exc}", 500))
+                self._send(ErrorReply(request_id, f"the reply could not be sent: {exc}", 500), relay)
             except Exception:
                 logger.exception("could not fail request %r either", request_id)
