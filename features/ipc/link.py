@@ -22,6 +22,11 @@ class LinkSink(Protocol):
 
     def on_link_lost(self, reason: str) -> None: ...
 
+    @property
+    def pending_count(self) -> int:
+        """Requests awaiting a reply, counting one being sent."""
+        ...
+
 
 class Link(Protocol):
     async def open(self, sink: LinkSink) -> None: ...

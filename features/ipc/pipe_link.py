@@ -124,7 +124,14 @@ class PipeLink:
             raise errors.ChannelClosedError("the IPC link to the main process is closed")
         kind = Kind.STREAM_REQUEST if streaming else Kind.REQUEST
         codec = self.codec
-        self._write(frame(kind, request_body(request_id, codec.encode(request), codec.encode_id)))
+        data = frame(kind, request_body(request_id, codec.encode(request), codec.encode_id))
+        if not self._outbox and self._sink is not None and self._sink.pending_count <= 1:
+            # Nothing else awaits the main process, so no other request is likely to share this
+            # write: it leaves now instead of after the loop's turn, and the main process starts
+            # on it while this handler is still suspending (1 connection: see README, Performance).
+            self._writer.write(data)
+            return
+        self._write(data)
 
     def _write(self, data: bytes) -> None:
         # Frames written in one loop iteration leave in one write: under load, one syscall and

@@ -289,6 +289,12 @@ class Relay:
         routes = self._routes
         if len(routes) > len(replies):
             return False
+        if len(replies) == 1:  # the usual question: one reply, one request awaited
+            try:
+                route = routes.get(getattr(replies[0], "id", _MISSING))
+            except TypeError:
+                return False
+            return route is not None and not route.streaming
         answered: set[int] = set()
         for reply in replies:
             try:
@@ -306,6 +312,16 @@ class Relay:
         thread. What a ``ReplyBatcher`` does when this relay reads its queue: no pickle, pipe
         write, wake-up and unpickle on the way through ``response_q``."""
         self.local_replies += len(replies)
+        if len(replies) == 1 and type(replies[0]) is not list:
+            # The usual case at low load (one reply written at once): routed without the batch
+            # machinery, which costs more than the routing itself for a single reply.
+            reply = replies[0]
+            with self._lock:
+                self._last_reply_at = time.monotonic()
+                endpoint = self._claim(reply)
+            if endpoint is not None:
+                self._deliver(endpoint, [reply], [None])
+            return
         self._route_batch([(replies, None)], "")
 
     # -- replies (reader thread) -------------------------------------------------------------
@@ -370,11 +386,15 @@ class Relay:
                 if endpoint is not None:
                     add(endpoint, reply, raw)
         for endpoint, replies, raws in by_endpoint.values():
-            try:
-                endpoint.deliver(replies, raws)
-            except Exception:
-                logger.exception("delivering %d replies to %s failed", len(replies), endpoint.name)
+            self._deliver(endpoint, replies, raws)
         return stop
+
+    @staticmethod
+    def _deliver(endpoint: Endpoint, replies: list[Any], raws: list[bytes | None]) -> None:
+        try:
+            endpoint.deliver(replies, raws)
+        except Exception:
+            logger.exception("delivering %d replies to %s failed", len(replies), endpoint.name)
 
     def _claim(self, reply: Any) -> Endpoint | None:
         """The endpoint ``reply`` goes to (None: dropped and counted); a final reply ends its

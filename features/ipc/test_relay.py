@@ -368,7 +368,47 @@ def test_relay_answers_everything_only_for_the_last_awaited_unary_replies(mp_que
         assert not relay.answers_everything([Msg(["unhashable"]), Msg("u2")])
         relay.route_local([Msg("u1")])
         assert relay.answers_everything([Msg("u2")])
+        assert not relay.answers_everything([Msg("nobody")])  # one reply, one route, not its own
+        assert not relay.answers_everything([Msg(["unhashable"])])
         relay.forward(a, "s", request=Msg("s"), streaming=True)
         assert not relay.answers_everything([Msg("u2"), Msg("s", is_final=True)])  # a stream may go on
+        relay.route_local([Msg("u2")])
+        assert not relay.answers_everything([Msg("s", is_final=True)])  # the only route, a stream
+    finally:
+        relay.close()
+
+
+class Broken:
+    name = "broken"
+
+    def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
+        raise RuntimeError("this endpoint is gone")
+
+
+def test_relay_route_local_hands_single_replies_over_as_the_queue_would(mp_queues: tuple[Any, Any]) -> None:
+    """Steps: hand replies made in this process to the relay one at a time (a unary reply, a
+    late second one, stream chunks, one without an id, one for an endpoint that fails). Expect:
+    each delivered on this thread before route_local returns, to its own endpoint only; strays
+    dropped and counted; a stream's route kept until its final chunk; a failing endpoint ends
+    its route without raising into the caller."""
+    rq, sq = mp_queues
+    relay = Relay(rq, sq, queue_timeout=0.01)
+    relay.start()
+    try:
+        a, b = Collector("a"), Collector("b")
+        relay.forward(a, "u", request=Msg("u"))
+        relay.forward(b, "s", request=Msg("s"), streaming=True)
+        relay.forward(Broken(), "x", request=Msg("x"))
+        relay.route_local([Msg("u", "reply")])
+        assert [(r.id, r.body) for r in a.replies] == [("u", "reply")] and relay.route_count == 2
+        relay.route_local([Msg("u", "late")])
+        relay.route_local(["no id"])
+        assert relay.dropped_replies == 2 and len(a.replies) == 1
+        relay.route_local([Msg("s", "0")])
+        assert relay.route_count == 2
+        relay.route_local([Msg("s", "end", is_final=True)])
+        assert [r.body for r in b.replies] == ["0", "end"] and relay.route_count == 1
+        relay.route_local([Msg("x", "lost")])
+        assert relay.route_count == 0 and relay.local_replies == 6
     finally:
         relay.close()

@@ -74,17 +74,19 @@ class ReplyBatcher:
 
     def put(self, reply: Any) -> None:
         """Queues ``reply`` (it must have the ``.id`` of its request); returns at once."""
-        self.put_many((reply,))
+        self._put([reply])
 
     def put_many(self, replies: Iterable[Any]) -> None:
         """Queues several replies in order (for example one token for each stream of a batch)."""
+        self._put(list(replies))  # a copy: the caller may reuse its list
+
+    def _put(self, batch: list[Any]) -> None:
         with self._lock:
             if self._closed:
                 raise ValueError("the ReplyBatcher is closed")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="isolated-api-reply-batcher", daemon=True)
                 self._thread.start()
-            batch = list(replies)
             if not batch:
                 return
             relay = None
