@@ -1,0 +1,59 @@
+"""Charges py-spy's samples of an HTTP child to the parts of the request path they were spent in.
+
+A sample is a stack of Python frames (outermost first), as ``py-spy record --format raw`` writes
+them: ``frame;frame;...;frame count`` with each frame ``function (path/file.py:line)``. Without
+``--native`` the time a C extension spends (httptools parsing, a socket write in uvloop, a pickle)
+shows up in the Python frame that called it, so the innermost frame says where the time went.
+Walking from that frame outwards, the first one that belongs to a part decides; standard-library
+frames in between (``json``, ``email``, ``contextlib``...) are charged to whoever called them. A
+sample with no frame of any part (uvloop's own work: polling, reading sockets, running
+callbacks, with at most ``asyncio/runners.py`` on the stack) is the event loop's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+# (part, path prefixes), checked in this order for each frame.
+PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # This project's way to the main process: the channel, its link and framing, the codecs, and
+    # the wrapper that hands a route its channel.
+    ("IPC", ("features/ipc/", "features/codecs/", "features/unary/", "isolated_api/")),
+    ("handler", ("stress/",)),
+    # This project's middleware (metrics, disconnect watch...), on both servers alike.
+    ("our middleware", ("features/",)),
+    ("HTTP", ("uvicorn/", "httptools/", "h11/")),
+    ("framework", ("fastapi/", "starlette/", "pydantic/", "pydantic_core/", "anyio/")),
+)
+EVENT_LOOP = "event loop"
+ORDER = ("HTTP", EVENT_LOOP, "framework", "IPC", "our middleware", "handler", "other")
+
+
+def _file_of(frame: str) -> str:
+    # "function (path/file.py:123)" -> "path/file.py"
+    start = frame.rfind(" (")
+    return frame[start + 2 :].rsplit(":", 1)[0] if start >= 0 else frame
+
+
+def part_of(frames: list[str]) -> str:
+    """The part a sample's stack (outermost frame first) is charged to."""
+    for frame in reversed(frames):
+        path = _file_of(frame)
+        for part, prefixes in PARTS:
+            if path.startswith(prefixes):
+                return part
+    loop_only = all(_file_of(frame).startswith(("asyncio/", "uvloop/")) for frame in frames)
+    return EVENT_LOOP if loop_only else "other"
+
+
+def parse_raw(lines: Iterable[str]) -> Counter[str]:
+    """Samples per part, from ``py-spy record --format raw`` output."""
+    samples: Counter[str] = Counter()
+    for line in lines:
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        stack, _, count = line.rpartition(" ")
+        samples[part_of(stack.split(";") if stack.strip() else [])] += int(count)
+    return samples
