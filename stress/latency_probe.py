@@ -1,12 +1,12 @@
 """Timestamps at each stage of one request's way through the IPC path, for
 ``stress/test_latency_stages.py``.
 
-Importing this module wraps the functions that mark a stage so that each records
+``install()`` wraps the functions that mark a stage so that each records
 ``time.perf_counter_ns()`` (CLOCK_MONOTONIC on Linux: one clock for every process) as it starts
-and as it returns, in ``STAMPS`` of the process it runs in. The HTTP child imports it because
-the probe route lives here; the test imports it in the main process. It is measurement code for
-one connection at a time (each stage keeps only its latest stamp): never import it in a server
-that matters.
+and as it returns, in ``STAMPS`` of the process it runs in, until the returned function undoes
+it. The probe server's child installs it for its life (``probe_lifespan``), the test in the main
+process for the test's length. Measurement code for one connection at a time (each stage keeps
+only its latest stamp per thread), never for a server that matters.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +37,9 @@ def latest(stage: str) -> int:
     return STAMPS[(stage, threading.get_ident())]
 
 
-def _stamped(owner: Any, name: str, key: str, after: Callable[..., None] | None = None) -> None:
+def _stamped(owner: Any, name: str, key: str, after: Callable[..., None] | None) -> Callable[[], None]:
+    """Wraps ``owner.name``; returns what undoes it."""
     original: Callable[..., Any] = getattr(owner, name)
-    if getattr(original, "_stage", None):
-        return  # imported twice (as a module and by name): wrapped once
 
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -52,8 +52,8 @@ def _stamped(owner: Any, name: str, key: str, after: Callable[..., None] | None 
             if after is not None:
                 after(*args, **kwargs)
 
-    wrapper._stage = key  # type: ignore[attr-defined]
     setattr(owner, name, wrapper)
+    return lambda: setattr(owner, name, original)
 
 
 def _sent(link: Any, request_id: Any, *args: Any, **kwargs: Any) -> None:
@@ -66,21 +66,48 @@ def _forwarded(relay_: Any, endpoint: Any, request_id: Any, **kwargs: Any) -> No
 
 
 def _woken(channel_: Any, replies: list[Any]) -> None:
+    # The pipe's data_received decodes its bytes first thing (uvloop holds that bound method
+    # from before install(), so the decoder marks the read).
     for reply in replies:
-        BY_ID.setdefault(reply.id, {})["child.read>"] = latest("child.read>")
+        BY_ID.setdefault(reply.id, {})["child.read>"] = latest("feed>")
 
 
-# Child: encode and write the request; read and decode the reply; hand it to its waiter.
-_stamped(pipe_link.PipeLink, "send", "child.send", _sent)
-_stamped(pipe_link._Downlink, "data_received", "child.read")
-_stamped(channel.IPCChannel, "on_replies", "child.wake", _woken)
-# Main process: the relay's reader decodes a frame and forwards it onto request_q; the reply,
-# handed over by a ReplyBatcher, is routed, encoded and written to the child's pipe.
-_stamped(_framing.FrameDecoder, "feed", "feed")
-_stamped(queue_access.RequestWriter, "put", "main.put")
-_stamped(relay.Relay, "forward", "main.forward", _forwarded)
-_stamped(relay.Relay, "route_local", "main.route")
-_stamped(pipe_endpoint.PipeEndpoint, "_write", "main.write")
+_POINTS: tuple[tuple[Any, str, str, Callable[..., None] | None], ...] = (
+    # Child: encode and write the request; read and decode the reply; hand it to its waiter.
+    (pipe_link.PipeLink, "send", "child.send", _sent),
+    (channel.IPCChannel, "on_replies", "child.wake", _woken),
+    # Both: a frame decoder at work marks a read.
+    (_framing.FrameDecoder, "feed", "feed", None),
+    # Main process: the relay's reader decodes a frame and forwards it onto request_q; the
+    # reply, handed over by a ReplyBatcher, is routed, encoded and written to the child's pipe.
+    (queue_access.RequestWriter, "put", "main.put", None),
+    (relay.Relay, "forward", "main.forward", _forwarded),
+    (relay.Relay, "route_local", "main.route", None),
+    (pipe_endpoint.PipeEndpoint, "_write", "main.write", None),
+)
+
+
+def install() -> Callable[[], None]:
+    """Stamps every stage from now on; returns the function that stops it."""
+    undo = [_stamped(owner, name, key, after) for owner, name, key, after in _POINTS]
+
+    def uninstall() -> None:
+        for step in reversed(undo):
+            step()
+        STAMPS.clear()
+        BY_ID.clear()
+
+    return uninstall
+
+
+@asynccontextmanager
+async def probe_lifespan(app: Any) -> AsyncIterator[None]:
+    """The probe server's lifespan: its child stamps every stage while it serves."""
+    uninstall = install()
+    try:
+        yield
+    finally:
+        uninstall()
 
 
 @dataclass
