@@ -201,7 +201,7 @@ def close_queues(*queues: Any) -> None:
         q.close()
 
 
-def _loopback_builder(name: str) -> ServerBuilder:
+def loopback_builder(name: str) -> ServerBuilder:
     return ServerBuilder(name).with_host("127.0.0.1").with_port(0).with_timeout(30.0)
 
 
@@ -215,7 +215,7 @@ def ipc_server(
     request_q, response_q = ctx.Queue(), ctx.Queue()
     echoer = Echoer(request_q, response_q, batched=batched)
     server = (
-        _loopback_builder("stress-ipc")
+        loopback_builder("stress-ipc")
         .routes.with_route("/echo", echo_ipc, methods=["POST"])
         .with_route("/echo-state", echo_ipc_state, methods=["POST"])
         .with_route("/stream", stream_ipc, methods=["POST"])
@@ -246,7 +246,7 @@ def engine_server(log_dir: Path) -> Iterator[tuple[Server, str]]:
     engine = Engine(request_q, response_q, concurrency=64)
     engine.handle(EngineTokens, engine_tokens)
     server = (
-        _loopback_builder("stress-engine")
+        loopback_builder("stress-engine")
         .routes.with_route("/stream", stream_engine, methods=["POST"])
         .with_route("/load", load_route)
         .done()

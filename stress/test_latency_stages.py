@@ -26,9 +26,10 @@ from typing import Any
 
 import pytest
 
-from isolated_api import ReplyBatcher, Server, ServerBuilder
+from isolated_api import ReplyBatcher, Server
 from stress.figures import Figures
 from stress.latency_probe import BY_ID, ProbeReply, install, latest, probe_lifespan, probe_route
+from stress.servers import close_queues, loopback_builder
 
 REQUESTS = 500  # per round
 ROUNDS = 4  # the two routes alternate, so a slow stretch of the machine hits both
@@ -96,9 +97,7 @@ def _probe_server(log_dir: Path) -> Iterator[tuple[Server, _Replier]]:
     request_q, response_q = ctx.Queue(), ctx.Queue()
     replier = _Replier(request_q, response_q)
     server = (
-        ServerBuilder("latency-stages")
-        .with_host("127.0.0.1")
-        .with_port(0)
+        loopback_builder("latency-stages")
         .routes.with_route("/probe", probe_route, methods=["POST"])
         .with_route("/plain", plain_route, methods=["POST"])
         .with_lifespan(probe_lifespan)
@@ -114,9 +113,7 @@ def _probe_server(log_dir: Path) -> Iterator[tuple[Server, _Replier]]:
     finally:
         server.stop(timeout=5.0)
         replier.stop()
-        for q in (request_q, response_q):
-            q.cancel_join_thread()
-            q.close()
+        close_queues(request_q, response_q)
 
 
 def _client(port: int, path: str, count: int, conn: Connection) -> None:

@@ -316,11 +316,13 @@ class Relay:
             # The usual case at low load (one reply written at once): routed without the batch
             # machinery, which costs more than the routing itself for a single reply.
             reply = replies[0]
+            ended: list[float] = []
             with self._lock:
                 self._last_reply_at = time.monotonic()
-                endpoint = self._claim(reply)
+                endpoint = self._claim(reply, ended)
             if endpoint is not None:
                 self._deliver(endpoint, [reply], [None])
+            self._observe(ended)
             return
         self._route_batch([(replies, None)], "")
 
@@ -356,6 +358,7 @@ class Relay:
 
     def _route_batch(self, batch: list[tuple[Any, bytes | None]], token: str) -> bool:
         stop = False
+        ended: list[float] = []
         by_endpoint: dict[int, tuple[Endpoint, list[Any], list[bytes | None]]] = {}
 
         def add(endpoint: Endpoint, reply: Any, raw: bytes | None) -> None:
@@ -370,7 +373,7 @@ class Relay:
             self._last_reply_at = time.monotonic()
             for reply, raw in batch:
                 if type(reply) is list:
-                    targets = [self._claim(member) for member in reply]
+                    targets = [self._claim(member, ended) for member in reply]
                     first = targets[0] if targets else None
                     if first is not None and all(target is first for target in targets):
                         add(first, reply, raw)  # the whole bundle, as it was pickled
@@ -382,12 +385,21 @@ class Relay:
                 if type(reply) is _StopReader:
                     stop = stop or reply.token == token
                     continue
-                endpoint = self._claim(reply)
+                endpoint = self._claim(reply, ended)
                 if endpoint is not None:
                     add(endpoint, reply, raw)
         for endpoint, replies, raws in by_endpoint.values():
             self._deliver(endpoint, replies, raws)
+        self._observe(ended)
         return stop
+
+    def _observe(self, round_trips: list[float]) -> None:
+        # After the replies are written: the metric (~1 us each) neither delays them nor holds
+        # the lock that forward() needs.
+        observe = self._observe_round_trip
+        if observe is not None:
+            for seconds in round_trips:
+                observe(seconds)
 
     @staticmethod
     def _deliver(endpoint: Endpoint, replies: list[Any], raws: list[bytes | None]) -> None:
@@ -396,9 +408,9 @@ class Relay:
         except Exception:
             logger.exception("delivering %d replies to %s failed", len(replies), endpoint.name)
 
-    def _claim(self, reply: Any) -> Endpoint | None:
+    def _claim(self, reply: Any, ended: list[float]) -> Endpoint | None:
         """The endpoint ``reply`` goes to (None: dropped and counted); a final reply ends its
-        route. Called with the lock held."""
+        route, and its round trip is added to ``ended``. Called with the lock held."""
         request_id = getattr(reply, "id", _MISSING)
         try:
             route = self._routes.get(request_id)
@@ -413,5 +425,5 @@ class Relay:
         if not route.streaming or getattr(reply, "is_final", False) or type(reply) is ErrorReply:
             del self._routes[request_id]
             if self._observe_round_trip is not None:
-                self._observe_round_trip(self._last_reply_at - route.created)
+                ended.append(self._last_reply_at - route.created)
         return route.endpoint

@@ -390,9 +390,10 @@ def test_relay_route_local_hands_single_replies_over_as_the_queue_would(mp_queue
     late second one, stream chunks, one without an id, one for an endpoint that fails). Expect:
     each delivered on this thread before route_local returns, to its own endpoint only; strays
     dropped and counted; a stream's route kept until its final chunk; a failing endpoint ends
-    its route without raising into the caller."""
+    its route without raising into the caller; one round trip observed per ended route."""
     rq, sq = mp_queues
-    relay = Relay(rq, sq, queue_timeout=0.01)
+    observed: list[float] = []
+    relay = Relay(rq, sq, queue_timeout=0.01, observe_round_trip=observed.append)
     relay.start()
     try:
         a, b = Collector("a"), Collector("b")
@@ -410,5 +411,6 @@ def test_relay_route_local_hands_single_replies_over_as_the_queue_would(mp_queue
         assert [r.body for r in b.replies] == ["0", "end"] and relay.route_count == 1
         relay.route_local([Msg("x", "lost")])
         assert relay.route_count == 0 and relay.local_replies == 6
+        assert len(observed) == 3 and all(seconds >= 0 for seconds in observed)  # u, s, x
     finally:
         relay.close()
