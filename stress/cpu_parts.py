@@ -15,11 +15,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+IPC_ENCODE = "IPC: encode, decode"
+IPC_CHANNEL = "IPC: channel, pipes"
+IPC_PARTS = (IPC_ENCODE, IPC_CHANNEL)
+
 # (part, path prefixes), checked in this order for each frame.
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    # This project's way to the main process: the channel, its link and framing, the codecs, and
-    # the wrapper that hands a route its channel.
-    ("IPC", ("features/ipc/", "features/codecs/", "features/unary/", "isolated_api/")),
+    # This project's way to the main process: encoding and decoding the messages (pickling, ids,
+    # frames), and the rest (registering and waking the waiter, its timer, the pipes, the
+    # wrapper that hands a route its channel).
+    (IPC_ENCODE, ("features/ipc/_framing.py", "features/codecs/")),
+    (IPC_CHANNEL, ("features/ipc/", "features/unary/", "isolated_api/")),
     ("handler", ("stress/",)),
     # This project's middleware (metrics, disconnect watch...), on both servers alike.
     ("our middleware", ("features/",)),
@@ -27,7 +33,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("framework", ("fastapi/", "starlette/", "pydantic/", "pydantic_core/", "anyio/")),
 )
 EVENT_LOOP = "event loop"
-ORDER = ("HTTP", EVENT_LOOP, "framework", "IPC", "our middleware", "handler", "other")
+ORDER = ("HTTP", EVENT_LOOP, "framework", IPC_ENCODE, IPC_CHANNEL, "our middleware", "handler", "other")
 
 
 def _file_of(frame: str) -> str:

@@ -4,7 +4,7 @@ IPC, middleware, handler), with the in-process server under the same load beside
 py-spy samples each server's process while the load generator drives ``POST /echo`` over 64
 connections; ``stress/cpu_parts.py`` charges every sample to a part, and the process's CPU time
 over the whole load (from ``/proc``), divided by the requests served, is split by those shares.
-The issue's target: the IPC path's share of the child's CPU below the HTTP share. Needs py-spy
+The issue's target: the IPC path's share of the child's CPU (both IPC parts) below the HTTP share. Needs py-spy
 (a dev dependency) and the right to attach to a process of the same user (ptrace); skipped
 otherwise, saying why.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from isolated_api import Server
-from stress.cpu_parts import ORDER, parse_raw
+from stress.cpu_parts import IPC_PARTS, ORDER, parse_raw
 from stress.figures import Figures
 from stress.loadgen import LoadJob, LoadSpec
 from stress.servers import cpu_seconds
@@ -103,10 +103,10 @@ def test_stress_child_cpu_by_part_ipc_vs_in_process(
         assert per_request > 0
     inproc = profiles["in-process"][0]
     # The classifier's own check: the in-process server runs none of the IPC path.
-    assert inproc["IPC"] / sum(inproc.values()) < 0.01, inproc
+    assert sum(inproc[part] for part in IPC_PARTS) / sum(inproc.values()) < 0.01, inproc
     for name in ("put", "batch"):
         samples = profiles[name][0]
-        assert samples["IPC"] < samples["HTTP"], (name, samples)
+        assert sum(samples[part] for part in IPC_PARTS) < samples["HTTP"], (name, samples)
 
 
 def test_cpu_parts_charge_a_sample_to_the_innermost_frame_of_a_part() -> None:
@@ -116,6 +116,7 @@ def test_cpu_parts_charge_a_sample_to_the_innermost_frame_of_a_part() -> None:
     app = "run_asgi (uvicorn/protocols/http/httptools_impl.py:409);__call__ (fastapi/applications.py:1)"
     raw = [
         f"{app};echo_ipc (stress/servers.py:90);submit (features/ipc/channel.py:181) 3",
+        f"{app};send (features/ipc/pipe_link.py:1);dumps (features/ipc/_framing.py:95) 10",
         f"{app};render (starlette/responses.py:50);dumps (json/__init__.py:231) 2",
         f"{app};iterencode (json/encoder.py:258) 1",
         "run (asyncio/runners.py:118);send (uvicorn/protocols/http/httptools_impl.py:524) 4",
@@ -126,5 +127,13 @@ def test_cpu_parts_charge_a_sample_to_the_innermost_frame_of_a_part() -> None:
         f"{app};call (features/unary/dependencies.py:120) 9",
     ]
     assert parse_raw(raw) == Counter(
-        {"IPC": 3 + 9, "framework": 2 + 1, "HTTP": 4, "event loop": 5 + 6, "other": 7, "our middleware": 8}
+        {
+            "IPC: channel, pipes": 3 + 9,
+            "IPC: encode, decode": 10,
+            "framework": 2 + 1,
+            "HTTP": 4,
+            "event loop": 5 + 6,
+            "other": 7,
+            "our middleware": 8,
+        }
     )
