@@ -23,6 +23,7 @@ from typing import Any
 
 from features.configuration.settings import IPCConfig
 from features.ipc.chunk_stream import ChunkStream, Merge, StreamWaiter
+from features.ipc.deadlines import Deadlines
 from features.ipc.errors import (
     ChannelClosedError,
     DuplicateRequestIdError,
@@ -110,6 +111,7 @@ class IPCChannel:
         self._dropped = 0
         self._rejected = 0
         self._lost_callbacks: list[Callable[[str], None]] = []
+        self._deadlines: Deadlines | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -118,6 +120,7 @@ class IPCChannel:
         if self._open:
             return
         await self._link.open(self)
+        self._deadlines = Deadlines(asyncio.get_running_loop())
         self._open = True
 
     async def stop_polling(self) -> None:
@@ -174,9 +177,12 @@ class IPCChannel:
         self._waiters[request_id] = waiter
         limit = self._timeout if timeout is None else timeout
         reason = "cancelled"
-        # One timer that fails the future, not ``asyncio.timeout()``: a third of its cost per
-        # request, and a reply that lands first simply wins (the timer finds the future done).
-        deadline = loop.call_later(limit, _expire, future, request_id, limit)
+        # The timeout fails the future (not ``asyncio.timeout()``: a third of its cost), and a
+        # reply that lands first simply wins. Requests share one timer per timeout value
+        # (``Deadlines``); past a few distinct values a request gets a timer of its own.
+        assert self._deadlines is not None  # set while the channel is open (``_admit``)
+        deadline = self._deadlines.add(future, request_id, limit)
+        timer = None if deadline is not None else loop.call_later(limit, _expire, future, request_id, limit)
         try:
             self._link.send(request_id, request, streaming=False)
             reply = await future
@@ -188,7 +194,13 @@ class IPCChannel:
                 reason = "disconnected"
             raise
         finally:
-            deadline.cancel()
+            if deadline is not None:
+                deadline.finish()
+            else:
+                assert timer is not None
+                timer.cancel()
+            if not future.done():  # send() failed: nothing may fail this future later, unseen
+                future.cancel()
             self._settle(request_id, waiter, reason)
         if type(reply) is ErrorReply:
             raise RemoteError(reply.message, reply.http_status)
@@ -304,6 +316,8 @@ class IPCChannel:
     def _close(self, reason: str) -> None:
         self._open = False
         self._closed_reason = reason
+        if self._deadlines is not None:
+            self._deadlines.close()
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
             waiter.fail(ChannelClosedError(reason))
