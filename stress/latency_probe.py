@@ -46,11 +46,12 @@ def _stamped(owner: Any, name: str, key: str, after: Callable[..., None] | None)
         thread = threading.get_ident()
         STAMPS[(key + ">", thread)] = time.perf_counter_ns()
         try:
-            return original(*args, **kwargs)
+            result = original(*args, **kwargs)
         finally:
             STAMPS[(key + "<", thread)] = time.perf_counter_ns()
-            if after is not None:
-                after(*args, **kwargs)
+        if after is not None:  # only for a call that returned: a failed one marks no stage
+            after(*args, **kwargs)
+        return result
 
     setattr(owner, name, wrapper)
     return lambda: setattr(owner, name, original)
