@@ -23,7 +23,7 @@ from typing import Any
 
 from features.configuration.settings import IPCConfig
 from features.ipc.chunk_stream import ChunkStream, Merge, StreamWaiter
-from features.ipc.deadlines import Deadlines
+from features.ipc.deadlines import Deadlines, expire
 from features.ipc.errors import (
     ChannelClosedError,
     DuplicateRequestIdError,
@@ -57,11 +57,6 @@ class _UnaryWaiter:
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(error)
-
-
-def _expire(future: asyncio.Future[Any], request_id: Hashable, limit: float) -> None:
-    if not future.done():
-        future.set_exception(IPCTimeoutError(f"no reply for request {request_id!r} within {limit:g} s"))
 
 
 def request_id_of(request: Any) -> Hashable:
@@ -182,7 +177,7 @@ class IPCChannel:
         # (``Deadlines``); past a few distinct values a request gets a timer of its own.
         assert self._deadlines is not None  # set while the channel is open (``_admit``)
         deadline = self._deadlines.add(future, request_id, limit)
-        timer = None if deadline is not None else loop.call_later(limit, _expire, future, request_id, limit)
+        timer = None if deadline is not None else loop.call_later(limit, expire, future, request_id, limit)
         try:
             self._link.send(request_id, request, streaming=False)
             reply = await future

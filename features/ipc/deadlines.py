@@ -29,6 +29,12 @@ _MAX_TIMEOUTS = 8
 _MIN_COMPACT = 64
 
 
+def expire(future: asyncio.Future[Any], request_id: Hashable, limit: float) -> None:
+    """Fails ``future`` with the request's timeout, unless a reply (or anything else) ended it."""
+    if not future.done():
+        future.set_exception(IPCTimeoutError(f"no reply for request {request_id!r} within {limit:g} s"))
+
+
 class Deadline:
     """One request's entry: holds its future until the request is finished."""
 
@@ -79,9 +85,8 @@ class _TimeoutQueue:
                 self._timer = self._loop.call_at(when, self._expire, when)
                 return
             entries.popleft()
-            if future is not None and not future.done():
-                limit = self._limit
-                future.set_exception(IPCTimeoutError(f"no reply for request {entry.request_id!r} within {limit:g} s"))
+            if future is not None:
+                expire(future, entry.request_id, self._limit)
 
     def __len__(self) -> int:
         return len(self._entries)

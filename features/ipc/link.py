@@ -25,7 +25,6 @@ class LinkSink(Protocol):
     @property
     def pending_count(self) -> int:
         """Requests awaiting a reply, counting one being sent."""
-        ...
 
 
 class Link(Protocol):

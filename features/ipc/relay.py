@@ -289,12 +289,6 @@ class Relay:
         routes = self._routes
         if len(routes) > len(replies):
             return False
-        if len(replies) == 1:  # the usual question: one reply, one request awaited
-            try:
-                route = routes.get(getattr(replies[0], "id", _MISSING))
-            except TypeError:
-                return False
-            return route is not None and not route.streaming
         answered: set[int] = set()
         for reply in replies:
             try:
@@ -312,18 +306,6 @@ class Relay:
         thread. What a ``ReplyBatcher`` does when this relay reads its queue: no pickle, pipe
         write, wake-up and unpickle on the way through ``response_q``."""
         self.local_replies += len(replies)
-        if len(replies) == 1 and type(replies[0]) is not list:
-            # The usual case at low load (one reply written at once): routed without the batch
-            # machinery, which costs more than the routing itself for a single reply.
-            reply = replies[0]
-            ended: list[float] = []
-            with self._lock:
-                self._last_reply_at = time.monotonic()
-                endpoint = self._claim(reply, ended)
-            if endpoint is not None:
-                self._deliver(endpoint, [reply], [None])
-            self._observe(ended)
-            return
         self._route_batch([(replies, None)], "")
 
     # -- replies (reader thread) -------------------------------------------------------------
@@ -372,6 +354,10 @@ class Relay:
         with self._lock:
             self._last_reply_at = time.monotonic()
             for reply, raw in batch:
+                if type(reply) is list and len(reply) == 1 and raw is None:
+                    # A bundle of one with no bytes to forward (a batcher's lone reply): sent as a
+                    # plain reply, whose frame carries its id as text rather than pickled.
+                    reply = reply[0]
                 if type(reply) is list:
                     targets = [self._claim(member, ended) for member in reply]
                     first = targets[0] if targets else None
@@ -389,24 +375,17 @@ class Relay:
                 if endpoint is not None:
                     add(endpoint, reply, raw)
         for endpoint, replies, raws in by_endpoint.values():
-            self._deliver(endpoint, replies, raws)
-        self._observe(ended)
-        return stop
-
-    def _observe(self, round_trips: list[float]) -> None:
+            try:
+                endpoint.deliver(replies, raws)
+            except Exception:
+                logger.exception("delivering %d replies to %s failed", len(replies), endpoint.name)
         # After the replies are written: the metric (~1 us each) neither delays them nor holds
         # the lock that forward() needs.
         observe = self._observe_round_trip
         if observe is not None:
-            for seconds in round_trips:
+            for seconds in ended:
                 observe(seconds)
-
-    @staticmethod
-    def _deliver(endpoint: Endpoint, replies: list[Any], raws: list[bytes | None]) -> None:
-        try:
-            endpoint.deliver(replies, raws)
-        except Exception:
-            logger.exception("delivering %d replies to %s failed", len(replies), endpoint.name)
+        return stop
 
     def _claim(self, reply: Any, ended: list[float]) -> Endpoint | None:
         """The endpoint ``reply`` goes to (None: dropped and counted); a final reply ends its

@@ -1,6 +1,7 @@
 """The channel's shared timeout timers, on a virtual clock (time jumps to the next timer): every
 request expires exactly at its deadline, a finished one never, one timer serves many requests,
-and finished entries do not pile up behind a slow one."""
+and finished entries do not pile up behind a slow one. The ``asyncio.sleep`` calls below take no
+real time: on this loop they move the clock to a chosen instant, which is what is under test."""
 
 from __future__ import annotations
 
