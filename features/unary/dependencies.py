@@ -11,6 +11,7 @@ instead (FastAPI hands that over without its dependency machinery) and passes th
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
@@ -47,14 +48,19 @@ def _asks_for_channel(annotation: Any, default: Any) -> bool:
     return any(isinstance(mark, fastapi_params.Depends) and mark.dependency is get_ipc_channel for mark in marks)
 
 
+@functools.lru_cache(maxsize=64)
+def _takes_request(override: Callable[..., Any]) -> bool:
+    # Read once per override, not per request.
+    return any(p.default is inspect.Parameter.empty for p in inspect.signature(override).parameters.values())
+
+
 async def _channel_for(request: Request) -> Any:
     # An override of get_ipc_channel (tests do this) is honoured as FastAPI would for the usual
     # shapes: called with no argument, or with the request.
     override = request.app.dependency_overrides.get(get_ipc_channel)
     if override is None:
         return await get_ipc_channel(request)
-    takes_request = any(p.default is inspect.Parameter.empty for p in inspect.signature(override).parameters.values())
-    result = override(request) if takes_request else override()
+    result = override(request) if _takes_request(override) else override()
     return await result if inspect.isawaitable(result) else result
 
 
