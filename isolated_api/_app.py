@@ -42,6 +42,8 @@ def build_app(
                 async with user_lifespan(app) as state:
                     yield state
         finally:
+            if metrics is not None and metrics.flush is not None:
+                metrics.flush()  # the last counts leave before the link closes
             if channel is not None:
                 await channel.stop_polling()
 

@@ -95,7 +95,13 @@ def child_main(
     )
     channel = IPCChannel(config=spec.ipc, response_timeout=spec.api.response_timeout, link=link)
     recorder = BatchingRecorder(link.send_metrics, channel)
-    metrics = MetricsHooks(record=recorder.record, render=link.scrape)
+
+    async def render_metrics() -> bytes | None:
+        # This worker's counts first, on the same pipe: the main process renders them too.
+        recorder.flush()
+        return await link.scrape()
+
+    metrics = MetricsHooks(record=recorder.record, render=render_metrics, flush=recorder.flush)
     app = build_app(spec.recipe, channel=channel, drain=drain, probe=link.probe, metrics=metrics)
     port = sock.getsockname()[1]
     server = DrainingServer(

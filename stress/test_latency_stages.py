@@ -52,6 +52,7 @@ STAGES = (
 # Writes timed on their own (inside the stages above): a write that wakes a sleeping reader
 # pays for the wake-up.
 WRITES = (
+    ("  of which encoding and writing the request", "child.send>", "child.send<"),
     ("  of which writing to request_q", "main.put>", "main.put<"),
     ("  of which writing to the child's pipe", "main.write>", "main.write<"),
 )

@@ -147,7 +147,7 @@ class PipeLink:
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
-        if self._writer is not None and not self._lost:
+        if outbox and self._writer is not None and not self._lost:
             self._writer.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
 
     def cancel(self, request_id: Hashable, reason: str = "cancelled") -> None:
@@ -203,6 +203,7 @@ class PipeLink:
         self._on_lost(reason)
 
     async def close(self) -> None:
+        self._flush()  # what was queued this turn (the last metrics report) still leaves
         self._lost = True
         for transport in (self._writer, self._reader):
             if transport is not None:

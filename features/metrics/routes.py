@@ -15,10 +15,12 @@ from features.metrics.middleware import Record
 @dataclass(frozen=True)
 class MetricsHooks:
     """``record(method, route, status)`` per answered request; ``render()`` the exposition text
-    (None if the main process did not answer in time)."""
+    (None if the main process did not answer in time); ``flush()``, if counts wait to be sent,
+    sends them (called at shutdown)."""
 
     record: Record
     render: Callable[[], Awaitable[bytes | None]]
+    flush: Callable[[], None] | None = None
 
 
 def install_metrics_route(app: FastAPI, path: str, hooks: MetricsHooks) -> None:

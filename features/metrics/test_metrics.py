@@ -17,6 +17,7 @@ from features.workers.worker_routes import Chunk, collect_stream_route, whoami_r
 from tests.helpers import (
     MainLoop,
     Work,
+    answer_upper,
     builder,
     gather_posts,
     held_until,
@@ -108,7 +109,15 @@ def test_metrics_count_requests_chunks_and_round_trips_across_workers(
         assert server.metrics_text().count(b"isolated_api_http_requests_total") >= 3
 
 
+def _main_side(server: Any) -> dict[Any, float]:
+    """The main process's own view (no scrape through a worker, which would send its counts first)."""
+    return _samples(server.metrics_text().decode())
+
+
 def test_metrics_rejections_drops_and_restarts(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
+    """Steps: max_pending 2; two held requests, a third refused, a reply for an unknown id; once
+    the main process has the worker's counts, SIGKILL the worker. Expect the counts kept across
+    the restart: one rejection, one dropped reply, one restart."""
     release = threading.Event()
     main_loop.behaviour = held_until(release)
     server = _server(queues, max_pending=2, restart=True)
@@ -119,6 +128,13 @@ def test_metrics_rejections_drops_and_restarts(queues: tuple[Any, Any], main_loo
         main_loop.response_q.put(Work("unknown-id"))
         release.set()
         assert [f.result(30).status_code for f in held] == [200, 200]
+        # A worker reports at most every REPORT_DELAY: a kill before that would lose the report.
+        refused = {"method": "POST", "route": "/whoami", "status": "503"}
+        wait_until(
+            lambda: _value(_main_side(server), "isolated_api_http_requests_total", **refused) == 1,
+            10,
+            "the worker's report",
+        )
         os.kill(server.process.pid, signal.SIGKILL)
         wait_until(lambda: server.restart_count == 1, 20, "the restart")
         wait_until(lambda: httpx.get(f"{url}/ping", timeout=2).status_code == 200, 10, "the new worker")
@@ -129,6 +145,33 @@ def test_metrics_rejections_drops_and_restarts(queues: tuple[Any, Any], main_loo
         assert rejected == 1
         assert _value(samples, "isolated_api_dropped_replies_total", where="main") == 1
         assert _value(samples, "isolated_api_worker_restarts_total") == 1
+
+
+def test_metrics_reports_are_coalesced_yet_a_scrape_and_a_stop_miss_nothing(
+    queues: tuple[Any, Any], main_loop: MainLoop
+) -> None:
+    """Steps: one worker; 30 sequential requests, each followed at once by a scrape through the
+    worker; then 20 more and, without a scrape, wait; then 10 more and stop the server at once.
+    Expect every scrape to count every request before it (the worker sends its counts first),
+    the main process to receive the 20 by itself (the report timer), and the 10 counted after the
+    stop (sent at shutdown)."""
+    main_loop.behaviour = answer_upper
+    server = _server(queues)
+
+    def whoami_200(samples: dict[Any, float]) -> float:
+        return _value(samples, "isolated_api_http_requests_total", method="POST", route="/whoami", status="200")
+
+    with running(server) as url, httpx.Client(timeout=10) as client:
+        for i in range(30):
+            assert client.post(f"{url}/whoami", json={"text": str(i)}).status_code == 200
+            assert whoami_200(_samples(client.get(f"{url}/metrics").text)) == i + 1
+        for i in range(20):
+            assert client.post(f"{url}/whoami", json={"text": str(i)}).status_code == 200
+        wait_until(lambda: whoami_200(_main_side(server)) == 50, 10, "the report of the last 20")
+        for i in range(10):
+            assert client.post(f"{url}/whoami", json={"text": str(i)}).status_code == 200
+        server.stop(timeout=10)
+        assert whoami_200(_main_side(server)) == 60
 
 
 def test_metrics_can_be_moved_or_turned_off(queues: tuple[Any, Any], main_loop: MainLoop) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from features.reply_batching import reply_batcher
 from features.reply_batching.step_loop import StepLoop
 from features.streaming.streaming import generate_route
 from isolated_api import ReplyBatcher
@@ -50,6 +51,31 @@ def test_reply_batcher_keeps_order_and_writes_everything_before_close_returns(qu
     assert batcher.replies == 2000 and batcher.messages == len(messages) <= 2000
     with pytest.raises(ValueError, match="closed"):
         batcher.put(Done("late", "x"))
+
+
+def test_reply_batcher_writing_at_once_leaves_its_writer_thread_asleep(
+    queues: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps: with every reply due at once (the quiet interval set to 0), put 200 replies one by
+    one from this thread. Expect all 200 written by this thread, in order, and the writer thread,
+    which nothing was handed to, never woken."""
+    monkeypatch.setattr(reply_batcher, "_QUIET", 0.0)
+    _, response_q = queues
+    with ReplyBatcher(response_q) as batcher:
+        batcher.put(Done("first", "x"))  # starts the writer thread
+        wait_until(lambda: batcher._thread is not None and _waits_on(batcher), 10, "the writer thread to wait")
+        for i in range(200):
+            batcher.put(Done(str(i), "x"))
+        assert batcher.flush(10)
+        assert batcher.direct_writes == 201
+        assert batcher.writer_wakeups == 0
+    messages = _read_messages(response_q, 201)
+    assert [reply.id for reply in _replies_in(messages)] == ["first"] + [str(i) for i in range(200)]
+
+
+def _waits_on(batcher: ReplyBatcher) -> bool:
+    # A thread waiting on a Condition has its waiter lock in the condition's queue.
+    return len(batcher._wake._waiters) > 0  # type: ignore[attr-defined]
 
 
 def test_reply_batcher_put_many_is_one_message_and_a_bad_reply_fails_alone(queues: tuple[Any, Any]) -> None:
