@@ -1,5 +1,5 @@
 """The HTTP child's end of its pipes, over real pipes on a real event loop: when a request is
-written to the main process."""
+written to the main process, and that closing the link still writes what was queued."""
 
 from __future__ import annotations
 
@@ -90,3 +90,43 @@ def test_pipe_link_writes_a_lone_request_at_once_and_collects_the_others_for_one
     assert before_second_turn == []
     assert [kind for kind, _ in after_second_turn] == [Kind.CANCEL, Kind.REQUEST]
     assert after_second_turn[1] == (Kind.REQUEST, "d")
+
+
+def test_pipe_link_close_writes_what_this_loop_turn_queued() -> None:
+    """Steps: queue a metrics report and a cancel (both wait for the loop's turn), then close the
+    link in the same turn. Expect both frames readable by the main process, in order, and nothing
+    written twice once the loop turns."""
+
+    async def scenario() -> tuple[list[Kind], list[Kind]]:
+        up_read, up_write = multiprocessing.Pipe(duplex=False)
+        down_read, down_write = multiprocessing.Pipe(duplex=False)
+        link = PipeLink(up_write, down_read)
+        await link.open(Sink())
+        fd, decoder = up_read.fileno(), FrameDecoder()
+        try:
+            link.send_metrics({"http": [], "rejected": 1, "dropped": 0})
+            link.cancel("a", "timeout")
+            await link.close()
+            at_close = (
+                [kind for kind, _ in decoder.feed(os.read(fd, 1 << 16))] if select.select([fd], [], [], 5)[0] else []
+            )
+            await asyncio.sleep(0)  # the turn the frames were queued for
+            later = [kind for kind, _ in _raw_frames(fd, decoder)]
+        finally:
+            for conn in (up_read, down_write):
+                conn.close()
+        return at_close, later
+
+    at_close, later = asyncio.run(scenario())
+    assert at_close == [Kind.METRICS, Kind.CANCEL]
+    assert later == []
+
+
+def _raw_frames(fd: int, decoder: FrameDecoder) -> list[tuple[Kind, bytes]]:
+    frames: list[tuple[Kind, bytes]] = []
+    while select.select([fd], [], [], 0)[0]:
+        data = os.read(fd, 1 << 16)
+        if not data:  # end of file: the link closed its end
+            break
+        frames += decoder.feed(data)
+    return frames
