@@ -128,7 +128,7 @@ def test_metrics_rejections_drops_and_restarts(queues: tuple[Any, Any], main_loo
         main_loop.response_q.put(Work("unknown-id"))
         release.set()
         assert [f.result(30).status_code for f in held] == [200, 200]
-        # A worker reports at most every REPORT_DELAY: a kill before that would lose the report.
+        # A worker reports after its loop's turn: a kill before that would lose the report.
         refused = {"method": "POST", "route": "/whoami", "status": "503"}
         wait_until(
             lambda: _value(_main_side(server), "isolated_api_http_requests_total", **refused) == 1,
@@ -147,14 +147,11 @@ def test_metrics_rejections_drops_and_restarts(queues: tuple[Any, Any], main_loo
         assert _value(samples, "isolated_api_worker_restarts_total") == 1
 
 
-def test_metrics_reports_are_coalesced_yet_a_scrape_and_a_stop_miss_nothing(
-    queues: tuple[Any, Any], main_loop: MainLoop
-) -> None:
+def test_metrics_a_scrape_and_a_stop_miss_no_request(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
     """Steps: one worker; 30 sequential requests, each followed at once by a scrape through the
     worker; then 20 more and, without a scrape, wait; then 10 more and stop the server at once.
-    Expect every scrape to count every request before it (the worker sends its counts first),
-    the main process to receive the 20 by itself (the report timer), and the 10 counted after the
-    stop (sent at shutdown)."""
+    Expect every scrape to count every request before it, the main process to receive the 20 by
+    itself, and the 10 counted after the stop."""
     main_loop.behaviour = answer_upper
     server = _server(queues)
 
