@@ -23,7 +23,7 @@ from typing import Any
 
 from features.configuration.settings import IPCConfig
 from features.ipc.chunk_stream import ChunkStream, Merge, StreamWaiter
-from features.ipc.deadlines import Deadlines, expire
+from features.ipc.deadlines import Deadlines
 from features.ipc.errors import (
     ChannelClosedError,
     DuplicateRequestIdError,
@@ -174,10 +174,9 @@ class IPCChannel:
         reason = "cancelled"
         # The timeout fails the future (not ``asyncio.timeout()``: a third of its cost), and a
         # reply that lands first simply wins. Requests share one timer per timeout value
-        # (``Deadlines``); past a few distinct values a request gets a timer of its own.
+        # (``Deadlines``).
         assert self._deadlines is not None  # set while the channel is open (``_admit``)
         deadline = self._deadlines.add(future, request_id, limit)
-        timer = None if deadline is not None else loop.call_later(limit, expire, future, request_id, limit)
         try:
             self._link.send(request_id, request, streaming=False)
             reply = await future
@@ -189,11 +188,7 @@ class IPCChannel:
                 reason = "disconnected"
             raise
         finally:
-            if deadline is not None:
-                deadline.finish()
-            else:
-                assert timer is not None
-                timer.cancel()
+            deadline.cancel()
             if not future.done():  # send() failed: nothing may fail this future later, unseen
                 future.cancel()
             self._settle(request_id, waiter, reason)

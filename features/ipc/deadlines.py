@@ -6,7 +6,7 @@ comes) was the largest single line of the channel in a profile of the HTTP child
 each time). Requests given the same timeout expire in the order they were sent, so each timeout
 keeps a FIFO of deadlines and one timer, armed for the oldest deadline still awaited.
 
-A reply does not look for its entry: the request marks it finished (``Deadline.finish``) and the
+A reply does not look for its entry: the request marks it finished (``Deadline.cancel``) and the
 entry is skipped when it reaches the front. So that finished entries cannot pile up behind one
 slow request, the FIFO is compacted once it holds twice what it held after the last compaction
 (amortised O(1) per request; what it holds stays proportional to the requests in flight).
@@ -29,7 +29,7 @@ _MAX_TIMEOUTS = 8
 _MIN_COMPACT = 64
 
 
-def expire(future: asyncio.Future[Any], request_id: Hashable, limit: float) -> None:
+def _time_out(future: asyncio.Future[Any], request_id: Hashable, limit: float) -> None:
     """Fails ``future`` with the request's timeout, unless a reply (or anything else) ended it."""
     if not future.done():
         future.set_exception(IPCTimeoutError(f"no reply for request {request_id!r} within {limit:g} s"))
@@ -44,8 +44,9 @@ class Deadline:
         self.future: asyncio.Future[Any] | None = future
         self.request_id = request_id
 
-    def finish(self) -> None:
-        # Drops the future (and the reply it holds) now rather than when the entry is skipped.
+    def cancel(self) -> None:
+        """The request ended: its timeout will not fire. Drops the future (and the reply it holds)
+        now rather than when the entry is skipped."""
         self.future = None
 
 
@@ -86,7 +87,7 @@ class _TimeoutQueue:
                 return
             entries.popleft()
             if future is not None:
-                expire(future, entry.request_id, self._limit)
+                _time_out(future, entry.request_id, self._limit)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -99,18 +100,19 @@ class _TimeoutQueue:
 
 
 class Deadlines:
-    """The channel's unary timeouts (``add`` returns None past ``_MAX_TIMEOUTS`` distinct values:
-    the caller then arms a timer of its own)."""
+    """The channel's unary timeouts. ``add`` returns what the request cancels once it ends: its
+    entry in the FIFO of its timeout, or, past ``_MAX_TIMEOUTS`` distinct values, a loop timer of
+    its own (``close`` stops the FIFOs only; a request's own timer finds its future done)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._queues: dict[float, _TimeoutQueue] = {}
 
-    def add(self, future: asyncio.Future[Any], request_id: Hashable, limit: float) -> Deadline | None:
+    def add(self, future: asyncio.Future[Any], request_id: Hashable, limit: float) -> Deadline | asyncio.TimerHandle:
         queue = self._queues.get(limit)
         if queue is None:
             if len(self._queues) >= _MAX_TIMEOUTS:
-                return None
+                return self._loop.call_later(limit, _time_out, future, request_id, limit)
             queue = self._queues[limit] = _TimeoutQueue(self._loop, limit)
         return queue.add(future, request_id)
 
