@@ -190,7 +190,7 @@ def test_streaming_overload_before_first_chunk_is_503(queues: tuple[Any, Any]) -
     engine.hold.clear()
     with serving(queues, engine, max_pending=2) as (url, server):
         relay = server.ipc
-        assert relay is not None
+        assert relay is not None and relay.is_running  # subprocess mode: the relay serves this server
 
         async def stream(client: httpx.AsyncClient) -> tuple[int, SSE]:
             async with client.stream("POST", f"{url}/generate", json={"prompt": "t", "max_tokens": 4}) as r:
@@ -264,7 +264,7 @@ def test_streaming_client_disconnect_frees_the_slot_and_drops_later_chunks(queue
     engine = Engine(queues[1], gate)
     with serving(queues, engine) as (url, server):
         relay = server.ipc
-        assert relay is not None
+        assert relay is not None and relay.is_running  # subprocess mode: the relay serves this server
 
         async def go() -> SSE:
             limits = httpx.Limits(max_connections=4)
@@ -302,7 +302,7 @@ def test_streaming_client_gone_before_first_chunk_frees_the_slot(queues: tuple[A
     engine.hold.clear()
     with serving(queues, engine) as (url, server):
         relay = server.ipc
-        assert relay is not None
+        assert relay is not None and relay.is_running  # subprocess mode: the relay serves this server
 
         async def go() -> None:
             async with httpx.AsyncClient(timeout=20) as client:
