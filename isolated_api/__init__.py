@@ -1,20 +1,24 @@
 """isolated_api: a FastAPI + Uvicorn HTTP API in a child process, linked to the main process
 (where the heavy work lives) by multiprocessing queues.
 
-The facade: everything a user imports lives here; the implementation is in ``features/``.
+The facade: everything a user imports lives here. The implementation is grouped by the process
+each part runs in: ``worker`` (the HTTP worker), ``main`` (the main process), ``engine``, ``shared``
+(wire format, codecs, config, errors) and ``server`` (the builder and the Server that join them).
 """
 
 from typing import TYPE_CHECKING, Any
 
-from features.codecs.codec import Codec, CodecError, MsgspecCodec, PickleCodec
-from features.configuration.settings import ApiConfig, ConfigError, IPCConfig, UvicornConfig
-from features.engine.context import RequestContext
-from features.engine.engine import Engine
-from features.engine.errors import EngineError
-from features.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
-from features.ipc.channel import IPCChannel
-from features.ipc.chunk_stream import ChunkStream, merge_text
-from features.ipc.errors import (
+from isolated_api.engine.context import RequestContext
+from isolated_api.engine.engine import Engine
+from isolated_api.engine.errors import EngineError
+from isolated_api.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
+from isolated_api.main.reply_batcher import ReplyBatcher
+from isolated_api.main.subprocess_manager import SubprocessManager
+from isolated_api.server.builder import RouteConfigurer, ServerBuilder, SubprocessConfigurer, UvicornConfigurer
+from isolated_api.server.server import Server
+from isolated_api.shared.codecs import Codec, CodecError, MsgspecCodec, PickleCodec
+from isolated_api.shared.config import ApiConfig, ConfigError, IPCConfig, UvicornConfig
+from isolated_api.shared.errors import (
     ChannelClosedError,
     DuplicateRequestIdError,
     IPCError,
@@ -24,24 +28,22 @@ from features.ipc.errors import (
     RemoteError,
     StreamOverflowError,
 )
-from features.ipc.messages import CancelRequest, ErrorReply
-from features.ipc.request_ids import new_request_id
-from features.reply_batching.reply_batcher import ReplyBatcher
-from features.streaming.sse import sse_response
-from features.subprocess_runtime.manager import SubprocessManager
-from features.unary.dependencies import IPC, get_ipc_channel
-from isolated_api._builder import RouteConfigurer, ServerBuilder, SubprocessConfigurer, UvicornConfigurer
-from isolated_api._recipe import BuildError
-from isolated_api._server import Server
+from isolated_api.shared.messages import CancelRequest, ErrorReply
+from isolated_api.shared.recipe import BuildError
+from isolated_api.shared.request_ids import new_request_id
+from isolated_api.worker.channel import IPCChannel
+from isolated_api.worker.chunk_stream import ChunkStream, merge_text
+from isolated_api.worker.dependencies import IPC, get_ipc_channel
+from isolated_api.worker.sse import sse_response
 
 if TYPE_CHECKING:
-    from features.appinfra_plugin.plugin import ServerPlugin as ServerPlugin
+    from isolated_api.server.appinfra_plugin import ServerPlugin as ServerPlugin
 
 
 def __getattr__(name: str) -> Any:
     # ServerPlugin needs the optional extra isolated_api[appinfra]: imported on first use.
     if name == "ServerPlugin":
-        from features.appinfra_plugin.plugin import ServerPlugin as ServerPlugin
+        from isolated_api.server.appinfra_plugin import ServerPlugin as ServerPlugin
 
         return ServerPlugin
     raise AttributeError(f"module 'isolated_api' has no attribute {name!r}")

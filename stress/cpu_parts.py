@@ -24,11 +24,21 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # This project's way to the main process: encoding and decoding the messages (pickling, ids,
     # frames), and the rest (registering and waking the waiter, its timer, the pipes, the
     # wrapper that hands a route its channel).
-    (IPC_ENCODE, ("features/ipc/_framing.py", "features/codecs/")),
-    (IPC_CHANNEL, ("features/ipc/", "features/unary/", "isolated_api/")),
+    (IPC_ENCODE, ("isolated_api/shared/framing.py", "isolated_api/shared/codecs.py")),
+    (
+        IPC_CHANNEL,
+        (
+            "isolated_api/worker/channel.py",
+            "isolated_api/worker/chunk_stream.py",
+            "isolated_api/worker/deadlines.py",
+            "isolated_api/worker/pipe_link.py",
+            "isolated_api/worker/dependencies.py",
+            "isolated_api/shared/",
+        ),
+    ),
     ("handler", ("stress/",)),
     # This project's middleware (metrics, disconnect watch...), on both servers alike.
-    ("our middleware", ("features/",)),
+    ("our middleware", ("isolated_api/",)),
     ("HTTP", ("uvicorn/", "httptools/", "h11/")),
     ("framework", ("fastapi/", "starlette/", "pydantic/", "pydantic_core/", "anyio/")),
 )

@@ -21,8 +21,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from features.ipc import _framing, channel, pipe_endpoint, pipe_link, queue_access, relay
 from isolated_api import new_request_id
+from isolated_api.main import pipe_endpoint, queue_access, relay
+from isolated_api.shared import framing
+from isolated_api.worker import channel, pipe_link
 
 # The latest stamp of each stage, per thread: (stage + ">" or "<", thread id) -> ns.
 STAMPS: dict[tuple[str, int], int] = {}
@@ -78,7 +80,7 @@ _POINTS: tuple[tuple[Any, str, str, Callable[..., None] | None], ...] = (
     (pipe_link.PipeLink, "send", "child.send", _sent),
     (channel.IPCChannel, "on_replies", "child.wake", _woken),
     # Both: a frame decoder at work marks a read.
-    (_framing.FrameDecoder, "feed", "feed", None),
+    (framing.FrameDecoder, "feed", "feed", None),
     # Main process: the relay's reader decodes a frame and forwards it onto request_q; the
     # reply, handed over by a ReplyBatcher, is routed, encoded and written to the child's pipe.
     (queue_access.RequestWriter, "put", "main.put", None),

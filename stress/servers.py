@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from features.backpressure import load_route
-from features.ipc.chunk_stream import END, ChunkStream
 from isolated_api import IPC, Engine, IPCChannel, ReplyBatcher, Server, ServerBuilder, new_request_id
+from isolated_api.worker.chunk_stream import END, ChunkStream
 from tests.helpers import wait_until
 
 TOKEN = b"tok\n"

@@ -115,16 +115,16 @@ def test_cpu_parts_charge_a_sample_to_the_innermost_frame_of_a_part() -> None:
     only (or none) is the event loop's; anything else is "other"."""
     app = "run_asgi (uvicorn/protocols/http/httptools_impl.py:409);__call__ (fastapi/applications.py:1)"
     raw = [
-        f"{app};echo_ipc (stress/servers.py:90);submit (features/ipc/channel.py:181) 3",
-        f"{app};send (features/ipc/pipe_link.py:1);dumps (features/ipc/_framing.py:95) 10",
+        f"{app};echo_ipc (stress/servers.py:90);submit (isolated_api/worker/channel.py:181) 3",
+        f"{app};send (isolated_api/worker/pipe_link.py:1);dumps (isolated_api/shared/framing.py:95) 10",
         f"{app};render (starlette/responses.py:50);dumps (json/__init__.py:231) 2",
         f"{app};iterencode (json/encoder.py:258) 1",
         "run (asyncio/runners.py:118);send (uvicorn/protocols/http/httptools_impl.py:524) 4",
         "run (asyncio/runners.py:118) 5",
         " 6",
         "somewhere (mylib/thing.py:1) 7",
-        f"{app};watch (features/metrics/middleware.py:29) 8",
-        f"{app};call (features/unary/dependencies.py:120) 9",
+        f"{app};watch (isolated_api/worker/metrics_middleware.py:29) 8",
+        f"{app};call (isolated_api/worker/dependencies.py:120) 9",
     ]
     assert parse_raw(raw) == Counter(
         {

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import msgspec
 import pytest
 
-from features.codecs.codec import Codec, MsgspecCodec, PickleCodec
+from isolated_api.shared.codecs import Codec, MsgspecCodec, PickleCodec
 from stress.figures import Figures
 
 pytestmark = pytest.mark.stress

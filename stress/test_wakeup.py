@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from features.configuration.settings import IPCConfig
 from isolated_api import IPCChannel
+from isolated_api.shared.config import IPCConfig
 from stress.figures import Figures
 from stress.loadgen import percentile
 from stress.servers import Echoer, Probe, close_queues

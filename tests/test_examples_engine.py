@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from features.appinfra_plugin.serve_tool import SERVING_LINE as SERVING
+from isolated_api.server.serve_tool import SERVING_LINE as SERVING
 from tests.cli_process import CliProcess
 from tests.helpers import pid_alive, wait_until
 

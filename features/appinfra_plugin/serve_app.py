@@ -16,8 +16,8 @@ from typing import Any
 
 from appinfra.app import AppBuilder
 
-from features.appinfra_plugin.plugin import ServerPlugin
 from isolated_api import ServerBuilder
+from isolated_api.server.appinfra_plugin import ServerPlugin
 
 
 async def ping() -> dict[str, object]:

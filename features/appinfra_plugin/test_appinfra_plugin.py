@@ -13,9 +13,9 @@ import httpx
 import pytest
 from appinfra.app import AppBuilder
 
-from features.appinfra_plugin.plugin import ServerPlugin
 from features.appinfra_plugin.serve_app import ping
-from features.appinfra_plugin.serve_tool import SERVING_LINE as SERVING
+from isolated_api.server.appinfra_plugin import ServerPlugin
+from isolated_api.server.serve_tool import SERVING_LINE as SERVING
 from tests.cli_process import CliProcess
 from tests.helpers import builder, pid_alive, wait_until
 
@@ -99,7 +99,7 @@ def test_appinfra_plugin_without_appinfra_isolated_api_still_imports() -> None:
         "import sys; sys.modules['appinfra'] = None\n"
         "import isolated_api\n"
         "try:\n"
-        "    import features.appinfra_plugin.plugin\n"
+        "    import isolated_api.server.appinfra_plugin\n"
         "except ImportError as exc:\n"
         "    print(exc)\n"
     )

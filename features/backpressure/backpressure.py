@@ -28,9 +28,9 @@ from fastapi import Request
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 
-from features.ipc.channel import IPCChannel
-from features.ipc.errors import IPCError
-from features.unary.dependencies import IPC
+from isolated_api.shared.errors import IPCError
+from isolated_api.worker.channel import IPCChannel
+from isolated_api.worker.dependencies import IPC
 
 
 @dataclass

@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from features.cors_middleware.cors import CorsPolicy
 from features.cors_middleware.middleware_examples import (
     TRAIL_HEADER,
     OtherTagMiddleware,
@@ -25,6 +24,7 @@ from features.cors_middleware.middleware_examples import (
     user_route,
 )
 from isolated_api import ConfigError, Server
+from isolated_api.shared.cors import CorsPolicy
 from tests.helpers import MainLoop, builder, running, upper_route
 
 ALLOWED = "https://app.example"

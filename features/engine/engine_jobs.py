@@ -10,8 +10,8 @@ import threading
 from collections.abc import AsyncIterator, Generator, Hashable, Iterator
 from dataclasses import dataclass
 
-from features.engine.context import RequestContext
-from features.engine.errors import EngineError
+from isolated_api.engine.context import RequestContext
+from isolated_api.engine.errors import EngineError
 
 
 @dataclass

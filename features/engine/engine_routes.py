@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import HTTPException
 
 from features.engine.engine_jobs import Count, CountAsync, Fail, Hold, Reverse, Upper
-from features.engine.messages import HealthPing
-from features.unary.dependencies import IPC
+from isolated_api.engine.messages import HealthPing
+from isolated_api.worker.dependencies import IPC
 
 _OPS: dict[str, type] = {
     "upper": Upper,

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from features.engine.engine import Engine
 from features.engine.engine_jobs import (
     Count,
     CountAsync,
@@ -30,8 +29,9 @@ from features.engine.engine_jobs import (
     upper,
 )
 from features.engine.engine_routes import health_route, run_route, stream_route
-from features.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
-from features.ipc.messages import CancelRequest, ErrorReply
+from isolated_api.engine.engine import Engine
+from isolated_api.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
+from isolated_api.shared.messages import CancelRequest, ErrorReply
 from tests.helpers import builder, running, wait_until
 
 Queues = tuple[Any, Any]

@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("msgspec")
 
-from features.codecs.codec import MsgspecCodec
-from features.engine.engine import Engine
-from features.engine.wire import ENGINE_WIRE_TYPES
 from features.engine.wire_jobs import Shout, Spell, shout, shout_route, spell, spell_route
+from isolated_api.engine.engine import Engine
+from isolated_api.engine.wire import ENGINE_WIRE_TYPES
+from isolated_api.shared.codecs import MsgspecCodec
 from tests.helpers import builder, running
 
 

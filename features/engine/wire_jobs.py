@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from features.unary.dependencies import IPC
+from isolated_api.worker.dependencies import IPC
 
 
 class Shout(msgspec.Struct, tag=True):

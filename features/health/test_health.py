@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from features.configuration.settings import ConfigError
-from features.health.readiness import HealthSettings, readiness_problem
+from isolated_api.shared.config import ConfigError
+from isolated_api.shared.readiness import HealthSettings, readiness_problem
 from tests.helpers import MainLoop, builder, held_until, ping_route, running, upper_route, wait_received, wait_until
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from features.log_isolation.redirect import configure_logging, redirect_output
 from isolated_api import ServerBuilder
+from isolated_api.shared.output import configure_logging, redirect_output
 
 # Each channel writes "<marker>-<channel>", so a test can tell which one went astray.
 CHANNELS = ("logging", "print", "fd1", "fd2", "libc-write", "libc-puts")

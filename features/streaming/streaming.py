@@ -21,10 +21,10 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from features.ipc.chunk_stream import merge_text
-from features.ipc.messages import ErrorReply
-from features.streaming.sse import sse_response
-from features.unary.dependencies import IPC
+from isolated_api.shared.messages import ErrorReply
+from isolated_api.worker.chunk_stream import merge_text
+from isolated_api.worker.dependencies import IPC
+from isolated_api.worker.sse import sse_response
 
 
 @dataclass

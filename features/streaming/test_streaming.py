@@ -16,11 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-from features.ipc.channel import IPCChannel
-from features.ipc.chunk_stream import END, IDLE, merge_text
-from features.ipc.errors import IPCError, IPCTimeoutError, RemoteError, StreamOverflowError
-from features.ipc.link import LinkSink
-from features.ipc.messages import ErrorReply
 from features.streaming.streaming import (
     Generate,
     Token,
@@ -30,6 +25,11 @@ from features.streaming.streaming import (
     generate_route_small_buffer,
 )
 from isolated_api import IPCConfig, Server
+from isolated_api.shared.errors import IPCError, IPCTimeoutError, RemoteError, StreamOverflowError
+from isolated_api.shared.link import LinkSink
+from isolated_api.shared.messages import ErrorReply
+from isolated_api.worker.channel import IPCChannel
+from isolated_api.worker.chunk_stream import END, IDLE, merge_text
 from tests.helpers import MainLoop, builder, pending_route, running, wait_until
 
 # -- HTTP side -------------------------------------------------------------------------------

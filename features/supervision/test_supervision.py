@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from features.configuration.settings import ConfigError
-from features.supervision.policy import RestartBudget, RestartPolicy
+from isolated_api.shared.config import ConfigError
+from isolated_api.shared.restart_policy import RestartBudget, RestartPolicy
 from tests.helpers import (
     FAIL_MARKER_ENV,
     MainLoop,

@@ -1,1 +1,0 @@
-"""The config dataclasses: every value validated where it is set."""

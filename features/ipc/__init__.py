@@ -1,1 +1,0 @@
-"""The request/reply path between the HTTP process and the main process."""

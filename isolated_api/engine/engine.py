@@ -1,0 +1,323 @@
+"""Engine: serves ``request_q`` for you in the main process.
+
+Threads: one *intake* thread blocks on ``request_q.get()`` (see ``intake.py``); one *loop* thread
+runs an asyncio loop that dispatches each batch of messages, awaits async handlers and async
+generators, and hands sync handlers to a pool of ``concurrency`` worker threads. A semaphore on
+the loop bounds the handlers running at once; the intake holds at most ``concurrency +
+max_waiting + 1`` requests, so a saturated engine stops taking from ``request_q`` (backpressure).
+The one extra keeps the reader listening while every slot is busy, so a ``CancelRequest`` reaches
+a busy engine; a cancellation queued *behind* further requests is read only when a slot frees
+(requests and cancellations share one queue; a separate cancel queue would lift that).
+
+Every request ends exactly once (``Job``): its reply / final chunk / ``ErrorReply``, or nothing
+when a ``CancelRequest`` cancelled it, or a 503 when ``stop()`` ran out of time for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, overload
+
+from isolated_api.engine.execution import run_job
+from isolated_api.engine.handlers import Handler, HandlerTable
+from isolated_api.engine.intake import Intake, StopIntake
+from isolated_api.engine.job import Encode, Job, ReplySink
+from isolated_api.engine.messages import HealthPing, HealthStatus
+from isolated_api.shared.messages import CancelRequest, ErrorReply
+
+logger = logging.getLogger("isolated_api.engine")
+
+F = TypeVar("F", bound=Callable[..., Any])
+_MISSING = object()
+_UNWIND_GRACE = 1.0  # seconds for cancelled handlers to unwind once stop()'s timeout is spent
+
+
+class Engine:
+    """Reads requests from ``request_q``, runs the handler registered for each request's type and
+    puts what it returns (``Result``), yields (``StreamChunk``) or raises (``ErrorReply``) on
+    ``response_q``, addressed to the request's ``.id``::
+
+        engine = Engine(request_q, response_q, concurrency=4)
+
+        @engine.handle(Generate)
+        async def generate(request: Generate) -> AsyncIterator[str]:
+            async for token in model.stream(request.prompt):
+                yield token
+
+        engine.start()      # background threads; or engine.run() to block until Ctrl-C / stop()
+        server.start_subprocess()   # built with .subprocess.with_ipc(request_q, response_q)
+        server.wait()               # until the server stops
+        engine.stop(timeout=5)
+
+    Handlers: plain functions (run in a worker thread), ``async def`` functions, generators and
+    async generators (streams). Declared as ``fn(request, ctx)`` they also get a
+    ``RequestContext``. Raise ``EngineError(message, status)`` to choose the client's status;
+    any other exception is a 500 with its message. ``handle(object, fn)`` is a catch-all.
+    ``codec``: the server's codec when it is binary (``MsgspecCodec``; list ``ENGINE_WIRE_TYPES``
+    from ``isolated_api.engine.wire`` in it): requests are decoded and replies encoded here.
+    """
+
+    def __init__(
+        self, request_q: Any, response_q: Any, *, concurrency: int = 8, max_waiting: int = 0, codec: Any = None
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if max_waiting < 0:
+            raise ValueError(f"max_waiting must be >= 0, got {max_waiting}")
+        self._request_q = request_q
+        self._response_q = response_q
+        self.concurrency = concurrency
+        self._encode, self._decode = _codec_functions(codec)
+        self._sink = ReplySink(response_q, self._encode)
+        self._handlers = HandlerTable()
+        # One request more than the engine can start or queue: with every slot busy the reader
+        # stays in get() (one request parked), so a CancelRequest still reaches a busy engine.
+        self._intake = Intake(request_q, concurrency + max_waiting + 1, self._deliver, self._intake_exited)
+        self._jobs: dict[Hashable, Job] = {}
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._finished = threading.Event()
+        self._stop_timeout: float | None = None
+        self._stopping = False
+        self.served = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.refused = 0
+
+    # -- registration ------------------------------------------------------------------------
+
+    @overload
+    def handle(self, request_type: type) -> Callable[[F], F]: ...
+
+    @overload
+    def handle(self, request_type: type, fn: F) -> F: ...
+
+    def handle(self, request_type: type, fn: F | None = None) -> F | Callable[[F], F]:
+        """Registers ``fn`` for requests of ``request_type`` (and its subclasses); usable as a
+        decorator. ``object`` catches every request type that has no handler of its own."""
+        if fn is None:
+
+            def decorator(f: F) -> F:
+                self._handlers.register(request_type, f)
+                return f
+
+            return decorator
+        self._handlers.register(request_type, fn)
+        return fn
+
+    # -- facts -------------------------------------------------------------------------------
+
+    @property
+    def running_count(self) -> int:
+        """Requests inside the engine: running, or waiting for a handler slot."""
+        return len(self._jobs)
+
+    @property
+    def is_running(self) -> bool:
+        return self._ready.is_set() and not self._finished.is_set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        """Starts the engine's threads and returns at once."""
+        with self._lock:
+            if self._loop_thread is not None:
+                raise RuntimeError("this Engine was already started; create a new one to start again")
+            self._loop_thread = threading.Thread(target=self._run_loop, name="isolated-api-engine", daemon=True)
+            self._loop_thread.start()
+        self._ready.wait()
+        self._intake.start()
+        return self
+
+    def run(self) -> None:
+        """Starts the engine and blocks until ``stop()`` (from another thread) or Ctrl-C."""
+        self.start()
+        try:
+            self._finished.wait()
+        except KeyboardInterrupt:
+            logger.info("interrupted; stopping the engine")
+        finally:
+            self.stop()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Graceful stop: stops taking requests (those read meanwhile get 503), lets in-flight ones
+        finish for up to ``timeout`` seconds, then cancels the rest (their clients get 503).
+        Calling it twice, or before ``start()``, is harmless."""
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout}")
+        with self._lock:
+            loop, thread = self._loop, self._loop_thread
+            first = not self._stopping and loop is not None
+            self._stopping = True
+        if loop is None or thread is None:
+            return
+        if first:
+            # Stop taking new requests.
+            self._intake.stop()
+            loop.call_soon_threadsafe(self._begin_stop, timeout)
+        if threading.current_thread() is not thread:
+            thread.join(timeout + _UNWIND_GRACE + 5.0)
+            self._intake.join(1.0)
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- the loop thread ---------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._stop_requested = asyncio.Event()
+        self._intake_done = asyncio.Event()
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="isolated-api-engine-worker")
+        try:
+            loop.call_soon(self._ready.set)
+            loop.run_until_complete(self._serve_until_stopped())
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            loop.close()
+            self._sink.close()
+            self._finished.set()
+
+    def _begin_stop(self, timeout: float) -> None:
+        self._stop_timeout = timeout
+        self._stop_requested.set()
+
+    async def _serve_until_stopped(self) -> None:
+        await self._stop_requested.wait()
+        timeout = self._stop_timeout or 0.0
+        # Let in-flight requests finish within the timeout.
+        tasks = [job.task for job in self._jobs.values() if job.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        # Cancel what is left; its clients are still waiting, so they get a 503.
+        left = list(self._jobs.values())
+        for job in left:
+            if job.cancel("engine stopped", ErrorReply(job.id, "the engine stopped before this request finished", 503)):
+                self.cancelled += 1
+        tasks = [job.task for job in left if job.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_UNWIND_GRACE)
+            for task in pending:  # sync handlers that ignore ctx.cancelled: their threads go on alone
+                task.cancel()
+            if pending:
+                logger.warning("%d handler(s) still running after stop(); abandoned", len(pending))
+                await asyncio.wait(pending)
+        # The intake takes what was queued before its sentinel (refused with 503 meanwhile).
+        try:
+            await asyncio.wait_for(self._intake_done.wait(), _UNWIND_GRACE)
+        except TimeoutError:
+            logger.warning("the engine's request reader did not reach its stop sentinel")
+
+    # -- dispatch (intake thread -> loop thread) ---------------------------------------------
+
+    def _deliver(self, batch: list[Any]) -> bool:
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            loop.call_soon_threadsafe(self._dispatch, batch)
+        except RuntimeError:  # the loop is closed: the engine stopped
+            return False
+        return True
+
+    def _intake_exited(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._intake_done.set)
+            except RuntimeError:  # the loop is closed already
+                pass
+
+    def _dispatch(self, batch: list[Any]) -> None:
+        for message in batch:
+            try:
+                started = self._accept(message)
+            except Exception:  # one odd message must not cost the rest of the batch
+                logger.exception("could not dispatch a %s from request_q", type(message).__name__)
+                started = False
+            if not started:
+                self._intake.release()
+
+    def _accept(self, message: Any) -> bool:
+        """Starts a job for ``message``; False when the message needed no slot (answered, or not a request)."""
+        if self._decode is not None and type(message) is bytes:
+            message = self._decode(message)
+        kind = type(message)
+        if kind is CancelRequest:
+            job = self._jobs.get(message.id)
+            if job is not None and job.cancel(message.reason):
+                self.cancelled += 1
+            return False
+        if kind is StopIntake:  # a previous engine's sentinel
+            return False
+        request_id = getattr(message, "id", _MISSING)
+        try:
+            known = request_id in self._jobs
+        except TypeError:
+            known = True
+        if request_id is _MISSING or known:
+            logger.warning("dropped a %s from request_q: no hashable .id, or its id is in flight", kind.__name__)
+            return False
+        if kind is HealthPing:
+            self._sink.put(self._health(request_id))
+            return False
+        handler = self._handlers.lookup(kind)
+        if self._stopping or handler is None:
+            self.refused += 1
+            reply = (
+                ErrorReply(request_id, "the engine is stopping", 503)
+                if self._stopping
+                else ErrorReply(request_id, f"no handler for {kind.__name__}", 501)
+            )
+            self._sink.put(reply)
+            return False
+        job = Job(request_id, message, self._sink)
+        self._jobs[request_id] = job
+        job.task = asyncio.get_running_loop().create_task(self._serve(handler, job))
+        return True
+
+    async def _serve(self, handler: Handler, job: Job) -> None:
+        try:
+            async with self._slots:
+                failed = await run_job(handler, job, self._pool)
+            if failed:
+                self.failed += 1
+            elif not job.context.cancelled:
+                self.served += 1
+        except asyncio.CancelledError:
+            pass  # cancelled by a CancelRequest or by stop(): Job already settled what is sent
+        finally:
+            if self._jobs.get(job.id) is job:
+                del self._jobs[job.id]
+            self._intake.release()
+
+    def _health(self, request_id: Hashable) -> HealthStatus:
+        return HealthStatus(request_id, len(self._jobs), self.concurrency, self.served, self.failed, self.cancelled)
+
+
+def _codec_functions(codec: Any) -> tuple[Encode, Callable[[bytes], Any] | None]:
+    """With a binary codec (``MsgspecCodec``) the queues carry bytes: decode requests, encode
+    replies (engine messages in their ``wire`` form). Otherwise the queues carry objects."""
+    if codec is None or not getattr(codec, "binary", False):
+        return None, None
+    from isolated_api.engine.wire import from_wire, to_wire
+
+    def encode(message: Any) -> bytes:
+        data: bytes = codec.encode(to_wire(message))
+        return data
+
+    def decode(data: bytes) -> Any:
+        return from_wire(codec.decode(data))
+
+    return encode, decode

@@ -1,0 +1,408 @@
+"""The main-process side of the channel: the only reader of the user's ``response_q`` and the
+only writer of the user's ``request_q``.
+
+Why a relay: a process killed inside ``Queue.get()`` keeps the queue's read lock forever, and one
+killed inside a write can leave half a message (DESIGN.md "Traps"). So HTTP children never touch
+the user's queues; they talk to this relay over pipes of their own, and the relay, living in the
+main process, is the one reader that routes every reply to the endpoint whose request has that id.
+One thread blocks on ``response_q.get()``: no polling, and a burst of replies is drained and handed
+to each endpoint in one batch (at most ``_BATCH_WINDOW`` after its first reply was read, so the
+first token of a fast stream is not held back until the whole burst is read).
+
+A message on ``response_q`` may also be a ``list`` of replies (``ReplyBatcher`` sends them so):
+each is routed as if it had come alone, and when all go to the same endpoint the message's bytes
+are forwarded as they are, one frame for the lot.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from isolated_api.main.queue_access import ReplyReader, RequestWriter
+from isolated_api.shared.codecs import Codec
+from isolated_api.shared.errors import ChannelClosedError, DuplicateRequestIdError, OverloadedError, QueueFullError
+from isolated_api.shared.messages import CancelRequest, ErrorReply
+
+logger = logging.getLogger("isolated_api.relay")
+
+_MISSING = object()
+_BATCH_LIMIT = 512
+_BATCH_WINDOW = 0.0002  # seconds
+
+# One reader per response queue: two relays on one queue would take each other's replies.
+_queues_in_use: dict[int, Relay] = {}
+_queues_lock = threading.Lock()
+
+
+def relay_reading(response_q: Any) -> Relay | None:
+    """The running relay of this process that reads ``response_q``, if any: replies made in this
+    process can then be handed to it directly (``Relay.route_local``) instead of crossing the queue."""
+    relay = _queues_in_use.get(id(response_q))
+    if relay is None or relay._response_q is not response_q or relay._closed:
+        return None
+    return relay
+
+
+class Endpoint(Protocol):
+    """Where replies for some requests go: a channel in this process, or an HTTP child."""
+
+    name: str
+
+    def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
+        """Called on the relay's reader thread, outside its lock. ``raws[i]`` is ``replies[i]``
+        as the main process pickled it, when known: forwarding those bytes saves pickling again.
+        An entry that is a ``list`` is a bundle: replies that came in one message, all for this
+        endpoint, in order (``flatten`` turns the entries into plain replies)."""
+
+
+def flatten(replies: list[Any]) -> list[Any]:
+    """The replies of ``Endpoint.deliver``'s entries, bundles opened, in order."""
+    if not any(type(reply) is list for reply in replies):
+        return replies
+    flat: list[Any] = []
+    for reply in replies:
+        if type(reply) is list:
+            flat.extend(reply)
+        else:
+            flat.append(reply)
+    return flat
+
+
+@dataclass(slots=True)
+class _Route:
+    endpoint: Endpoint
+    streaming: bool
+    created: float
+
+
+@dataclass(frozen=True)
+class _StopReader:
+    token: str
+
+
+class Relay:
+    def __init__(
+        self,
+        request_q: Any,
+        response_q: Any,
+        *,
+        queue_timeout: float,
+        max_pending: int | None = None,
+        overload_status: int = 503,
+        retry_after: int = 1,
+        cancel_notices: bool = False,
+        observe_round_trip: Callable[[float], None] | None = None,
+        codec: Codec | None = None,
+    ) -> None:
+        self._request_q = request_q
+        self._response_q = response_q
+        self._queue_timeout = queue_timeout
+        # With several HTTP workers each admits up to max_pending on its own; this bound makes
+        # the limit exact for the whole server.
+        self._max_pending = max_pending
+        self._overload = (overload_status, retry_after)
+        # Opt-in: a CancelRequest on request_q would surprise a main loop that doesn't expect it.
+        self._cancel_notices = cancel_notices
+        self._last_reply_at = time.monotonic()
+        self.cancel_notices_sent = 0
+        # Replies handed over in this process (route_local), never on response_q.
+        self.local_replies = 0
+        self.queue_full = 0
+        self.stream_chunks = 0
+        self._observe_round_trip = observe_round_trip
+        self._codec = codec
+        self._writer = RequestWriter(request_q, queue_timeout, codec)
+        self._lock = threading.Lock()
+        self._routes: dict[Hashable, _Route] = {}
+        self._reader: threading.Thread | None = None
+        self._token = ""
+        self._closed = True
+        self.forwarded = 0
+        self.dropped_replies = 0
+        self.rejected = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the reply reader; idempotent."""
+        with self._lock:
+            if self._reader is not None:
+                return
+            with _queues_lock:
+                if id(self._response_q) in _queues_in_use:
+                    raise RuntimeError("this response_q is already read by another running server or channel")
+                _queues_in_use[id(self._response_q)] = self
+            self._closed = False
+            self._token = uuid.uuid4().hex
+            self._reader = threading.Thread(target=self._read_replies, name="isolated-api-relay", daemon=True)
+            self._reader.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stops the reader and forgets every route. Safe to call twice."""
+        with self._lock:
+            reader, self._reader = self._reader, None
+            self._closed = True
+            self._routes.clear()
+        if reader is None:
+            return
+        # The reader is blocked in get(); a sentinel only it recognises wakes it.
+        try:
+            self._response_q.put(_StopReader(self._token))
+        except (ValueError, OSError):
+            pass
+        reader.join(timeout)
+        with _queues_lock:
+            if _queues_in_use.get(id(self._response_q)) is self:
+                del _queues_in_use[id(self._response_q)]
+
+    @property
+    def is_running(self) -> bool:
+        return self._reader is not None
+
+    @property
+    def route_count(self) -> int:
+        """Requests forwarded to the main process and still awaiting their (final) reply."""
+        return len(self._routes)
+
+    @property
+    def pending_count(self) -> int:
+        """Same as ``route_count``: what the whole server awaits from the main process."""
+        return len(self._routes)
+
+    @property
+    def dropped_count(self) -> int:
+        """Replies read from response_q that matched no waiting request (late, unknown, no id)."""
+        return self.dropped_replies
+
+    @property
+    def forwarded_count(self) -> int:
+        """Requests put on request_q so far."""
+        return self.forwarded
+
+    @property
+    def rejected_count(self) -> int:
+        """Requests refused by the server-wide max_pending bound."""
+        return self.rejected
+
+    # -- requests (any thread) ---------------------------------------------------------------
+
+    def forward(
+        self,
+        endpoint: Endpoint,
+        request_id: Hashable,
+        *,
+        request: Any = None,
+        payload: bytes | None = None,
+        streaming: bool = False,
+    ) -> None:
+        """Routes replies for ``request_id`` to ``endpoint``, then puts the request on
+        ``request_q``. The route exists before the put, so no reply can outrun it."""
+        with self._lock:
+            if self._closed:
+                raise ChannelClosedError("the server is not running")
+            if request_id in self._routes:
+                raise DuplicateRequestIdError(f"request id {request_id!r} is already awaiting a reply")
+            if self._max_pending is not None and len(self._routes) >= self._max_pending:
+                self.rejected += 1
+                raise OverloadedError(
+                    f"server busy: {self._max_pending} requests already awaiting replies",
+                    retry_after=self._overload[1],
+                    status_code=self._overload[0],
+                )
+            self._routes[request_id] = _Route(endpoint, streaming, time.monotonic())
+        try:
+            self._writer.put(request, payload)
+        except queue.Full:
+            self.queue_full += 1
+            self._forget(request_id, endpoint)
+            raise QueueFullError(
+                f"the main process's request queue stayed full for {self._queue_timeout:g} s"
+            ) from None
+        except (ValueError, OSError) as exc:  # the queue was closed
+            self._forget(request_id, endpoint)
+            raise ChannelClosedError(f"the request queue is closed: {exc}") from None
+        self.forwarded += 1
+
+    def abandon(self, endpoint: Endpoint, request_id: Hashable, reason: str = "cancelled") -> bool:
+        """The endpoint gave up on ``request_id`` (timeout, client gone). Later replies are dropped."""
+        forgotten = self._forget(request_id, endpoint)
+        if forgotten:
+            self._notify_cancelled([request_id], reason)
+        return forgotten
+
+    def detach(self, endpoint: Endpoint, reason: str = "worker_died") -> list[Hashable]:
+        """Forgets every route of ``endpoint`` (it closed or died) and returns their ids."""
+        with self._lock:
+            ids = [rid for rid, route in self._routes.items() if route.endpoint is endpoint]
+            for rid in ids:
+                del self._routes[rid]
+        self._notify_cancelled(ids, reason)
+        return ids
+
+    def _notify_cancelled(self, ids: list[Hashable], reason: str) -> None:
+        if not self._cancel_notices or self._closed:
+            return
+        for request_id in ids:
+            try:
+                self._writer.put(CancelRequest(request_id, reason), None)
+                self.cancel_notices_sent += 1
+            except (queue.Full, ValueError, OSError):
+                logger.warning("could not tell the main process that request %r was cancelled", request_id)
+
+    def facts(self) -> dict[str, Any]:
+        """The main side's view for health checks: what is pending and how fresh replies are."""
+        now = time.monotonic()
+        with self._lock:
+            oldest = min((route.created for route in self._routes.values()), default=None)
+            pending = len(self._routes)
+        return {
+            "pending": pending,
+            "oldest_pending_age": 0.0 if oldest is None else now - oldest,
+            "last_reply_age": now - self._last_reply_at,
+            "forwarded": self.forwarded,
+            "dropped": self.dropped_replies,
+            "rejected": self.rejected,
+            "queue_full": self.queue_full,
+            "stream_chunks": self.stream_chunks,
+            "cancel_notices": self.cancel_notices_sent,
+        }
+
+    def _forget(self, request_id: Hashable, endpoint: Endpoint) -> bool:
+        with self._lock:
+            route = self._routes.get(request_id)
+            if route is None or route.endpoint is not endpoint:
+                return False
+            del self._routes[request_id]
+            return True
+
+    def answers_everything(self, replies: list[Any]) -> bool:
+        """True when ``replies`` end every request the server still awaits (each a reply to a
+        unary request, one per request): nothing else is coming that they could share a write
+        with. Read without the lock: the answer only decides how soon a batcher writes."""
+        routes = self._routes
+        if len(routes) > len(replies):
+            return False
+        answered: set[int] = set()
+        for reply in replies:
+            try:
+                route = routes.get(getattr(reply, "id", _MISSING))
+            except TypeError:  # an unhashable id: routed (and dropped) as usual, not decided here
+                return False
+            if route is None or route.streaming:
+                return False
+            answered.add(id(route))
+        return len(answered) >= len(routes)
+
+    def route_local(self, replies: list[Any]) -> None:
+        """Routes replies made in this process as if they had been read from ``response_q`` (one
+        bundle: forwarded to a worker in one frame when they all belong to it), on the caller's
+        thread. What a ``ReplyBatcher`` does when this relay reads its queue: no pickle, pipe
+        write, wake-up and unpickle on the way through ``response_q``."""
+        self.local_replies += len(replies)
+        self._route_batch([(replies, None)], "")
+
+    # -- replies (reader thread) -------------------------------------------------------------
+
+    def _read_replies(self) -> None:
+        reader = ReplyReader(self._response_q, self._codec)
+        token = self._token
+        while True:
+            try:
+                batch = [reader.get()]
+            except (ValueError, OSError, EOFError) as exc:
+                logger.error("response queue unusable, reply reader stops: %r", exc)
+                return
+            except Exception:
+                # A reply the main process could pickle but we cannot unpickle: we can't know its
+                # id, so its waiter will time out. Keep serving the others.
+                logger.exception("a reply could not be read from response_q")
+                self.dropped_replies += 1
+                continue
+            # Drain what is already queued: one wake-up per endpoint for a burst of replies.
+            window_ends = time.perf_counter() + _BATCH_WINDOW
+            try:
+                while len(batch) < _BATCH_LIMIT and time.perf_counter() < window_ends:
+                    batch.append(reader.get_nowait())
+            except queue.Empty:
+                pass
+            except Exception:
+                logger.exception("a reply could not be read from response_q")
+                self.dropped_replies += 1
+            if self._route_batch(batch, token):
+                return
+
+    def _route_batch(self, batch: list[tuple[Any, bytes | None]], token: str) -> bool:
+        stop = False
+        ended: list[float] = []
+        by_endpoint: dict[int, tuple[Endpoint, list[Any], list[bytes | None]]] = {}
+
+        def add(endpoint: Endpoint, reply: Any, raw: bytes | None) -> None:
+            entry = by_endpoint.get(id(endpoint))
+            if entry is None:
+                by_endpoint[id(endpoint)] = (endpoint, [reply], [raw])
+            else:
+                entry[1].append(reply)
+                entry[2].append(raw)
+
+        with self._lock:
+            self._last_reply_at = time.monotonic()
+            for reply, raw in batch:
+                if type(reply) is list and len(reply) == 1 and raw is None:
+                    # A bundle of one with no bytes to forward (a batcher's lone reply): sent as a
+                    # plain reply, whose frame carries its id as text rather than pickled.
+                    reply = reply[0]
+                if type(reply) is list:
+                    targets = [self._claim(member, ended) for member in reply]
+                    first = targets[0] if targets else None
+                    if first is not None and all(target is first for target in targets):
+                        add(first, reply, raw)  # the whole bundle, as it was pickled
+                    else:
+                        for member, target in zip(reply, targets, strict=True):
+                            if target is not None:
+                                add(target, member, None)
+                    continue
+                if type(reply) is _StopReader:
+                    stop = stop or reply.token == token
+                    continue
+                endpoint = self._claim(reply, ended)
+                if endpoint is not None:
+                    add(endpoint, reply, raw)
+        for endpoint, replies, raws in by_endpoint.values():
+            try:
+                endpoint.deliver(replies, raws)
+            except Exception:
+                logger.exception("delivering %d replies to %s failed", len(replies), endpoint.name)
+        # After the replies are written: the metric (~1 us each) neither delays them nor holds
+        # the lock that forward() needs.
+        observe = self._observe_round_trip
+        if observe is not None:
+            for seconds in ended:
+                observe(seconds)
+        return stop
+
+    def _claim(self, reply: Any, ended: list[float]) -> Endpoint | None:
+        """The endpoint ``reply`` goes to (None: dropped and counted); a final reply ends its
+        route, and its round trip is added to ``ended``. Called with the lock held."""
+        request_id = getattr(reply, "id", _MISSING)
+        try:
+            route = self._routes.get(request_id)
+        except TypeError:  # unhashable id
+            route = None
+        if route is None:
+            self.dropped_replies += 1
+            logger.debug("dropped a reply for unknown or abandoned id %r", request_id)
+            return None
+        if route.streaming:
+            self.stream_chunks += 1
+        if not route.streaming or getattr(reply, "is_final", False) or type(reply) is ErrorReply:
+            del self._routes[request_id]
+            if self._observe_round_trip is not None:
+                ended.append(self._last_reply_at - route.created)
+        return route.endpoint

@@ -1,0 +1,407 @@
+"""ServerBuilder: a fluent recipe for a Server. ``.routes``, ``.subprocess`` and ``.uvicorn`` are
+focused configurers; each ``with_*`` returns the configurer and ``done()`` returns the builder."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from isolated_api.main.subprocess_manager import START_METHODS
+from isolated_api.server.server import Server
+from isolated_api.shared.codecs import Codec, PickleCodec
+from isolated_api.shared.config import (
+    DEFAULT_CHILD_GC_THRESHOLD,
+    ApiConfig,
+    ConfigError,
+    IPCConfig,
+    UvicornConfig,
+    check_gc_threshold,
+)
+from isolated_api.shared.cors import CorsPolicy
+from isolated_api.shared.readiness import HealthSettings
+from isolated_api.shared.recipe import (
+    AppRecipe,
+    BuildError,
+    ExceptionHandlerSpec,
+    MiddlewareSpec,
+    RouterSpec,
+    RouteSpec,
+)
+from isolated_api.shared.restart_policy import RestartPolicy
+from isolated_api.shared.spec import ServerSpec
+
+_HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"}
+
+
+class RouteConfigurer:
+    """Routes, routers, exception handlers, middleware, CORS and lifespan of the app."""
+
+    def __init__(self, builder: ServerBuilder) -> None:
+        self._builder = builder
+        self._recipe = builder._recipe
+
+    def with_route(
+        self,
+        path: str,
+        handler: Callable[..., Any],
+        methods: Sequence[str] | None = None,
+        response_model: Any = None,
+        tags: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> RouteConfigurer:
+        """Adds ``handler`` at ``path`` (``methods`` default to GET). ``kwargs`` go to FastAPI's
+        ``add_api_route`` (``status_code``, ``summary``, ``dependencies``...)."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigError(f"route path must start with '/', got {path!r}")
+        if not callable(handler):
+            raise ConfigError(f"handler for {path} must be callable, got {handler!r}")
+        chosen = tuple(m.upper() for m in (methods or ("GET",)))
+        unknown = [m for m in chosen if m not in _HTTP_METHODS]
+        if unknown:
+            raise ConfigError(f"route {path}: unknown HTTP method(s) {unknown}")
+        self._recipe.routes.append(RouteSpec(path, handler, chosen, response_model, tuple(tags or ()), dict(kwargs)))
+        return self
+
+    def with_router(self, router: Any, prefix: str = "", tags: Sequence[str] | None = None) -> RouteConfigurer:
+        """Includes a FastAPI ``APIRouter`` under ``prefix``."""
+        if not hasattr(router, "routes"):
+            raise ConfigError(f"with_router needs a fastapi.APIRouter, got {type(router).__name__}")
+        if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise ConfigError(f"router prefix must start with '/' and not end with '/', got {prefix!r}")
+        self._recipe.routers.append(RouterSpec(router, prefix, tuple(tags or ())))
+        return self
+
+    def with_exception_handler(
+        self, exc_class_or_status: int | type[BaseException], handler: Callable[..., Any]
+    ) -> RouteConfigurer:
+        """``handler(request, exc)`` answers for an exception class or an HTTP status code."""
+        is_class = isinstance(exc_class_or_status, type) and issubclass(exc_class_or_status, BaseException)
+        if not is_class and not isinstance(exc_class_or_status, int):
+            raise ConfigError(
+                f"exception handler key must be an exception class or a status code, got {exc_class_or_status!r}"
+            )
+        if not callable(handler):
+            raise ConfigError(f"exception handler must be callable, got {handler!r}")
+        self._recipe.exception_handlers.append(ExceptionHandlerSpec(exc_class_or_status, handler))
+        return self
+
+    def with_middleware(self, cls: type, **options: Any) -> RouteConfigurer:
+        """Adds an ASGI middleware class. The first added is the outermost (sees requests first)."""
+        if not isinstance(cls, type):
+            raise ConfigError(f"middleware must be a class taking the ASGI app first, got {cls!r}")
+        self._recipe.middleware.append(MiddlewareSpec(cls, dict(options)))
+        return self
+
+    def with_cors(
+        self,
+        origins: Sequence[str],
+        allow_credentials: bool = False,
+        allow_methods: Sequence[str] = ("*",),
+        allow_headers: Sequence[str] = ("*",),
+    ) -> RouteConfigurer:
+        """CORS for browser clients; checked now (credentials with ``"*"`` is refused)."""
+        self._recipe.cors = CorsPolicy.of(origins, allow_credentials, allow_methods, allow_headers)
+        return self
+
+    def with_health(
+        self, live_path: str = "/health/live", ready_path: str = "/health/ready", deadline: float = 1.0
+    ) -> RouteConfigurer:
+        """The built-in health routes (on by default): ``live_path`` answers 200 while the HTTP
+        process is up; ``ready_path`` answers 200 only if the main process answers a probe within
+        ``deadline`` seconds and is not sitting on requests, else 503. Both report pending,
+        max_pending, rejected and dropped counts, restarts, uptime and the last error."""
+        self._recipe.health = HealthSettings(live_path, ready_path, deadline)
+        return self
+
+    def with_metrics(self, path: str = "/metrics") -> RouteConfigurer:
+        """``GET path`` serves Prometheus metrics for the whole server (on by default at
+        ``/metrics``): requests by route and status, pending, rejections by reason, dropped
+        replies, IPC round-trip latency, stream chunks, cancel notices, worker restarts."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigError(f"metrics path must start with '/', got {path!r}")
+        self._recipe.metrics_path = path
+        return self
+
+    def without_metrics(self) -> RouteConfigurer:
+        """No ``/metrics`` route and no per-request counting."""
+        self._recipe.metrics_path = None
+        return self
+
+    def without_health(self) -> RouteConfigurer:
+        """No built-in health routes."""
+        self._recipe.health = None
+        return self
+
+    def with_lifespan(self, lifespan: Callable[..., Any]) -> RouteConfigurer:
+        """An ``@asynccontextmanager`` taking the app, run inside the serving process."""
+        if not callable(lifespan):
+            raise ConfigError(f"lifespan must be callable, got {lifespan!r}")
+        self._recipe.lifespan = lifespan
+        return self
+
+    def done(self) -> ServerBuilder:
+        return self._builder
+
+
+class SubprocessConfigurer:
+    """``with_ipc`` puts the HTTP API in a child process linked to this one by the two queues."""
+
+    def __init__(self, builder: ServerBuilder) -> None:
+        self._builder = builder
+
+    def with_ipc(self, request_q: Any, response_q: Any) -> SubprocessConfigurer:
+        """Enables subprocess mode. Requests arrive on ``request_q``; put replies (same ``.id``)
+        on ``response_q``. Any object with ``put``/``get`` works (``multiprocessing.Queue``,
+        ``queue.Queue``...). Only the server reads ``response_q``."""
+        for name, q in (("request_q", request_q), ("response_q", response_q)):
+            if not (callable(getattr(q, "put", None)) and callable(getattr(q, "get", None))):
+                raise ConfigError(f"{name} must be a queue with put() and get(), got {type(q).__name__}")
+        if request_q is response_q:
+            raise ConfigError("request_q and response_q must be two different queues")
+        self._builder._queues = (request_q, response_q)
+        return self
+
+    def with_log_file(self, path: str) -> SubprocessConfigurer:
+        """Everything the child writes (logging, uvicorn, print, native fd 1/2) goes to ``path``."""
+        self._builder._api = dataclasses.replace(self._builder._api, log_file=str(path))
+        return self
+
+    def with_poll_interval(self, seconds: float) -> SubprocessConfigurer:
+        """Kept for compatibility; validated, but replies are read without polling."""
+        self._builder._ipc = dataclasses.replace(self._builder._ipc, poll_interval=seconds)
+        return self
+
+    def with_queue_timeout(self, seconds: float) -> SubprocessConfigurer:
+        """How long to wait for room in a bounded, full ``request_q`` before answering 503."""
+        self._builder._ipc = dataclasses.replace(self._builder._ipc, queue_timeout=seconds)
+        return self
+
+    def with_max_pending(self, count: int) -> SubprocessConfigurer:
+        """Requests awaiting replies at once; past it, 503 + Retry-After."""
+        self._builder._ipc = dataclasses.replace(self._builder._ipc, max_pending=count)
+        return self
+
+    def with_overload_status(self, status: int, retry_after: int = 1) -> SubprocessConfigurer:
+        """Answer past ``max_pending`` with 503 (default) or 429, and this ``Retry-After``."""
+        self._builder._ipc = dataclasses.replace(self._builder._ipc, overload_status=status, retry_after=retry_after)
+        return self
+
+    def with_config(self, config: IPCConfig) -> SubprocessConfigurer:
+        if not isinstance(config, IPCConfig):
+            raise ConfigError(f"expected an IPCConfig, got {type(config).__name__}")
+        self._builder._ipc = config
+        return self
+
+    def with_auto_restart(
+        self, max_restarts: int = 5, backoff: float = 0.5, max_backoff: float = 10.0, window: float = 60.0
+    ) -> SubprocessConfigurer:
+        """Replace an HTTP worker that dies without ``stop()`` asking (crash, SIGKILL, OOM kill,
+        ``limit_max_requests``): at most ``max_restarts`` times per ``window`` seconds, waiting
+        ``backoff`` seconds before the first restart and doubling up to ``max_backoff``. Once the
+        budget is spent the worker is given up on (logged; ``server.is_running`` turns False when
+        none is left). Off by default."""
+        self._builder._restart_policy = RestartPolicy(max_restarts, backoff, max_backoff, window)
+        return self
+
+    def with_cancellation(self, enabled: bool = True) -> SubprocessConfigurer:
+        """Tell the main process when nobody waits for a request any more: a client that
+        disconnects cancels its handler, and a ``CancelRequest(id, reason)`` goes on ``request_q``
+        for a request that timed out, was cancelled, or whose worker died. Off by default: a main
+        loop must expect these messages (the ``Engine`` companion does)."""
+        self._builder._recipe.cancel_on_disconnect = enabled
+        self._builder._cancel_notices = enabled
+        return self
+
+    def with_codec(self, codec: Codec) -> SubprocessConfigurer:
+        """How requests and replies cross between processes: ``PickleCodec()`` (default) or
+        ``MsgspecCodec(*struct_types)``, with which the queues carry MessagePack bytes that the main
+        process decodes with ``server.codec`` (the ``Engine`` companion does it itself)."""
+        needed = ("encode", "decode", "encode_control", "encode_id", "decode_id")
+        if not all(callable(getattr(codec, name, None)) for name in needed):
+            raise ConfigError(f"expected a codec (PickleCodec, MsgspecCodec), got {codec!r}")
+        self._builder._codec = codec
+        return self
+
+    def with_start_method(self, method: str) -> SubprocessConfigurer:
+        """``"spawn"`` (default: safe with threads, CUDA, macOS), ``"forkserver"`` or ``"fork"``."""
+        if method not in START_METHODS:
+            raise ConfigError(f"start method must be one of {START_METHODS}, got {method!r}")
+        self._builder._start_method = method
+        return self
+
+    def with_gc_threshold(self, first: int | None) -> SubprocessConfigurer:
+        """The HTTP child's first garbage-collection threshold (``gc.set_threshold(first)``),
+        100,000 by default; ``None`` keeps the interpreter's (700 in CPython 3.11).
+
+        Requests awaiting the main process stay alive across young collections, and at 700 each
+        collection walks all of them again: with 256 requests in flight that cost the child a
+        fifth more work per request (measured with callgrind). A higher threshold lets unreachable
+        cycles wait longer before they are freed; the main process is not touched."""
+        check_gc_threshold(first)
+        self._builder._gc_threshold = first
+        return self
+
+    def done(self) -> ServerBuilder:
+        return self._builder
+
+
+class UvicornConfigurer:
+    """uvicorn settings for the serving process."""
+
+    def __init__(self, builder: ServerBuilder) -> None:
+        self._builder = builder
+
+    def _set(self, **changes: Any) -> UvicornConfigurer:
+        api = self._builder._api
+        self._builder._api = dataclasses.replace(api, uvicorn=dataclasses.replace(api.uvicorn, **changes))
+        return self
+
+    def with_workers(self, workers: int) -> UvicornConfigurer:
+        return self._set(workers=workers)
+
+    def with_timeout_keep_alive(self, seconds: int) -> UvicornConfigurer:
+        return self._set(timeout_keep_alive=seconds)
+
+    def with_limit_concurrency(self, limit: int | None) -> UvicornConfigurer:
+        return self._set(limit_concurrency=limit)
+
+    def with_limit_max_requests(self, limit: int | None) -> UvicornConfigurer:
+        return self._set(limit_max_requests=limit)
+
+    def with_backlog(self, backlog: int) -> UvicornConfigurer:
+        return self._set(backlog=backlog)
+
+    def with_log_level(self, level: str) -> UvicornConfigurer:
+        return self._set(log_level=level)
+
+    def with_access_log(self, enabled: bool = True) -> UvicornConfigurer:
+        return self._set(access_log=enabled)
+
+    def with_ssl(self, keyfile: str, certfile: str) -> UvicornConfigurer:
+        return self._set(ssl_keyfile=str(keyfile), ssl_certfile=str(certfile))
+
+    def with_config(self, config: UvicornConfig) -> UvicornConfigurer:
+        if not isinstance(config, UvicornConfig):
+            raise ConfigError(f"expected a UvicornConfig, got {type(config).__name__}")
+        self._builder._api = dataclasses.replace(self._builder._api, uvicorn=config)
+        return self
+
+    def done(self) -> ServerBuilder:
+        return self._builder
+
+
+class ServerBuilder:
+    """Fluent builder for a ``Server``::
+
+    server = (
+        ServerBuilder("inference")
+        .with_port(8000)
+        .routes.with_route("/predict", predict, methods=["POST"]).done()
+        .subprocess.with_ipc(request_q, response_q).done()
+        .build()
+    )
+    """
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"server name must be a non-empty string, got {name!r}")
+        self.name = name
+        self._api = ApiConfig()
+        self._ipc = IPCConfig()
+        self._recipe = AppRecipe()
+        self._queues: tuple[Any, Any] | None = None
+        self._start_method = "spawn"
+        self._restart_policy: RestartPolicy | None = None
+        self._cancel_notices = False
+        self._codec: Codec | None = None
+        self._gc_threshold: int | None = DEFAULT_CHILD_GC_THRESHOLD
+        self._routes = RouteConfigurer(self)
+        self._subprocess = SubprocessConfigurer(self)
+        self._uvicorn = UvicornConfigurer(self)
+
+    @property
+    def routes(self) -> RouteConfigurer:
+        return self._routes
+
+    @property
+    def subprocess(self) -> SubprocessConfigurer:
+        return self._subprocess
+
+    @property
+    def uvicorn(self) -> UvicornConfigurer:
+        return self._uvicorn
+
+    def with_host(self, host: str) -> ServerBuilder:
+        self._api = dataclasses.replace(self._api, host=host)
+        return self
+
+    def with_port(self, port: int) -> ServerBuilder:
+        """``0`` binds a free ephemeral port (``server.port`` tells which once started)."""
+        self._api = dataclasses.replace(self._api, port=port)
+        return self
+
+    def with_title(self, title: str) -> ServerBuilder:
+        self._api = dataclasses.replace(self._api, title=title)
+        return self
+
+    def with_description(self, description: str) -> ServerBuilder:
+        self._api = dataclasses.replace(self._api, description=description)
+        return self
+
+    def with_version(self, version: str) -> ServerBuilder:
+        self._api = dataclasses.replace(self._api, version=version)
+        return self
+
+    def with_timeout(self, seconds: float) -> ServerBuilder:
+        """How long a request waits for the main process's reply before 504."""
+        self._api = dataclasses.replace(self._api, response_timeout=seconds)
+        return self
+
+    def with_config(self, config: ApiConfig) -> ServerBuilder:
+        if not isinstance(config, ApiConfig):
+            raise ConfigError(f"expected an ApiConfig, got {type(config).__name__}")
+        self._api = config
+        return self
+
+    def build(self) -> Server:
+        """Checks everything that can be checked here and returns the ``Server``."""
+        api = self._api
+        api.check_log_file()
+        api.uvicorn.check_files()
+        subprocess_mode = self._queues is not None
+        if api.uvicorn.workers > 1 and not subprocess_mode:
+            raise BuildError(
+                f"workers={api.uvicorn.workers} needs subprocess mode: add .subprocess.with_ipc(request_q, response_q) "
+                "and the server runs that many HTTP worker processes on one port, all linked to this process"
+            )
+        if not subprocess_mode and api.log_file is not None:
+            raise BuildError(
+                "log_file isolates the HTTP child's output; it needs subprocess mode (.subprocess.with_ipc). "
+                "In direct mode uvicorn logs through this process's logging"
+            )
+        recipe = dataclasses.replace(
+            self._recipe,
+            title=api.title,
+            description=api.description,
+            version=api.version,
+            routes=list(self._recipe.routes),
+            routers=list(self._recipe.routers),
+            middleware=list(self._recipe.middleware),
+            exception_handlers=list(self._recipe.exception_handlers),
+        )
+        if subprocess_mode and self._start_method != "fork":
+            recipe.prepare_for_spawn()
+        spec = ServerSpec(
+            name=self.name,
+            recipe=recipe,
+            api=api,
+            ipc=self._ipc,
+            codec=self._codec or PickleCodec(),
+            start_method=self._start_method,
+            restart_policy=self._restart_policy,
+            cancel_notices=self._cancel_notices,
+            gc_threshold=self._gc_threshold,
+        )
+        request_q, response_q = self._queues or (None, None)
+        return Server(spec, request_q, response_q)

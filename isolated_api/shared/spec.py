@@ -1,0 +1,35 @@
+"""Every setting of one server, built once by ``ServerBuilder.build()`` and handed down whole: the
+``Server`` reads it, the supervisor starts workers from it, and each HTTP worker receives it as its
+one argument of configuration (pickled under ``spawn``, inherited under ``fork``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from isolated_api.shared.codecs import Codec, PickleCodec
+from isolated_api.shared.config import ApiConfig, IPCConfig
+from isolated_api.shared.recipe import AppRecipe
+from isolated_api.shared.restart_policy import RestartPolicy
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    recipe: AppRecipe
+    api: ApiConfig = field(default_factory=ApiConfig)
+    ipc: IPCConfig = field(default_factory=IPCConfig)
+    # How messages cross between the workers and the main process.
+    codec: Codec = field(default_factory=PickleCodec)
+    start_method: str = "spawn"
+    # None: a dead worker is not replaced.
+    restart_policy: RestartPolicy | None = None
+    # A CancelRequest on request_q for requests nobody waits for any more (opt-in).
+    cancel_notices: bool = False
+    # The HTTP worker's first garbage-collection threshold (None: the interpreter's default).
+    gc_threshold: int | None = None
+    startup_timeout: float = 30.0
+    # How long a worker has to exit after SIGTERM before SIGKILL.
+    kill_timeout: float = 2.0
+    # SIGTERM/SIGINT sent to an HTTP worker itself (not through stop()) drains it for this long.
+    signal_drain_timeout: float = 10.0
+

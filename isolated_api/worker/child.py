@@ -1,0 +1,108 @@
+"""The HTTP child's main function: logging, the channel over its private pipes, the app, uvicorn
+on the listening socket the parent bound, and a lifeline that ends the child when the parent dies.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import pickle
+import socket
+import threading
+from multiprocessing.connection import Connection
+
+from isolated_api.shared.output import configure_logging
+from isolated_api.shared.spec import ServerSpec
+from isolated_api.worker.app import build_app
+from isolated_api.worker.channel import IPCChannel
+from isolated_api.worker.drain import DrainState
+from isolated_api.worker.draining_server import DrainingServer
+from isolated_api.worker.metrics_recorder import BatchingRecorder
+from isolated_api.worker.metrics_routes import MetricsHooks
+from isolated_api.worker.pipe_link import PipeLink
+from isolated_api.worker.uvicorn_config import uvicorn_config
+
+logger = logging.getLogger("isolated_api.child")
+
+# After the parent dies, how long a clean shutdown may take before the child exits regardless
+# (DESIGN.md invariant 4: gone within a second).
+ORPHAN_EXIT_DEADLINE = 0.8
+ORPHAN_EXIT_CODE = 70
+
+
+def _watch_lifeline(lifeline: Connection, server: DrainingServer, finished: threading.Event) -> None:
+    try:
+        # Nothing is ever written: this read returns only when the parent's end closes.
+        os.read(lifeline.fileno(), 1)
+    except OSError:
+        pass
+    if finished.is_set():
+        return
+    logger.warning("the main process is gone; shutting down")
+    server.request_exit_now()
+    if not finished.wait(ORPHAN_EXIT_DEADLINE):
+        os._exit(ORPHAN_EXIT_CODE)
+
+
+def child_main(
+    spec_or_bytes: ServerSpec | bytes,
+    parent_fds: tuple[int, ...],
+    sock: socket.socket,
+    uplink: Connection,
+    downlink: Connection,
+    lifeline: Connection,
+) -> None:
+    # Under spawn the spec arrives pickled so that unpickling it, which imports the user's
+    # modules, happens after the output redirection: their import-time output lands in the log
+    # file too. Under fork it is inherited as is.
+    spec: ServerSpec = pickle.loads(spec_or_bytes) if isinstance(spec_or_bytes, bytes) else spec_or_bytes
+    # Under fork the child inherits the parent's ends of its pipes; holding them would hide the
+    # parent's death (no end-of-file), so the child closes them first.
+    for fd in parent_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    if spec.gc_threshold is not None:
+        # Only the first generation: requests in flight keep their objects alive across young
+        # collections, so at the default (700) each collection walks them again; see
+        # DEFAULT_CHILD_GC_THRESHOLD for the figures.
+        gc.set_threshold(spec.gc_threshold)
+    log_config = configure_logging(spec.api.uvicorn.log_level, to_file=spec.api.log_file is not None)
+    drain = DrainState()
+    server_ref: list[DrainingServer] = []
+    link = PipeLink(
+        uplink,
+        downlink,
+        on_drain=lambda timeout: server_ref[0].request_drain(timeout),
+        on_lost=lambda reason: server_ref[0].request_exit_now(),
+        codec=spec.codec,
+    )
+    channel = IPCChannel(config=spec.ipc, response_timeout=spec.api.response_timeout, link=link)
+    recorder = BatchingRecorder(link.send_metrics, channel)
+
+    async def render_metrics() -> bytes | None:
+        # This worker's counts first, on the same pipe: the main process renders them too.
+        recorder.flush()
+        return await link.scrape()
+
+    metrics = MetricsHooks(record=recorder.record, render=render_metrics, flush=recorder.flush)
+    app = build_app(spec.recipe, channel=channel, drain=drain, probe=link.probe, metrics=metrics)
+    port = sock.getsockname()[1]
+    server = DrainingServer(
+        uvicorn_config(app, spec.api, log_config),
+        drain,
+        signal_drain_timeout=spec.signal_drain_timeout,
+        on_started=lambda _: link.send_ready({"pid": os.getpid(), "port": port}),
+        on_drain_expired=channel.stop_polling,
+    )
+    server_ref.append(server)
+    finished = threading.Event()
+    threading.Thread(
+        target=_watch_lifeline, args=(lifeline, server, finished), name="isolated-api-lifeline", daemon=True
+    ).start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        finished.set()

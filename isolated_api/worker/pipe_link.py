@@ -1,0 +1,211 @@
+"""The HTTP child's end of its private pipes, driven by the child's event loop.
+
+Both pipes are asyncio pipe transports: reading never blocks the loop, writing buffers instead
+of blocking, and end-of-file on the downlink means the main process is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from multiprocessing.connection import Connection
+from typing import Any, cast
+
+from isolated_api.shared import errors
+from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
+from isolated_api.shared.framing import FrameDecoder, Kind, frame, request_body, split_request_body
+from isolated_api.shared.link import LinkSink
+
+_REJECTIONS: dict[str, type[errors.IPCError]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.DuplicateRequestIdError,
+        errors.QueueFullError,
+        errors.ChannelClosedError,
+        errors.OverloadedError,
+        errors.RemoteError,
+    )
+}
+
+
+def _rejection(name: str, message: str, status: int, headers: dict[str, str]) -> errors.IPCError:
+    # Built without the subclass's __init__ (signatures differ): same class, message, status, headers.
+    cls = _REJECTIONS.get(name, errors.IPCError)
+    error = cls.__new__(cls)
+    errors.IPCError.__init__(error, message, headers=headers)
+    error.status_code = status
+    return error
+
+
+class _Downlink(asyncio.Protocol):
+    def __init__(self, link: PipeLink, sink: LinkSink) -> None:
+        self._link = link
+        self._sink = sink
+        self._decoder = FrameDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        codec = self._link.codec
+        replies: list[Any] = []
+        for kind, body in self._decoder.feed(data):
+            if kind is Kind.REPLY:
+                request_id, payload = split_request_body(body, codec.decode_id)
+                try:
+                    replies.append(codec.decode(payload))
+                except CodecError as exc:
+                    self._sink.on_failure(request_id, errors.RemoteError(f"the reply could not be decoded: {exc}", 500))
+            elif kind is Kind.REPLIES:
+                ids, payload = split_request_body(body, codec.decode_control)
+                try:
+                    bundle = codec.decode(payload)
+                    if type(bundle) is not list:
+                        raise CodecError(f"expected a list of replies, got {type(bundle).__name__}")
+                    replies.extend(bundle)
+                except CodecError as exc:
+                    message = f"the reply could not be decoded: {exc}"
+                    for request_id in cast(tuple[Hashable, ...], ids):
+                        self._sink.on_failure(request_id, errors.RemoteError(message, 500))
+            elif kind is Kind.REJECT:
+                request_id, name, message, status, headers = codec.decode_control(body)
+                self._sink.on_failure(request_id, _rejection(name, message, status, headers))
+            elif kind is Kind.DRAIN:
+                self._link.on_drain(codec.decode_control(body))
+            elif kind is Kind.PONG:
+                self._link.on_pong(*codec.decode_control(body))
+        if replies:
+            self._sink.on_replies(replies)
+
+    def eof_received(self) -> bool | None:
+        self._link.lost("the main process closed the IPC link")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link.lost("the main process closed the IPC link")
+
+
+class _Uplink(asyncio.BaseProtocol):
+    def __init__(self, link: PipeLink) -> None:
+        self._link = link
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link.lost("the main process stopped reading the IPC link")
+
+
+class PipeLink:
+    def __init__(
+        self,
+        uplink: Connection,
+        downlink: Connection,
+        *,
+        on_drain: Callable[[float], None] = lambda timeout: None,
+        on_lost: Callable[[str], None] = lambda reason: None,
+        codec: Codec | None = None,
+    ) -> None:
+        self.codec: Codec = codec or PickleCodec()
+        self._uplink = uplink
+        self._downlink = downlink
+        self.on_drain = on_drain
+        self._on_lost = on_lost
+        self._sink: LinkSink | None = None
+        self._writer: asyncio.WriteTransport | None = None
+        self._reader: asyncio.BaseTransport | None = None
+        self._lost = False
+        self._probe_seq = 0
+        self._outbox: list[bytes] = []
+        self._probes: dict[int, asyncio.Future[Any]] = {}
+
+    async def open(self, sink: LinkSink) -> None:
+        loop = asyncio.get_running_loop()
+        self._sink = sink
+        self._writer, _ = await loop.connect_write_pipe(lambda: _Uplink(self), self._uplink)
+        self._reader, _ = await loop.connect_read_pipe(lambda: _Downlink(self, sink), self._downlink)
+
+    def send(self, request_id: Hashable, request: Any, *, streaming: bool) -> None:
+        if self._writer is None or self._lost:
+            raise errors.ChannelClosedError("the IPC link to the main process is closed")
+        kind = Kind.STREAM_REQUEST if streaming else Kind.REQUEST
+        codec = self.codec
+        data = frame(kind, request_body(request_id, codec.encode(request), codec.encode_id))
+        if not self._outbox and self._sink is not None and self._sink.pending_count <= 1:
+            # Nothing else awaits the main process, so no other request is likely to share this
+            # write: it leaves now instead of after the loop's turn, and the main process starts
+            # on it while this handler is still suspending (1 connection: see README, Performance).
+            self._writer.write(data)
+            return
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        # Frames written in one loop iteration leave in one write: under load, one syscall and
+        # one wake-up of the relay for many requests instead of one each.
+        if not self._outbox:
+            try:
+                asyncio.get_running_loop().call_soon(self._flush)
+            except RuntimeError:  # no running loop (a stream collected at shutdown): write now
+                if self._writer is not None and not self._lost:
+                    self._writer.write(data)
+                return
+        self._outbox.append(data)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if outbox and self._writer is not None and not self._lost:
+            self._writer.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
+
+    def cancel(self, request_id: Hashable, reason: str = "cancelled") -> None:
+        if self._writer is not None and not self._lost:
+            self._write(frame(Kind.CANCEL, self.codec.encode_control((request_id, reason))))
+
+    async def probe(self, timeout: float) -> dict[str, Any] | None:
+        """Asks the main process's relay for its facts; None if it doesn't answer in time.
+        Travels on the private pipe, never on request_q: health checks don't queue behind work."""
+        facts: dict[str, Any] | None = await self.ask("facts", timeout)
+        return facts
+
+    async def scrape(self, timeout: float = 5.0) -> bytes | None:
+        """The server's metrics as Prometheus text, rendered by the main process."""
+        text: bytes | None = await self.ask("metrics", timeout)
+        return text
+
+    def send_metrics(self, report: dict[str, Any]) -> None:
+        if self._writer is not None and not self._lost:
+            self._write(frame(Kind.METRICS, self.codec.encode_control(report)))
+
+    async def ask(self, what: str, timeout: float) -> Any:
+        if self._writer is None or self._lost:
+            return None
+        self._probe_seq += 1
+        token = self._probe_seq
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._probes[token] = future
+        try:
+            self._write(frame(Kind.PROBE, self.codec.encode_control((token, what))))
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            self._probes.pop(token, None)
+
+    def on_pong(self, token: int, answer: Any) -> None:
+        future = self._probes.get(token)
+        if future is not None and not future.done():
+            future.set_result(answer)
+
+    def send_ready(self, info: Any) -> None:
+        if self._writer is not None and not self._lost:
+            self._writer.write(frame(Kind.READY, self.codec.encode_control(info)))
+
+    def lost(self, reason: str) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        if self._sink is not None:
+            self._sink.on_link_lost(reason)
+        self._on_lost(reason)
+
+    async def close(self) -> None:
+        self._flush()  # what was queued this turn (the last metrics report) still leaves
+        self._lost = True
+        for transport in (self._writer, self._reader):
+            if transport is not None:
+                transport.close()
+        self._writer = self._reader = None
