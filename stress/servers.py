@@ -22,8 +22,8 @@ from starlette.responses import StreamingResponse
 
 from features.backpressure import load_route
 from isolated_api import IPC, Engine, IPCChannel, ReplyBatcher, Server, ServerBuilder, new_request_id
+from isolated_api.testing import wait_until
 from isolated_api.worker.chunk_stream import END, ChunkStream
-from tests.helpers import wait_until
 
 TOKEN = b"tok\n"
 BURST = 64  # as features/streaming/sse.py

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from isolated_api import Server
+from isolated_api.testing import wait_until
 from stress.cpu_parts import IPC_PARTS, ORDER, parse_raw
 from stress.figures import Figures
 from stress.loadgen import LoadJob, LoadSpec
 from stress.servers import cpu_seconds
-from tests.helpers import wait_until
 
 BODY = b'{"text": "hello world"}'
 CONNECTIONS = 64

@@ -12,10 +12,11 @@ import httpx
 import pytest
 
 from features.backpressure import Job, JobDone, job_route, load_route
+from isolated_api.testing import running, wait_until
 from stress.figures import Figures
 from stress.loadgen import LoadJob, LoadSpec, percentile, run_load
 from stress.servers import close_queues
-from tests.helpers import MainLoop, builder, running, wait_until
+from tests.helpers import MainLoop, builder
 
 pytestmark = pytest.mark.stress
 

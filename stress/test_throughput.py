@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from isolated_api import Server
+from isolated_api.testing import wait_until
 from stress.figures import Figures
 from stress.loadgen import LoadResult, LoadSpec, percentile, run_load
-from tests.helpers import wait_until
 
 pytestmark = pytest.mark.stress
 

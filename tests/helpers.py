@@ -1,23 +1,24 @@
-"""Shared test support: message types, module-level route handlers (the child imports them under
-``spawn``), a main-process loop that answers ``request_q``, and condition waits with deadlines."""
+"""The library's own test support (each slice carries its own): message types, module-level route
+handlers (the child imports them under ``spawn``) and a main loop that answers them; the generic
+helpers come from ``isolated_api.testing``."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
 
-from isolated_api import IPC, ErrorReply, Server, ServerBuilder
+from isolated_api import IPC, ErrorReply, ServerBuilder, testing
+from isolated_api.testing import loopback_builder
 
 
 @dataclass
@@ -75,110 +76,20 @@ def held_until(release: threading.Event, then: Callable[[Any], Any] = answer_upp
     return behaviour
 
 
-class MainLoop:
-    """The user's side: a thread reading ``request_q`` and putting ``behaviour(request)`` on
-    ``response_q`` (``None`` means: don't answer). Each request is answered in its own thread so
-    slow requests don't serialise."""
+class MainLoop(testing.MainLoop):
+    """``isolated_api.testing.MainLoop`` answering with ``answer_upper`` unless told otherwise."""
 
     def __init__(self, request_q: Any, response_q: Any, behaviour: Callable[[Any], Any] = answer_upper) -> None:
-        self.request_q = request_q
-        self.response_q = response_q
-        self.behaviour = behaviour
-        self.received: list[Any] = []
-        self.stopped = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> MainLoop:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while True:
-            try:
-                request = self.request_q.get()
-            except (EOFError, OSError, ValueError):
-                return
-            if isinstance(request, str) and request == "__stop__":
-                return
-            self.received.append(request)
-            threading.Thread(target=self._answer, args=(request,), daemon=True).start()
-
-    def _answer(self, request: Any) -> None:
-        reply = self.behaviour(request)
-        if reply is None or self.stopped:
-            return
-        try:
-            self.response_q.put(reply)
-        except (ValueError, OSError):  # the test finished and closed its queues meanwhile
-            pass
-
-    def stop(self) -> None:
-        self.stopped = True
-        self.request_q.put("__stop__")
-        self._thread.join(5)
+        super().__init__(request_q, response_q, behaviour)
 
 
 def wait_received(main_loop: MainLoop, count: int, timeout: float = 30.0) -> None:
     """Waits until the main loop has received ``count`` requests in all."""
-    wait_until(lambda: len(main_loop.received) >= count, timeout, f"{count} requests in the main process")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0): look at its state.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
+    main_loop.wait_received(count, timeout)
 
 
 def builder(name: str = "test") -> ServerBuilder:
-    return ServerBuilder(name).with_host("127.0.0.1").with_port(0).with_timeout(10.0)
-
-
-@contextmanager
-def running(server: Server) -> Iterator[str]:
-    """Starts the child, yields its base URL, always stops it."""
-    server.start_subprocess()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        server.stop(timeout=5.0)
-
-
-@contextmanager
-def serving_direct(server: Server) -> Iterator[str]:
-    thread = threading.Thread(target=server.start, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.is_running, 10.0, "direct-mode server to start")
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        server.stop(timeout=2.0)
-        thread.join(10)
-
-
-def drain_queue(q: Any) -> list[Any]:
-    items = []
-    while True:
-        try:
-            items.append(q.get(timeout=0.2))
-        except queue.Empty:
-            return items
+    return loopback_builder(name)
 
 
 async def gather_posts(url: str, bodies: list[dict[str, Any]], timeout: float = 30.0) -> list[httpx.Response]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from tests.helpers import wait_until
+from isolated_api.testing import wait_until
 from tests.test_examples import DemoProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

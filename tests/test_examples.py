@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from isolated_api.testing import pid_alive, wait_until
 from tests.cli_process import CliProcess
-from tests.helpers import pid_alive, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from isolated_api.server.serve_tool import SERVING_LINE as SERVING
+from isolated_api.testing import pid_alive, wait_until
 from tests.cli_process import CliProcess
-from tests.helpers import pid_alive, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import MainLoop, builder, running, upper_route, wait_until
+from isolated_api.testing import running, wait_until
+from tests.helpers import MainLoop, builder, upper_route
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import trustme
 
-from tests.helpers import MainLoop, answer_upper, builder, held_until, ping_route, running, upper_route, wait_until
+from isolated_api.testing import running, wait_until
+from tests.helpers import MainLoop, answer_upper, builder, held_until, ping_route, upper_route
 
 
 def test_uvicorn_settings_ssl_serves_https(tmp_path: Path, queues: tuple[Any, Any], main_loop: MainLoop) -> None:

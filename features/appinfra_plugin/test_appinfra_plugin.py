@@ -16,8 +16,9 @@ from appinfra.app import AppBuilder
 from features.appinfra_plugin.serve_app import ping
 from isolated_api.server.appinfra_plugin import ServerPlugin
 from isolated_api.server.serve_tool import SERVING_LINE as SERVING
+from isolated_api.testing import pid_alive, wait_until
 from tests.cli_process import CliProcess
-from tests.helpers import builder, pid_alive, wait_until
+from tests.helpers import builder
 
 APP = ["-m", "features.appinfra_plugin.serve_app"]
 

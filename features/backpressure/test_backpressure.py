@@ -25,7 +25,8 @@ from features.backpressure import (
     submit_unless_disconnected,
 )
 from isolated_api import ErrorReply, IPCChannel, IPCConfig, Server
-from tests.helpers import MainLoop, builder, running, wait_until
+from isolated_api.testing import running, wait_until
+from tests.helpers import MainLoop, builder
 
 
 class Gate:

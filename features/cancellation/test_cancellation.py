@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 
 from isolated_api import CancelRequest
-from tests.helpers import MainLoop, Work, builder, held_until, running, upper_route, wait_received, wait_until
+from isolated_api.testing import running, wait_until
+from tests.helpers import MainLoop, Work, builder, held_until, upper_route, wait_received
 
 
 def _server(queues: tuple[Any, Any], *, cancellation: bool = True, timeout: float = 10.0) -> Any:

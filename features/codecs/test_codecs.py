@@ -21,7 +21,8 @@ from isolated_api import (
     MsgspecCodec,
     PickleCodec,
 )
-from tests.helpers import MainLoop, builder, running
+from isolated_api.testing import running
+from tests.helpers import MainLoop, builder
 
 
 def test_codecs_msgspec_round_trips_declared_types_and_framework_messages() -> None:

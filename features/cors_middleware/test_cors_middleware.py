@@ -25,7 +25,8 @@ from features.cors_middleware.middleware_examples import (
 )
 from isolated_api import ConfigError, Server
 from isolated_api.shared.cors import CorsPolicy
-from tests.helpers import MainLoop, builder, running, upper_route
+from isolated_api.testing import running
+from tests.helpers import MainLoop, builder, upper_route
 
 ALLOWED = "https://app.example"
 REFUSED = "https://evil.example"

@@ -32,7 +32,8 @@ from features.engine.engine_routes import health_route, run_route, stream_route
 from isolated_api.engine.engine import Engine
 from isolated_api.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
 from isolated_api.shared.messages import CancelRequest, ErrorReply
-from tests.helpers import builder, running, wait_until
+from isolated_api.testing import running, wait_until
+from tests.helpers import builder
 
 Queues = tuple[Any, Any]
 

@@ -15,7 +15,8 @@ from features.engine.wire_jobs import Shout, Spell, shout, shout_route, spell, s
 from isolated_api.engine.engine import Engine
 from isolated_api.engine.wire import ENGINE_WIRE_TYPES
 from isolated_api.shared.codecs import MsgspecCodec
-from tests.helpers import builder, running
+from isolated_api.testing import running
+from tests.helpers import builder
 
 
 def test_engine_wire_msgspec_codec_serves_unary_and_streams(queues: tuple[Any, Any]) -> None:

@@ -12,15 +12,8 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import (
-    MainLoop,
-    block_loop_route,
-    builder,
-    held_until,
-    ping_route,
-    upper_route,
-    wait_until,
-)
+from isolated_api.testing import wait_until
+from tests.helpers import MainLoop, block_loop_route, builder, held_until, ping_route, upper_route
 
 
 def _server(queues: tuple[Any, Any]) -> Any:

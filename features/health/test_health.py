@@ -12,7 +12,8 @@ import pytest
 
 from isolated_api.shared.config import ConfigError
 from isolated_api.shared.readiness import HealthSettings, readiness_problem
-from tests.helpers import MainLoop, builder, held_until, ping_route, running, upper_route, wait_received, wait_until
+from isolated_api.testing import running, wait_until
+from tests.helpers import MainLoop, builder, held_until, ping_route, upper_route, wait_received
 
 
 def _server(queues: tuple[Any, Any], deadline: float = 0.5, max_pending: int = 50) -> Any:

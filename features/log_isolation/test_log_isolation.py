@@ -30,7 +30,8 @@ from features.log_isolation.log_routes import (
     redirect_then_emit,
 )
 from isolated_api import BuildError, ConfigError
-from tests.helpers import builder, ping_route, running, wait_until
+from isolated_api.testing import running, wait_until
+from tests.helpers import builder, ping_route
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,18 +14,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from features.workers.worker_routes import Chunk, collect_stream_route, whoami_route
-from tests.helpers import (
-    MainLoop,
-    Work,
-    answer_upper,
-    builder,
-    gather_posts,
-    held_until,
-    ping_route,
-    running,
-    wait_received,
-    wait_until,
-)
+from isolated_api.testing import running, wait_until
+from tests.helpers import MainLoop, Work, answer_upper, builder, gather_posts, held_until, ping_route, wait_received
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -28,9 +28,10 @@ from isolated_api import IPCConfig, Server
 from isolated_api.shared.errors import IPCError, IPCTimeoutError, RemoteError, StreamOverflowError
 from isolated_api.shared.link import LinkSink
 from isolated_api.shared.messages import ErrorReply
+from isolated_api.testing import running, wait_until
 from isolated_api.worker.channel import IPCChannel
 from isolated_api.worker.chunk_stream import END, IDLE, merge_text
-from tests.helpers import MainLoop, builder, pending_route, running, wait_until
+from tests.helpers import MainLoop, builder, pending_route
 
 # -- HTTP side -------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import pytest
 
 from isolated_api.shared.config import ConfigError
 from isolated_api.shared.restart_policy import RestartBudget, RestartPolicy
+from isolated_api.testing import wait_until
 from tests.helpers import (
     FAIL_MARKER_ENV,
     MainLoop,
@@ -26,7 +27,6 @@ from tests.helpers import (
     ping_route,
     upper_route,
     wait_received,
-    wait_until,
 )
 
 

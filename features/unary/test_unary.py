@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from isolated_api import ErrorReply
+from isolated_api.testing import running, serving_direct, wait_until
 from tests.helpers import (
     Done,
     MainLoop,
@@ -25,10 +26,7 @@ from tests.helpers import (
     held_until,
     pending_route,
     ping_route,
-    running,
-    serving_direct,
     upper_route,
-    wait_until,
 )
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 
 from features.workers.worker_routes import Chunk, collect_stream_route, whoami_route
-from tests.helpers import MainLoop, Work, answer_upper, builder, gather_posts, held_until, running, wait_until
+from isolated_api.testing import running, wait_until
+from tests.helpers import MainLoop, Work, answer_upper, builder, gather_posts, held_until
 
 
 def _server(queues: tuple[Any, Any], workers: int, max_pending: int = 1000, restart: bool = False) -> Any:

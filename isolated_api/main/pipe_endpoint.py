@@ -39,6 +39,7 @@ class ServerHooks:
     on_metrics: Callable[[dict[str, Any]], None] | None = None
     render_metrics: Callable[[], bytes] | None = None
 
+
 LostCallback = Callable[["PipeEndpoint", list[Hashable], bool], None]
 
 

@@ -32,4 +32,3 @@ class ServerSpec:
     kill_timeout: float = 2.0
     # SIGTERM/SIGINT sent to an HTTP worker itself (not through stop()) drains it for this long.
     signal_drain_timeout: float = 10.0
-

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from isolated_api.main.metrics_book import HttpKey
+from isolated_api.shared.metrics_report import HttpKey
 from isolated_api.worker.channel import IPCChannel
 
 # Why a frame per loop iteration (per request at one connection) rather than one per interval: a

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from features.streaming.streaming import Generate, emit_tokens, generate_route
+from isolated_api.testing import running, wait_until
 from tests.helpers import (
     Done,
     MainLoop,
@@ -39,10 +40,8 @@ from tests.helpers import (
     builder,
     held_until,
     ping_route,
-    running,
     upper_route,
     wait_received,
-    wait_until,
 )
 
 

@@ -22,7 +22,7 @@ from isolated_api.main.relay import Relay
 from isolated_api.shared.errors import ChannelClosedError, DuplicateRequestIdError, QueueFullError
 from isolated_api.shared.framing import FrameDecoder, Kind, dumps, frame, loads, request_body, split_request_body
 from isolated_api.shared.messages import ErrorReply
-from tests.helpers import wait_until
+from isolated_api.testing import wait_until
 
 
 @dataclass

@@ -16,7 +16,8 @@ from features.streaming.step_loop import StepLoop
 from features.streaming.streaming import generate_route
 from isolated_api import ReplyBatcher
 from isolated_api.main import reply_batcher
-from tests.helpers import Done, Work, answer_upper, builder, drain_queue, running, upper_route, wait_until
+from isolated_api.testing import drain_queue, running, wait_until
+from tests.helpers import Done, Work, answer_upper, builder, upper_route
 
 
 def _replies_in(messages: list[Any]) -> list[Any]:

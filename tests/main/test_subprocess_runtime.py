@@ -24,18 +24,8 @@ import pytest
 from isolated_api import BuildError, ServerBuilder
 from isolated_api.main.subprocess_manager import SubprocessManager
 from isolated_api.shared.config import DEFAULT_CHILD_GC_THRESHOLD
-from tests.helpers import (
-    MainLoop,
-    Work,
-    builder,
-    held_until,
-    new_id,
-    pid_alive,
-    ping_route,
-    running,
-    upper_route,
-    wait_until,
-)
+from isolated_api.testing import pid_alive, running, wait_until
+from tests.helpers import MainLoop, Work, builder, held_until, new_id, ping_route, upper_route
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import selectors
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,42 +30,9 @@ from isolated_api.shared.errors import (
 )
 from isolated_api.shared.link import LinkSink
 from isolated_api.shared.messages import ErrorReply
+from isolated_api.testing import run_virtual
 from isolated_api.worker.channel import IPCChannel
 from isolated_api.worker.chunk_stream import ChunkStream, merge_text
-
-# -- a deterministic loop ----------------------------------------------------------------------
-
-
-class _VirtualSelector(selectors.SelectSelector):
-    def __init__(self, loop: VirtualClockLoop) -> None:
-        super().__init__()
-        self._loop = loop
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        ready = super().select(0)
-        if not ready:
-            if timeout is None:
-                raise RuntimeError("every task waits and no timer is set: something waits forever")
-            self._loop.now += timeout
-        return ready
-
-
-class VirtualClockLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        self.now = 0.0
-        super().__init__(_VirtualSelector(self))
-
-    def time(self) -> float:
-        return self.now
-
-
-def run_virtual(coro: Any) -> None:
-    loop = VirtualClockLoop()
-    try:
-        loop.run_until_complete(coro)
-    finally:
-        loop.close()
-
 
 # -- messages and the fake link ------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from isolated_api.shared.errors import IPCTimeoutError
+from isolated_api.testing import VirtualClockLoop
 from isolated_api.worker.deadlines import Deadlines
-from tests.worker.test_channel_properties import VirtualClockLoop
 
 
 class CountingLoop(VirtualClockLoop):
