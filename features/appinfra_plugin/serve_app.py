@@ -16,8 +16,7 @@ from typing import Any
 
 from appinfra.app import AppBuilder
 
-from isolated_api import ServerBuilder
-from isolated_api.server.appinfra_plugin import ServerPlugin
+from isolated_api import ServerBuilder, ServerPlugin
 
 
 async def ping() -> dict[str, object]:

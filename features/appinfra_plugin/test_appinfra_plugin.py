@@ -13,18 +13,21 @@ import httpx
 import pytest
 from appinfra.app import AppBuilder
 
+from features.appinfra_plugin.app_cli import AppCli
 from features.appinfra_plugin.serve_app import ping
-from isolated_api.server.appinfra_plugin import ServerPlugin
-from isolated_api.server.serve_tool import SERVING_LINE as SERVING
-from isolated_api.testing import pid_alive, wait_until
-from tests.cli_process import CliProcess
-from tests.helpers import builder
+from isolated_api import ServerPlugin
+from isolated_api.testing import loopback_builder, pid_alive, wait_until
 
 APP = ["-m", "features.appinfra_plugin.serve_app"]
+# The `serve` command's log line once the HTTP child is up, in appinfra's log format: with port 0
+# it is where the URL is learnt (and the child's pid, which /ping must answer with).
+SERVING = re.compile(r"serving\s.*url\[(?P<url>http://[^\]]+)\].*http_child_pid\[(?P<pid>\d+)\]")
 
 
 def _server(queues: tuple[Any, Any]) -> Any:
-    return builder("plugin").routes.with_route("/ping", ping).done().subprocess.with_ipc(*queues).done().build()
+    return (
+        loopback_builder("plugin").routes.with_route("/ping", ping).done().subprocess.with_ipc(*queues).done().build()
+    )
 
 
 def test_appinfra_plugin_adds_the_named_command_with_its_help(queues: tuple[Any, Any]) -> None:
@@ -67,7 +70,7 @@ def test_appinfra_plugin_serve_runs_until_signalled_then_exits_cleanly(
     """Steps: `serve_app serve` on a free port; wait for its "serving" line; GET /ping; then SIGTERM
     to the CLI process (as a service manager does) or SIGINT to its process group (Ctrl-C).
     Expect the answer from the HTTP child, exit code 0 without a traceback, and the child gone."""
-    with CliProcess([*APP, "serve"], env={"SERVE_APP_PORT": "0"}) as cli:
+    with AppCli([*APP, "serve"], env={"SERVE_APP_PORT": "0"}) as cli:
         serving = cli.wait_for(SERVING)
         url, child_pid = serving["url"], int(serving["pid"])
         answer = httpx.get(f"{url}/ping", timeout=10).json()
@@ -81,26 +84,26 @@ def test_appinfra_plugin_serve_runs_until_signalled_then_exits_cleanly(
 
 
 def test_appinfra_plugin_other_commands_never_start_the_server() -> None:
-    with CliProcess([*APP, "hello"], env={"SERVE_APP_PORT": "0"}) as cli:
+    with AppCli([*APP, "hello"], env={"SERVE_APP_PORT": "0"}) as cli:
         cli.wait_for(re.compile("^hello from another command$"))
         assert cli.wait() == 0, cli.output
         assert "serving" not in cli.output and "Traceback" not in cli.output
 
 
 def test_appinfra_plugin_help_lists_the_serve_command() -> None:
-    with CliProcess([*APP, "--help"]) as cli:
+    with AppCli([*APP, "--help"]) as cli:
         cli.wait_for(re.compile(r"serve\s+Serve /ping over HTTP"))
         assert cli.wait() == 0
 
 
 def test_appinfra_plugin_without_appinfra_isolated_api_still_imports() -> None:
-    """In a process where appinfra can't be imported: isolated_api imports fine, and the plugin
-    module fails with an ImportError that says how to install the extra."""
+    """In a process where appinfra can't be imported: isolated_api imports fine, and asking it for
+    ServerPlugin fails with an ImportError that says how to install the extra."""
     code = (
         "import sys; sys.modules['appinfra'] = None\n"
         "import isolated_api\n"
         "try:\n"
-        "    import isolated_api.server.appinfra_plugin\n"
+        "    from isolated_api import ServerPlugin\n"
         "except ImportError as exc:\n"
         "    print(exc)\n"
     )
@@ -112,7 +115,7 @@ def test_appinfra_plugin_without_appinfra_isolated_api_still_imports() -> None:
 def test_appinfra_plugin_serve_in_direct_mode_stops_on_sigterm() -> None:
     """Steps: `serve_app serve` in direct mode (uvicorn in the CLI's own process); wait for the
     app's start-up; SIGTERM. Expect uvicorn's own shutdown sequence and exit code 0."""
-    with CliProcess([*APP, "serve"], env={"SERVE_APP_PORT": "0", "SERVE_APP_DIRECT": "1"}) as cli:
+    with AppCli([*APP, "serve"], env={"SERVE_APP_PORT": "0", "SERVE_APP_DIRECT": "1"}) as cli:
         cli.wait_for(re.compile("Application startup complete"))
         cli.send(signal.SIGTERM)
         assert cli.wait() == 0, cli.output

@@ -1,4 +1,4 @@
-"""Module-level message types and routes for the codec tests (the worker imports them)."""
+"""Module-level message types and routes of the codecs use case (the HTTP worker imports them)."""
 
 from __future__ import annotations
 

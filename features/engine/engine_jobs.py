@@ -1,4 +1,4 @@
-"""Request types and handlers the slice's tests (and examples) serve. The request classes are
+"""Request types and handlers the slice serves. The request classes are
 module-level so the HTTP child can unpickle them; handlers run in the main process only.
 ``Probe`` holds handlers that block until released and record what they saw, for tests of
 concurrency, cancellation and stop."""
@@ -10,8 +10,7 @@ import threading
 from collections.abc import AsyncIterator, Generator, Hashable, Iterator
 from dataclasses import dataclass
 
-from isolated_api.engine.context import RequestContext
-from isolated_api.engine.errors import EngineError
+from isolated_api import EngineError, RequestContext
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""HTTP-side routes for the engine slice's end-to-end tests (module-level: the child imports them).
+"""HTTP-side routes in front of the engine (module-level: the child imports them).
 ``POST /run/{op}`` submits one request and returns ``{"data": reply.data}``; ``POST /stream/{op}``
 collects a whole stream and returns its chunks' data and final flags; ``GET /engine-health``
 asks the engine itself."""
@@ -12,8 +12,7 @@ from typing import Any
 from fastapi import HTTPException
 
 from features.engine.engine_jobs import Count, CountAsync, Fail, Hold, Reverse, Upper
-from isolated_api.engine.messages import HealthPing
-from isolated_api.worker.dependencies import IPC
+from isolated_api import IPC, HealthPing
 
 _OPS: dict[str, type] = {
     "upper": Upper,

@@ -29,11 +29,8 @@ from features.engine.engine_jobs import (
     upper,
 )
 from features.engine.engine_routes import health_route, run_route, stream_route
-from isolated_api.engine.engine import Engine
-from isolated_api.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
-from isolated_api.shared.messages import CancelRequest, ErrorReply
-from isolated_api.testing import running, wait_until
-from tests.helpers import builder
+from isolated_api import CancelRequest, Engine, ErrorReply, HealthPing, HealthStatus, Result, StreamChunk
+from isolated_api.testing import loopback_builder, running, wait_until
 
 Queues = tuple[Any, Any]
 
@@ -286,7 +283,7 @@ def test_engine_refuses_bad_arguments_and_drops_idless_messages(queues: Queues) 
 
 def _server(queues: Queues) -> Any:
     return (
-        builder("engine")
+        loopback_builder("engine")
         .routes.with_route("/run/{op}", run_route, methods=["POST"])
         .with_route("/stream/{op}", stream_route, methods=["POST"])
         .with_route("/engine-health", health_route)
@@ -344,7 +341,7 @@ def test_engine_http_client_gone_cancels_the_running_handler(queues: Queues, pro
     handler, or a generator after its first chunk); the client gives up after 0.5 s. Expect the
     CancelRequest to reach the engine and the handler to be cancelled, without releasing it."""
     server = (
-        builder("engine-cancel")
+        loopback_builder("engine-cancel")
         .routes.with_route("/run/{op}", run_route, methods=["POST"])
         .with_route("/stream/{op}", stream_route, methods=["POST"])
         .done()

@@ -1,5 +1,7 @@
-"""msgspec request types, handlers and routes for the engine's codec tests (module-level: the HTTP
-child imports the routes and the codec's types)."""
+"""msgspec request types, handlers and routes for an engine behind ``MsgspecCodec`` (module-level:
+the HTTP child imports the routes and the codec's types). The codec lists them beside the engine's
+own wire types, ``MsgspecCodec(Shout, Spell, *ENGINE_WIRE_TYPES)``; tests/engine/test_engine_wire.py
+serves them end to end."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from isolated_api.worker.dependencies import IPC
+from isolated_api import IPC
 
 
 class Shout(msgspec.Struct, tag=True):

@@ -7,15 +7,15 @@ import asyncio
 import os
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from features.workers.worker_routes import Chunk, collect_stream_route, whoami_route
-from isolated_api.testing import running, wait_until
-from tests.helpers import MainLoop, Work, answer_upper, builder, gather_posts, held_until, ping_route, wait_received
+from features.metrics.metrics import Echoed, collect_stream_route, ping_route, whoami_route
+from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -30,9 +30,25 @@ def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+async def _gather_posts(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(bodies) + 1)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        return list(await asyncio.gather(*(client.post(url, json=b) for b in bodies)))
+
+
+def _held_until(release: threading.Event, then: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Holds each request until ``release`` is set, then answers as ``then``: deterministic slow work."""
+
+    def behaviour(request: Any) -> Any:
+        release.wait(60)
+        return then(request)
+
+    return behaviour
+
+
 def _server(queues: tuple[Any, Any], workers: int = 1, max_pending: int = 100, restart: bool = False) -> Any:
     b = (
-        builder("metrics")
+        loopback_builder("metrics")
         .routes.with_route("/whoami", whoami_route, methods=["POST"])
         .with_route("/stream", collect_stream_route, methods=["POST"])
         .with_route("/ping", ping_route)
@@ -48,31 +64,16 @@ def _server(queues: tuple[Any, Any], workers: int = 1, max_pending: int = 100, r
     return b.build()
 
 
-def _stream_or_echo(main_loop: MainLoop) -> Any:
-    def behaviour(request: Work) -> Any:
-        if request.text.isdigit():
-            count = int(request.text)
-            for index in range(count):
-                main_loop.response_q.put(Chunk(request.id, index, is_final=index == count - 1))
-            return None
-        from tests.helpers import answer_upper
-
-        return answer_upper(request)
-
-    return behaviour
-
-
 def test_metrics_count_requests_chunks_and_round_trips_across_workers(
     queues: tuple[Any, Any], main_loop: MainLoop
 ) -> None:
     """Steps: 2 workers; 40 unary requests, 5 streams of 8 chunks, 3 unknown paths. Expect one
     consistent view from either worker: counts by route template and status, 40 + 5 round trips,
     40 stream chunks, nothing pending."""
-    main_loop.behaviour = _stream_or_echo(main_loop)
     server = _server(queues, workers=2)
     with running(server) as url:
-        asyncio.run(gather_posts(f"{url}/whoami", [{"text": f"m{i}"} for i in range(40)]))
-        asyncio.run(gather_posts(f"{url}/stream", [{"count": 8}] * 5))
+        asyncio.run(_gather_posts(f"{url}/whoami", [{"text": f"m{i}"} for i in range(40)]))
+        asyncio.run(_gather_posts(f"{url}/stream", [{"count": 8}] * 5))
         for _ in range(3):
             assert httpx.get(f"{url}/nowhere/{os.getpid()}", timeout=10).status_code == 404
 
@@ -109,13 +110,13 @@ def test_metrics_rejections_drops_and_restarts(queues: tuple[Any, Any], main_loo
     the main process has the worker's counts, SIGKILL the worker. Expect the counts kept across
     the restart: one rejection, one dropped reply, one restart."""
     release = threading.Event()
-    main_loop.behaviour = held_until(release)
+    main_loop.behaviour = _held_until(release, main_loop.behaviour)
     server = _server(queues, max_pending=2, restart=True)
     with running(server) as url, ThreadPoolExecutor(3) as pool:
         held = [pool.submit(httpx.post, f"{url}/whoami", json={"text": str(i)}, timeout=30) for i in range(2)]
-        wait_received(main_loop, 2)
+        main_loop.wait_received(2)
         assert httpx.post(f"{url}/whoami", json={"text": "over"}, timeout=10).status_code == 503
-        main_loop.response_q.put(Work("unknown-id"))
+        main_loop.response_q.put(Echoed("unknown-id", ""))
         release.set()
         assert [f.result(30).status_code for f in held] == [200, 200]
         # A worker reports after its loop's turn: a kill before that would lose the report.
@@ -142,7 +143,6 @@ def test_metrics_a_scrape_and_a_stop_miss_no_request(queues: tuple[Any, Any], ma
     worker; then 20 more and, without a scrape, wait; then 10 more and stop the server at once.
     Expect every scrape to count every request before it, the main process to receive the 20 by
     itself, and the 10 counted after the stop."""
-    main_loop.behaviour = answer_upper
     server = _server(queues)
 
     def whoami_200(samples: dict[Any, float]) -> float:
@@ -163,7 +163,7 @@ def test_metrics_a_scrape_and_a_stop_miss_no_request(queues: tuple[Any, Any], ma
 
 def test_metrics_can_be_moved_or_turned_off(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
     server = (
-        builder("off")
+        loopback_builder("off")
         .routes.with_route("/ping", ping_route)
         .without_metrics()
         .done()
@@ -172,5 +172,11 @@ def test_metrics_can_be_moved_or_turned_off(queues: tuple[Any, Any], main_loop: 
     ).build()
     with running(server) as url:
         assert httpx.get(f"{url}/metrics", timeout=10).status_code == 404
-    moved = builder("moved").routes.with_route("/ping", ping_route).with_metrics("/internal/metrics").done().build()
+    moved = (
+        loopback_builder("moved")
+        .routes.with_route("/ping", ping_route)
+        .with_metrics("/internal/metrics")
+        .done()
+        .build()
+    )
     assert "/internal/metrics" in [getattr(r, "path", "") for r in moved.app.routes]

@@ -1,6 +1,7 @@
 """The engine with MsgspecCodec end to end: requests arrive as MessagePack bytes, replies leave as
 bytes the HTTP child decodes into the engine's wire types; an unencodable reply fails only its
-own request."""
+own request. Here rather than in features/engine because ENGINE_WIRE_TYPES lives in a private module
+(isolated_api.engine.wire); the request types and routes are the slice's (features.engine.wire_jobs)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ import pytest
 pytest.importorskip("msgspec")
 
 from features.engine.wire_jobs import Shout, Spell, shout, shout_route, spell, spell_route
-from isolated_api.engine.engine import Engine
+from isolated_api import Engine, MsgspecCodec
 from isolated_api.engine.wire import ENGINE_WIRE_TYPES
-from isolated_api.shared.codecs import MsgspecCodec
 from isolated_api.testing import running
 from tests.helpers import builder
 
