@@ -7,26 +7,49 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from isolated_api.testing import wait_until
-from tests.helpers import MainLoop, block_loop_route, builder, held_until, ping_route, upper_route
+from features.graceful_shutdown.shutdown_routes import (
+    LIFESPAN_RECORD_ENV,
+    Work,
+    answer_upper,
+    block_loop_route,
+    ping_route,
+    resources_lifespan,
+    upper_route,
+)
+from isolated_api import Server
+from isolated_api.testing import MainLoop, loopback_builder, wait_until
 
 
-def _server(queues: tuple[Any, Any]) -> Any:
+def _server(queues: tuple[Any, Any]) -> Server:
     return (
-        builder("shutdown")
+        loopback_builder("shutdown")
         .routes.with_route("/upper", upper_route, methods=["POST"])
         .with_route("/ping", ping_route)
         .with_route("/block", block_loop_route)
+        .with_lifespan(resources_lifespan)
         .done()
         .subprocess.with_ipc(*queues)
         .done()
         .build()
     )
+
+
+def _held_until(release: threading.Event) -> Callable[[Work], Any]:
+    """A main process busy until ``release`` is set: deterministic "slow work"."""
+
+    def behaviour(request: Work) -> Any:
+        release.wait(60)
+        return answer_upper(request)
+
+    return behaviour
 
 
 def _post(url: str, text: str) -> httpx.Response | None:
@@ -37,15 +60,18 @@ def _post(url: str, text: str) -> httpx.Response | None:
 
 
 def test_graceful_shutdown_lets_in_flight_requests_finish_and_refuses_new_ones(
-    queues: tuple[Any, Any], main_loop: MainLoop
+    queues: tuple[Any, Any], main_loop: MainLoop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Steps: 3 requests held by the main process; stop(timeout=20) in a thread; a new request
     during the drain; release the held ones. Expect: the new request 503 + Retry-After, the 3
-    in-flight ones 200 with their answers, the child exits 0, stop() returns."""
+    in-flight ones 200 with their answers, the lifespan's clean-up only after them, the child
+    exits 0, stop() returns."""
+    record = tmp_path / "lifespan.txt"
+    monkeypatch.setenv(LIFESPAN_RECORD_ENV, str(record))
     release = threading.Event()
-    main_loop.behaviour = held_until(release)
+    main_loop.behaviour = _held_until(release)
     server = _server(queues)
-    server.start_subprocess()
+    process = server.start_subprocess()
     url = f"http://127.0.0.1:{server.port}"
     with ThreadPoolExecutor(4) as pool:
         in_flight = [pool.submit(_post, f"{url}/upper", f"f{i}") for i in range(3)]
@@ -61,12 +87,15 @@ def test_graceful_shutdown_lets_in_flight_requests_finish_and_refuses_new_ones(
         response = httpx.get(f"{url}/ping", timeout=10)
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert response.json() == {"detail": "the server is shutting down"}
+        # Draining, with requests in flight: the resources they use are still open.
+        assert record.read_text().split() == ["started", str(process.pid)]
         release.set()
         results = [f.result(30) for f in in_flight]
         assert [r.status_code if r else None for r in results] == [200, 200, 200]
         assert sorted(r.json()["text"] for r in results if r) == ["F0", "F1", "F2"]
         stopper.result(30)
-    assert server.process is None
+    assert record.read_text().split() == ["started", str(process.pid), "stopped", str(process.pid)]
+    assert process.exitcode == 0 and server.process is None
     assert server.ipc is not None and server.ipc.route_count == 0
 
 
@@ -77,7 +106,7 @@ def test_graceful_shutdown_timeout_ends_requests_that_never_finish(
     within a few seconds, the client to get 503 (channel closed) or a dropped connection, never a
     hang, and the child process gone."""
     release = threading.Event()
-    main_loop.behaviour = held_until(release)
+    main_loop.behaviour = _held_until(release)
     server = _server(queues)
     process = server.start_subprocess()
     url = f"http://127.0.0.1:{server.port}"
@@ -140,7 +169,7 @@ def test_graceful_shutdown_sigterm_to_the_child_drains(queues: tuple[Any, Any], 
     """Steps: a request held in the main process; SIGTERM the child; release. Expect the held
     request to finish with 200 and the child to exit 0 on its own."""
     release = threading.Event()
-    main_loop.behaviour = held_until(release)
+    main_loop.behaviour = _held_until(release)
     server = _server(queues)
     process = server.start_subprocess()
     url = f"http://127.0.0.1:{server.port}"

@@ -4,21 +4,21 @@ server-wide figures, configurable paths, and the same facts from server.health()
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
-from isolated_api.shared.config import ConfigError
-from isolated_api.shared.readiness import HealthSettings, readiness_problem
-from isolated_api.testing import running, wait_until
-from tests.helpers import MainLoop, builder, held_until, ping_route, upper_route, wait_received
+from features.health.health_checks import Work, answer_upper, ping_route, upper_route
+from isolated_api import ConfigError, Server
+from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
 
 
-def _server(queues: tuple[Any, Any], deadline: float = 0.5, max_pending: int = 50) -> Any:
+def _server(queues: tuple[Any, Any], deadline: float = 0.5, max_pending: int = 50) -> Server:
     return (
-        builder("health")
+        loopback_builder("health")
         .routes.with_route("/upper", upper_route, methods=["POST"])
         .with_route("/ping", ping_route)
         .with_health(deadline=deadline)
@@ -30,12 +30,22 @@ def _server(queues: tuple[Any, Any], deadline: float = 0.5, max_pending: int = 5
     )
 
 
+def _held_until(release: threading.Event) -> Callable[[Work], Any]:
+    """A main process that stopped answering until ``release`` is set."""
+
+    def behaviour(request: Work) -> Any:
+        release.wait(60)
+        return answer_upper(request)
+
+    return behaviour
+
+
 def test_health_live_and_ready_report_the_facts(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
     server = _server(queues)
     with running(server) as url:
         live = httpx.get(f"{url}/health/live", timeout=10)
         assert live.status_code == 200 and live.json()["status"] == "alive"
-        assert live.json()["pid"] == server.process.pid
+        assert server.process is not None and live.json()["pid"] == server.process.pid
         httpx.post(f"{url}/upper", json={"text": "x"}, timeout=10)
         ready = httpx.get(f"{url}/health/ready", timeout=10)
         assert ready.status_code == 200, ready.text
@@ -57,11 +67,11 @@ def test_health_ready_turns_503_when_the_main_process_stops_answering(
     still 200, health traffic answered although the user request is stuck, and readiness back to
     200 once the main process answers again."""
     release = threading.Event()
-    main_loop.behaviour = held_until(release)
+    main_loop.behaviour = _held_until(release)
     server = _server(queues)
     with running(server) as url, ThreadPoolExecutor(1) as pool:
         stuck = pool.submit(httpx.post, f"{url}/upper", json={"text": "stuck"}, timeout=30)
-        wait_received(main_loop, 1)
+        main_loop.wait_received(1)
 
         def ready_status() -> int:
             return httpx.get(f"{url}/health/ready", timeout=10).status_code
@@ -79,7 +89,7 @@ def test_health_ready_turns_503_when_the_main_process_stops_answering(
 
 def test_health_paths_are_configurable_and_can_be_turned_off(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
     server = (
-        builder("paths")
+        loopback_builder("paths")
         .routes.with_route("/ping", ping_route)
         .with_health(live_path="/livez", ready_path="/readyz")
         .done()
@@ -91,22 +101,15 @@ def test_health_paths_are_configurable_and_can_be_turned_off(queues: tuple[Any, 
         assert httpx.get(f"{url}/livez", timeout=10).status_code == 200
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
         assert httpx.get(f"{url}/health/live", timeout=10).status_code == 404
-    off = builder("off").routes.with_route("/ping", ping_route).without_health().done().build()
+    off = loopback_builder("off").routes.with_route("/ping", ping_route).without_health().done().build()
     assert "/health/live" not in off.app.openapi()["paths"]
 
 
-def test_health_settings_and_rules() -> None:
+def test_health_settings_are_checked_when_configured() -> None:
+    # A path without its '/', the same path twice or a deadline of zero are mistakes caught at once.
     with pytest.raises(ConfigError, match="start with"):
-        HealthSettings(live_path="health")
+        loopback_builder().routes.with_health(live_path="health")
     with pytest.raises(ConfigError, match="differ"):
-        HealthSettings(live_path="/h", ready_path="/h")
+        loopback_builder().routes.with_health(live_path="/h", ready_path="/h")
     with pytest.raises(ConfigError, match="deadline"):
-        HealthSettings(deadline=0)
-    fresh = {"pending": 3, "oldest_pending_age": 0.2, "last_reply_age": 5.0}
-    assert readiness_problem(fresh, channel_open=True, deadline=1.0) is None
-    stalled = {"pending": 3, "oldest_pending_age": 2.0, "last_reply_age": 2.0}
-    assert "has not answered" in str(readiness_problem(stalled, channel_open=True, deadline=1.0))
-    busy_but_answering = {"pending": 3, "oldest_pending_age": 2.0, "last_reply_age": 0.1}
-    assert readiness_problem(busy_but_answering, channel_open=True, deadline=1.0) is None
-    assert "did not answer" in str(readiness_problem(None, channel_open=True, deadline=1.0))
-    assert "closed" in str(readiness_problem(fresh, channel_open=False, deadline=1.0))
+        loopback_builder().routes.with_health(deadline=0)

@@ -1,13 +1,16 @@
 """Module-level pieces for the log-isolation tests (the child is started with ``spawn`` and imports
 them by name): a route that writes through every channel a process has, a lifespan that fails,
-targets for bare child processes, and the main process of the terminal tests."""
+and the main process of the terminal tests.
+
+With ``.subprocess.with_log_file(path)`` all of the HTTP child's output (logging, uvicorn,
+``print``, fds 1 and 2, native code) goes to ``path``; ``serve_and_call`` below is such a main
+process."""
 
 from __future__ import annotations
 
 import ctypes
 import json
 import logging
-import logging.config
 import multiprocessing
 import os
 from collections.abc import AsyncIterator
@@ -18,7 +21,6 @@ import httpx
 from fastapi import FastAPI
 
 from isolated_api import ServerBuilder
-from isolated_api.shared.output import configure_logging, redirect_output
 
 # Each channel writes "<marker>-<channel>", so a test can tell which one went astray.
 CHANNELS = ("logging", "print", "fd1", "fd2", "libc-write", "libc-puts")
@@ -38,6 +40,11 @@ def emit_everywhere(marker: str) -> None:
     libc.fflush(None)
 
 
+async def ping_route() -> dict[str, int]:
+    """Answers without touching the main process: tells which child is serving."""
+    return {"pid": os.getpid()}
+
+
 def noise_route(marker: str) -> dict[str, int]:
     emit_everywhere(marker)
     return {"pid": os.getpid()}
@@ -47,31 +54,6 @@ def noise_route(marker: str) -> dict[str, int]:
 async def failing_lifespan(app: FastAPI) -> AsyncIterator[None]:
     raise RuntimeError("lifespan-failure-marker: the model did not load")
     yield  # pragma: no cover
-
-
-# -- targets for bare child processes (unit tests of redirect.py) ---------------------------------
-
-
-def redirect_then_emit(path: str, marker: str) -> None:
-    redirect_output(path)
-    emit_everywhere(marker)
-
-
-def configure_then_log(path: str, marker: str, log_level: str, to_file: bool, config_path: str) -> None:
-    """Sets logging up as the child does, logs on the root, uvicorn's and the access logger, and
-    saves the returned uvicorn ``log_config`` (its formatters) as JSON in ``config_path``."""
-    redirect_output(path)
-    config = configure_logging(log_level, to_file=to_file)
-    with open(config_path, "w") as out:
-        json.dump(config["formatters"], out)
-    logging.config.dictConfig(config)
-    logging.getLogger("x").warning("%s-root-warning", marker)
-    logging.getLogger("x").debug("%s-root-debug", marker)
-    logging.getLogger("uvicorn.error").warning("%s-uvicorn-warning", marker)
-    # uvicorn's access formatter expects these args, as uvicorn's protocols pass them.
-    logging.getLogger("uvicorn.access").warning(
-        '%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET", f"/{marker}", "1.1", 200
-    )
 
 
 # -- the main process of the terminal tests (run as its own Python process) -----------------------

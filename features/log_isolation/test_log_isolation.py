@@ -3,13 +3,11 @@ logging, uvicorn, ``print``, raw fds 1 and 2, libc) lands in the file and the ma
 terminal stays clean; without it the child prints like a normal uvicorn app.
 
 The terminal tests run the main process as its own Python process so its real stdout and stderr
-can be captured; the ``redirect.py`` unit tests run in bare child processes so pytest's own
-descriptors and logging are never touched."""
+can be captured."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -19,19 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-from uvicorn.config import LOGGING_CONFIG
 
-from features.log_isolation.log_routes import (
-    CHANNELS,
-    configure_then_log,
-    emit_everywhere,
-    failing_lifespan,
-    noise_route,
-    redirect_then_emit,
-)
+from features.log_isolation.log_routes import CHANNELS, failing_lifespan, noise_route, ping_route
 from isolated_api import BuildError, ConfigError
-from isolated_api.testing import running, wait_until
-from tests.helpers import builder, ping_route
+from isolated_api.testing import loopback_builder, running, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,20 +65,6 @@ def _run_main_process(
     assert result["status"] == 200
     assert result["child_pid"] != result["main_pid"]
     return done.stdout, done.stderr, result
-
-
-def _run_child(target: Any, *args: Any) -> int:
-    """Runs ``target(*args)`` in a spawned child; returns the child's pid once it exited with 0."""
-    process = multiprocessing.get_context("spawn").Process(target=target, args=args)
-    process.start()
-    process.join(30)
-    if process.is_alive():
-        process.kill()
-        process.join()
-        raise AssertionError(f"{target.__name__} did not finish within 30 s")
-    assert process.exitcode == 0, f"{target.__name__} exited with {process.exitcode}"
-    assert process.pid is not None
-    return process.pid
 
 
 def test_log_isolation_everything_the_child_writes_goes_to_the_file(tmp_path: Path) -> None:
@@ -158,7 +133,7 @@ def test_log_isolation_import_time_output_of_route_modules_goes_to_the_file(
     marker, log_file = _marker(), tmp_path / "child.log"
     monkeypatch.setenv("NOISY_IMPORT_MARKER", marker)
     server = (
-        builder("logs")
+        loopback_builder("logs")
         .routes.with_route("/quiet", quiet_route)
         .done()
         .subprocess.with_ipc(*queues)
@@ -181,7 +156,7 @@ def test_log_isolation_startup_failure_is_in_the_file_and_named(
     raise naming the log file, the traceback in the file, and nothing on this process's fds."""
     log_file = tmp_path / "child.log"
     server = (
-        builder("logs")
+        loopback_builder("logs")
         .routes.with_route("/ping", ping_route)
         .with_lifespan(failing_lifespan)
         .done()
@@ -213,7 +188,7 @@ def test_log_isolation_output_reaches_the_file_while_the_child_runs(
     monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
     log_file, marker = tmp_path / "child.log", _marker()
     server = (
-        builder("logs")
+        loopback_builder("logs")
         .routes.with_route("/noise", noise_route)
         .done()
         .subprocess.with_ipc(*queues)
@@ -235,7 +210,7 @@ def test_log_isolation_a_restarted_child_appends_to_the_file(tmp_path: Path, que
     stop it. Expect both children's start-up lines in the file, the first one's still first."""
     log_file = tmp_path / "child.log"
     server = (
-        builder("logs")
+        loopback_builder("logs")
         .uvicorn.with_log_level("info")
         .done()
         .routes.with_route("/ping", ping_route)
@@ -258,65 +233,13 @@ def test_log_isolation_a_restarted_child_appends_to_the_file(tmp_path: Path, que
 
 def test_log_isolation_missing_directory_is_a_config_error(tmp_path: Path, queues: tuple[Any, Any]) -> None:
     missing = tmp_path / "no" / "such" / "dir" / "child.log"
-    configured = builder("logs").subprocess.with_ipc(*queues).with_log_file(str(missing)).done()
+    configured = loopback_builder("logs").subprocess.with_ipc(*queues).with_log_file(str(missing)).done()
     with pytest.raises(ConfigError, match="does not exist") as raised:
         configured.build()
     assert str(missing) in str(raised.value)
 
 
 def test_log_isolation_log_file_needs_subprocess_mode(tmp_path: Path) -> None:
-    configured = builder("logs").subprocess.with_log_file(str(tmp_path / "child.log")).done()
+    configured = loopback_builder("logs").subprocess.with_log_file(str(tmp_path / "child.log")).done()
     with pytest.raises(BuildError, match="subprocess mode"):
         configured.build()
-
-
-def test_log_isolation_redirect_output_takes_over_fds_1_and_2(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
-    """Steps: a bare child runs redirect_output(path) on a file that already has a line, then
-    writes through every channel; a control child writes the same way without redirecting.
-    Expect the first child's markers appended after the old line and absent from the fds it
-    inherited (captured here); the control's markers present there, so a leak would be seen."""
-    log_file = tmp_path / "out.log"
-    log_file.write_text("an earlier line\n")
-    marker, control = _marker(), _marker()
-
-    _run_child(redirect_then_emit, str(log_file), marker)
-    _run_child(emit_everywhere, control)
-    inherited = capfd.readouterr()
-
-    log = log_file.read_text()
-    assert log.startswith("an earlier line\n")
-    for channel in CHANNELS:
-        assert f"{marker}-{channel}" in log, f"{channel} output missing from the file:\n{log}"
-        assert f"{marker}-{channel}" not in inherited.out + inherited.err
-    for channel in ("print", "fd1", "libc-write", "libc-puts"):
-        assert f"{control}-{channel}" in inherited.out
-    for channel in ("logging", "fd2"):
-        assert f"{control}-{channel}" in inherited.err
-    assert control not in log
-
-
-@pytest.mark.parametrize("log_level", ["info", "TRACE"])
-def test_log_isolation_configure_logging_writes_plain_stamped_lines(tmp_path: Path, log_level: str) -> None:
-    """Steps: a bare child redirects to a file, configures logging for a file at ``log_level``
-    and logs on the root, uvicorn and access loggers. Expect plain lines (no colours) carrying
-    level, pid and logger name; debug lines only at trace level, whatever its case."""
-    log_file, config_file, marker = tmp_path / "out.log", tmp_path / "config.json", _marker()
-    pid = _run_child(configure_then_log, str(log_file), marker, log_level, True, str(config_file))
-
-    log = log_file.read_text()
-    lines = {line.split(" ", 2)[-1] for line in log.splitlines()}  # without the timestamp
-    pid_stamp = f"[{pid}]"
-    assert f"WARNING {pid_stamp} x: {marker}-root-warning" in lines
-    assert f"WARNING {pid_stamp} uvicorn.error: {marker}-uvicorn-warning" in lines
-    assert f'WARNING {pid_stamp} 127.0.0.1:1 - "GET /{marker} HTTP/1.1" 200 OK' in lines
-    assert (f"DEBUG {pid_stamp} x: {marker}-root-debug" in lines) == (log_level.lower() == "trace")
-    assert "\x1b[" not in log
-
-
-def test_log_isolation_configure_logging_keeps_uvicorn_formats_for_a_terminal(tmp_path: Path) -> None:
-    log_file, config_file, marker = tmp_path / "out.log", tmp_path / "config.json", _marker()
-    _run_child(configure_then_log, str(log_file), marker, "warning", False, str(config_file))
-    assert json.loads(config_file.read_text()) == LOGGING_CONFIG["formatters"]
-    assert f"WARNING:  {marker}-uvicorn-warning" in log_file.read_text()

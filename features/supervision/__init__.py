@@ -1,2 +1,1 @@
-"""Supervision: N HTTP worker processes kept alive, replaced when they die, given up on
-(visibly) when they keep dying."""
+"""Supervision: HTTP workers replaced when they die, given up on (visibly) when they keep dying."""

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,26 +16,25 @@ from typing import Any
 import httpx
 import pytest
 
-from isolated_api.shared.config import ConfigError
-from isolated_api.shared.restart_policy import RestartBudget, RestartPolicy
-from isolated_api.testing import wait_until
-from tests.helpers import (
+from features.supervision.supervision import (
     FAIL_MARKER_ENV,
-    MainLoop,
-    builder,
+    Work,
+    answer_upper,
+    crash_route,
     fail_if_marked,
-    held_until,
     ping_route,
     upper_route,
-    wait_received,
 )
+from isolated_api import ConfigError, Server
+from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
 
 
-def _server(queues: tuple[Any, Any], **restart: Any) -> Any:
+def _server(queues: tuple[Any, Any], **restart: Any) -> Server:
     return (
-        builder("supervised")
+        loopback_builder("supervised")
         .routes.with_route("/upper", upper_route, methods=["POST"])
         .with_route("/ping", ping_route)
+        .with_route("/crash", crash_route)
         .with_lifespan(fail_if_marked)
         .done()
         .subprocess.with_ipc(*queues)
@@ -51,16 +51,22 @@ def _post(url: str, text: str) -> int | None:
         return None
 
 
-def test_supervision_budget_backs_off_and_forgets_old_restarts() -> None:
-    now = [0.0]
-    budget = RestartBudget(RestartPolicy(max_restarts=3, backoff=0.5, max_backoff=1.5, window=10), lambda: now[0])
-    assert [budget.next_delay() for _ in range(4)] == [0.5, 1.0, 1.5, None]
-    now[0] = 10.5  # the window has passed: the count starts again
-    assert budget.next_delay() == 0.5
+def test_supervision_restart_budget_is_checked_when_configured() -> None:
+    # A budget that could never restart anything is a configuration mistake, caught at once.
     with pytest.raises(ConfigError, match="max_restarts"):
-        RestartPolicy(max_restarts=0)
+        loopback_builder().subprocess.with_auto_restart(max_restarts=0)
     with pytest.raises(ConfigError, match="window"):
-        RestartPolicy(window=0)
+        loopback_builder().subprocess.with_auto_restart(window=0)
+
+
+def _held_until(release: threading.Event) -> Callable[[Work], Any]:
+    """A main process busy until ``release`` is set: deterministic "slow work"."""
+
+    def behaviour(request: Work) -> Any:
+        release.wait(60)
+        return answer_upper(request)
+
+    return behaviour
 
 
 def test_supervision_sigkill_with_requests_in_flight_ten_times(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
@@ -69,7 +75,8 @@ def test_supervision_sigkill_with_requests_in_flight_ten_times(queues: tuple[Any
     20 ids were abandoned, a new worker answers within 2 s on the same port, and 100 requests after
     the restart all succeed."""
     release = threading.Event()
-    main_loop.behaviour = lambda r: held_until(release)(r) if r.text.startswith("held") else _upper(r)
+    held = _held_until(release)
+    main_loop.behaviour = lambda r: held(r) if r.text.startswith("held") else answer_upper(r)
     abandoned: list[list[Any]] = []
     server = _server(queues, max_restarts=20, backoff=0.0)
     server.add_child_exit_callback(lambda code, ids: abandoned.append(ids))
@@ -83,7 +90,7 @@ def test_supervision_sigkill_with_requests_in_flight_ten_times(queues: tuple[Any
                 release.clear()
                 expected = len(main_loop.received) + 20
                 in_flight = [pool.submit(_post, f"{url}/upper", f"held{round_}-{i}") for i in range(20)]
-                wait_received(main_loop, expected)
+                main_loop.wait_received(expected)
                 victim = server.process
                 assert victim is not None and victim.pid is not None
                 os.kill(victim.pid, signal.SIGKILL)
@@ -102,12 +109,6 @@ def test_supervision_sigkill_with_requests_in_flight_ten_times(queues: tuple[Any
     finally:
         release.set()
         server.stop()
-
-
-def _upper(request: Any) -> Any:
-    from tests.helpers import answer_upper
-
-    return answer_upper(request)
 
 
 def _answers(url: str) -> bool:
@@ -152,3 +153,20 @@ def test_supervision_first_start_failure_raises(
     with pytest.raises(RuntimeError, match="exited during start-up with code 3"):
         server.start_subprocess()
     assert not server.is_running and server.process is None
+
+
+def test_supervision_a_worker_that_crashes_is_replaced(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
+    """Steps: with auto-restart, GET a route that SIGKILLs its own worker. Expect that client's
+    connection to drop, the exit reported with the signal, a new worker (another pid) serving on the
+    same port, and the main process's work answered by it."""
+    exits: list[int | None] = []
+    server = _server(queues, max_restarts=3, backoff=0.0)
+    server.add_child_exit_callback(lambda code, ids: exits.append(code))
+    with running(server) as url:
+        first = httpx.get(f"{url}/ping", timeout=10).json()["pid"]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/crash", timeout=10)
+        wait_until(lambda: server.restart_count == 1 and _answers(url), 10, "the replacement worker")
+        assert exits == [-signal.SIGKILL]
+        assert httpx.get(f"{url}/ping", timeout=10).json()["pid"] != first
+        assert httpx.post(f"{url}/upper", json={"text": "again"}, timeout=10).json()["text"] == "AGAIN"

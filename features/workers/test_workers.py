@@ -9,19 +9,26 @@ import os
 import signal
 import threading
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
-from features.workers.worker_routes import Chunk, collect_stream_route, whoami_route
-from isolated_api.testing import running, wait_until
-from tests.helpers import MainLoop, Work, answer_upper, builder, gather_posts, held_until
+from features.workers.worker_routes import (
+    Work,
+    answer_upper,
+    collect_stream_route,
+    stream_chunks,
+    whoami_route,
+)
+from isolated_api import Server
+from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
 
 
-def _server(queues: tuple[Any, Any], workers: int, max_pending: int = 1000, restart: bool = False) -> Any:
+def _server(queues: tuple[Any, Any], workers: int, max_pending: int = 1000, restart: bool = False) -> Server:
     b = (
-        builder("workers")
+        loopback_builder("workers")
         .routes.with_route("/whoami", whoami_route, methods=["POST"])
         .with_route("/stream", collect_stream_route, methods=["POST"])
         .done()
@@ -36,6 +43,23 @@ def _server(queues: tuple[Any, Any], workers: int, max_pending: int = 1000, rest
     return b.build()
 
 
+def _held_until(release: threading.Event) -> Callable[[Work], Any]:
+    """A main process busy until ``release`` is set: deterministic "slow work"."""
+
+    def behaviour(request: Work) -> Any:
+        release.wait(60)
+        return answer_upper(request)
+
+    return behaviour
+
+
+async def _gather_posts(url: str, bodies: list[dict[str, Any]], timeout: float = 30.0) -> list[httpx.Response]:
+    """All the POSTs at once, each on a connection of its own."""
+    limits = httpx.Limits(max_connections=len(bodies) + 1)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        return list(await asyncio.gather(*(client.post(url, json=b) for b in bodies)))
+
+
 def test_workers_share_the_port_and_every_reply_finds_its_worker(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
     """Steps: 4 workers, 400 concurrent requests on fresh connections. Expect 4 live worker
     processes, each client's own answer, nothing pending in the relay afterwards."""
@@ -43,19 +67,18 @@ def test_workers_share_the_port_and_every_reply_finds_its_worker(queues: tuple[A
     with running(server) as url:
         assert len({p.pid for p in server.processes}) == 4
         bodies = [{"text": f"w{i}"} for i in range(400)]
-        responses = asyncio.run(gather_posts(f"{url}/whoami", bodies))
+        responses = asyncio.run(_gather_posts(f"{url}/whoami", bodies))
         assert [r.status_code for r in responses] == [200] * 400
         assert [r.json()["text"] for r in responses] == [f"W{i}" for i in range(400)]
         served_by = Counter(r.json()["worker_pid"] for r in responses)
         assert set(served_by) <= {p.pid for p in server.processes}
-        assert server.ipc.route_count == 0
+        assert server.ipc is not None and server.ipc.route_count == 0
 
 
 def _stream(main_loop: MainLoop) -> Any:
     def behaviour(request: Work) -> None:
-        count = int(request.text)
-        for index in range(count):
-            main_loop.response_q.put(Chunk(request.id, index, is_final=index == count - 1))
+        for chunk in stream_chunks(request):
+            main_loop.response_q.put(chunk)
 
     return behaviour
 
@@ -66,9 +89,10 @@ def test_workers_four_by_64_concurrent_streams_arrive_complete_and_ordered(
     main_loop.behaviour = _stream(main_loop)
     server = _server(queues, workers=4)
     with running(server) as url:
-        responses = asyncio.run(gather_posts(f"{url}/stream", [{"count": 64}] * 256, timeout=60))
+        responses = asyncio.run(_gather_posts(f"{url}/stream", [{"count": 64}] * 256, timeout=60))
         assert [r.status_code for r in responses] == [200] * 256
         assert all(r.json()["indexes"] == list(range(64)) for r in responses)
+        assert server.ipc is not None
         assert server.ipc.route_count == 0 and server.ipc.dropped_replies == 0
 
 
@@ -76,7 +100,7 @@ def test_workers_max_pending_is_exact_for_the_whole_server(queues: tuple[Any, An
     """Steps: 4 workers, max_pending=10, 40 concurrent requests held by the main process.
     Expect exactly 10 to reach the main process and succeed once released, 30 to get 503."""
     release = threading.Event()
-    main_loop.behaviour = held_until(release)
+    main_loop.behaviour = _held_until(release)
     server = _server(queues, workers=4, max_pending=10)
     with running(server) as url, ThreadPoolExecutor(40) as pool:
         futures = [pool.submit(httpx.post, f"{url}/whoami", json={"text": str(i)}, timeout=30) for i in range(40)]
@@ -93,7 +117,7 @@ def test_workers_a_dying_worker_takes_only_its_own_requests(queues: tuple[Any, A
     dead worker's requests to fail, the other worker's to succeed once released, the abandoned
     ids reported, and a replacement worker serving."""
     release = threading.Event()
-    main_loop.behaviour = held_until(release, answer_upper)
+    main_loop.behaviour = _held_until(release)
     abandoned: list[list[Any]] = []
     server = _server(queues, workers=2, restart=True)
     server.add_child_exit_callback(lambda code, ids: abandoned.append(ids))
