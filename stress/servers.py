@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from features.backpressure import load_route
+from features.backpressure.backpressure import load_route
 from isolated_api import IPC, Engine, IPCChannel, ReplyBatcher, Server, ServerBuilder, new_request_id
 from isolated_api.testing import wait_until
 from isolated_api.worker.chunk_stream import END, ChunkStream

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from features.backpressure import Job, JobDone, job_route, load_route
+from features.backpressure.backpressure import Job, JobDone, job_route, load_route
 from isolated_api.testing import running, wait_until
 from stress.figures import Figures
 from stress.loadgen import LoadJob, LoadSpec, percentile, run_load

@@ -10,7 +10,7 @@ JSON ``detail``, without a traceback. What a route adds here:
   hangs up. uvicorn does not cancel a handler whose client left, so a plain ``channel.submit``
   holds its slot until the reply or the timeout; under overload, clients that gave up would keep
   the server refusing the ones still there. (``.subprocess.with_cancellation()`` does this for
-  every route at once, with ``features/cancellation``'s middleware, and tells the main process.)
+  every route at once, and tells the main process.)
 - ``stream_route``: admission and the first chunk before the 200, so an overloaded stream is a
   real 503, and leaving the stream early frees its slot (Starlette cancels the body on disconnect).
 """
@@ -28,9 +28,7 @@ from fastapi import Request
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 
-from isolated_api.shared.errors import IPCError
-from isolated_api.worker.channel import IPCChannel
-from isolated_api.worker.dependencies import IPC
+from isolated_api import IPC, IPCChannel, IPCError
 
 
 @dataclass

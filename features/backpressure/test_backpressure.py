@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from features.backpressure import (
+from features.backpressure.backpressure import (
     Job,
     JobDone,
     StreamJob,
@@ -25,8 +25,7 @@ from features.backpressure import (
     submit_unless_disconnected,
 )
 from isolated_api import ErrorReply, IPCChannel, IPCConfig, Server
-from isolated_api.testing import running, wait_until
-from tests.helpers import MainLoop, builder
+from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
 
 
 class Gate:
@@ -59,7 +58,7 @@ class Gate:
 @pytest.fixture
 def gate(queues: tuple[Any, Any]) -> Iterator[tuple[Gate, MainLoop]]:
     behaviour = Gate(queues[1])
-    loop = MainLoop(*queues, behaviour=behaviour).start()
+    loop = MainLoop(*queues, behaviour).start()
     yield behaviour, loop
     # Held answer threads must not outlive the test.
     behaviour.release.set()
@@ -68,8 +67,7 @@ def gate(queues: tuple[Any, Any]) -> Iterator[tuple[Gate, MainLoop]]:
 
 def _server(queues: tuple[Any, Any], log: Path, *, max_pending: int, status: int = 503, retry_after: int = 1) -> Server:
     return (
-        builder("backpressure")
-        .with_timeout(60.0)
+        loopback_builder("backpressure", 60.0)
         .routes.with_route("/job", job_route, methods=["POST"])
         .with_route("/stream", stream_route, methods=["POST"])
         .with_route("/load", load_route)

@@ -1,9 +1,12 @@
-"""Examples of what ``.routes`` takes besides plain routes: ASGI middleware, exception handlers,
-an ``APIRouter`` and a response model. All at module level: under ``spawn`` the HTTP child
-imports them by name."""
+"""Examples of what ``.routes`` takes besides plain routes: CORS (``.with_cors``), ASGI
+middleware, exception handlers, an ``APIRouter`` and a response model; and a route answered by the
+main process, whose replies (errors included) carry the CORS headers too. All at module level:
+under ``spawn`` the HTTP child imports them by name."""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -11,6 +14,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from isolated_api import IPC, ErrorReply
 
 TRAIL_HEADER = "x-trail"
 
@@ -91,3 +96,29 @@ class PublicUser(BaseModel):
 async def user_route(user_id: int) -> dict[str, Any]:
     # More than the response model declares: the model must filter the secret out.
     return {"id": user_id, "name": "ada", "password": "hunter2", "email": "ada@example.com"}
+
+
+@dataclass
+class Upper:
+    id: str
+    text: str
+    fail_status: int | None = None
+
+
+@dataclass
+class UpperDone:
+    id: str
+    text: str
+
+
+async def upper_route(body: dict[str, Any], channel: IPC) -> dict[str, str]:
+    """POST {"text", "fail_status"?} -> the main process upper-cases the text, or refuses it."""
+    reply = await channel.submit(Upper(uuid.uuid4().hex, str(body.get("text", "")), body.get("fail_status")))
+    return {"text": reply.text}
+
+
+def answer_upper(request: Upper) -> UpperDone | ErrorReply:
+    """The main process's side of ``upper_route``."""
+    if request.fail_status is not None:
+        return ErrorReply(request.id, f"refused {request.text!r}", request.fail_status)
+    return UpperDone(request.id, request.text.upper())

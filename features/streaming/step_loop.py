@@ -2,7 +2,7 @@
 
 Each step produces one token for every active stream (as a model decoding a batch of sequences
 does) and hands the whole step to ``put_many``: one message on ``response_q`` per step, however
-many streams are running. Unary ``Work`` requests are answered as they arrive. The streams are
+many streams are running. Other requests are answered as they arrive, by ``answer``. The streams are
 the streaming slice's ``Generate``/``Token``, so its ``/generate`` route serves them as SSE.
 """
 
@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from features.streaming.streaming import Generate, Token
-from isolated_api.main.reply_batcher import ReplyBatcher
+from isolated_api import ReplyBatcher
 
 
 class StepLoop:

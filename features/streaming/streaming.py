@@ -21,10 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from isolated_api.shared.messages import ErrorReply
-from isolated_api.worker.chunk_stream import merge_text
-from isolated_api.worker.dependencies import IPC
-from isolated_api.worker.sse import sse_response
+from isolated_api import IPC, ErrorReply, merge_text, sse_response
 
 
 @dataclass
@@ -80,6 +77,12 @@ async def generate_route_small_buffer(body: GenerateBody, request: Request, chan
     """The same with an 8-chunk buffer and ``done="[DONE]"``: lets a test see merging under a slow client."""
     stream = channel.submit_streaming(_generate(body), merge=merge_text, buffer_size=8)
     return await sse_response(stream, request=request, done="[DONE]")
+
+
+async def pending_route(channel: IPC) -> dict[str, int]:
+    """GET /pending -> the channel's counters as the child sees them: streams still open, chunks
+    dropped (their stream was gone), requests refused by admission."""
+    return {"pending": channel.pending_count, "dropped": channel.dropped_count, "rejected": channel.rejected_count}
 
 
 def token_text(request: Generate, index: int) -> str:

@@ -13,29 +13,32 @@ from typing import Any
 import httpx
 import pytest
 
-from isolated_api import ErrorReply
-from isolated_api.testing import running, serving_direct, wait_until
-from tests.helpers import (
-    Done,
-    MainLoop,
-    Work,
+from features.unary.unary import (
+    Upper,
+    UpperDone,
     answer_upper,
-    builder,
     count_route,
-    gather_posts,
     held_until,
     pending_route,
     ping_route,
     upper_route,
 )
+from isolated_api import ErrorReply
+from isolated_api.testing import MainLoop, loopback_builder, running, serving_direct, wait_until
+
+
+async def _gather_posts(url: str, bodies: list[dict[str, Any]], timeout: float = 30.0) -> list[httpx.Response]:
+    # One connection per request, so they are all in flight at once.
+    limits = httpx.Limits(max_connections=len(bodies) + 1)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        return list(await asyncio.gather(*(client.post(url, json=b) for b in bodies)))
 
 
 def _server(
     queues: tuple[Any, Any], timeout: float = 10.0, log_file: Path | None = None, max_pending: int = 100
 ) -> Any:
     b = (
-        builder("unary")
-        .with_timeout(timeout)
+        loopback_builder("unary", timeout)
         .routes.with_route("/upper", upper_route, methods=["POST"])
         .with_route("/ping", ping_route)
         .with_route("/pending", pending_route)
@@ -68,7 +71,7 @@ def test_unary_concurrent_replies_reach_their_own_waiters(queues: tuple[Any, Any
     bodies = [{"text": f"req-{i}", "delay": rng.choice([0.0, 0.001, 0.01, 0.05])} for i in range(200)]
     server = _server(queues, max_pending=256)
     with running(server) as url:
-        responses = asyncio.run(gather_posts(f"{url}/upper", bodies))
+        responses = asyncio.run(_gather_posts(f"{url}/upper", bodies))
         assert [r.status_code for r in responses] == [200] * 200
         assert [r.json()["text"] for r in responses] == [str(b["text"]).upper() for b in bodies]
         assert httpx.get(f"{url}/pending", timeout=10).json()["pending"] == 0
@@ -81,7 +84,8 @@ def test_unary_timeout_is_504_and_the_late_reply_goes_nowhere(
     while a second request waits. Expect 504 (no traceback logged) for the first, the second
     gets its own answer, and the late reply is dropped and counted."""
     release = threading.Event()
-    main_loop.behaviour = lambda r: held_until(release)(r) if r.text == "slow" else answer_upper(r)
+    held = held_until(release)
+    main_loop.behaviour = lambda r: held(r) if r.text == "slow" else answer_upper(r)
     log = tmp_path / "child.log"
     server = _server(queues, timeout=0.5, log_file=log)
     with running(server) as url:
@@ -103,6 +107,8 @@ def test_unary_timeout_is_504_and_the_late_reply_goes_nowhere(
 def test_unary_error_reply_becomes_its_status(
     queues: tuple[Any, Any], main_loop: MainLoop, status: int, expected: int
 ) -> None:
+    """Steps: the main process answers ErrorReply(status). Expect that status when it is an error
+    status, else 500, with the main process's message as ``detail``."""
     server = _server(queues)
     with running(server) as url:
         response = httpx.post(f"{url}/upper", json={"text": "bad", "fail_status": status}, timeout=10)
@@ -114,12 +120,12 @@ def test_unary_unknown_duplicate_and_idless_replies_are_dropped(queues: tuple[An
     """The main process answers each request three extra times: a duplicate, an unknown id and an
     object with no id. Expect each client to get exactly its own answer, and 3 drops per request."""
 
-    def noisy(request: Work) -> Done:
+    def noisy(request: Upper) -> UpperDone | ErrorReply:
         main_loop.response_q.put(ErrorReply("no-such-id", "stray"))
         main_loop.response_q.put("no id at all")
         reply = answer_upper(request)
         main_loop.response_q.put(reply)
-        return reply  # type: ignore[no-any-return]
+        return reply
 
     main_loop.behaviour = noisy
     server = _server(queues)
@@ -134,7 +140,7 @@ def test_unary_unknown_duplicate_and_idless_replies_are_dropped(queues: tuple[An
 def test_unary_invalid_body_is_422(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
     """Invalid bodies are 422, including those FastAPI's own 422 would fail to render (a 500):
     infinity, NaN, a lone surrogate."""
-    b = builder("invalid").routes.with_route("/count", count_route, methods=["POST"]).done()
+    b = loopback_builder("invalid").routes.with_route("/count", count_route, methods=["POST"]).done()
     server = b.subprocess.with_ipc(*queues).done().build()
     with running(server) as url:
         for body in (b"not json", b'{"n": "x"}', b'{"n": 1e400}', b'{"n": NaN}', b'{"n": "\\ud800"}'):
@@ -149,7 +155,7 @@ def test_unary_invalid_body_is_422(queues: tuple[Any, Any], main_loop: MainLoop)
 
 def test_unary_direct_mode_serves_in_this_process() -> None:
     """Steps: build without with_ipc, start() in a thread, GET /ping, stop(). Expect this pid."""
-    server = builder("direct").routes.with_route("/ping", ping_route).done().build()
+    server = loopback_builder("direct").routes.with_route("/ping", ping_route).done().build()
     assert not server.is_subprocess_mode and server.ipc is None
     with pytest.raises(RuntimeError, match="subprocess mode"):
         server.start_subprocess()

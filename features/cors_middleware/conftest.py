@@ -1,0 +1,25 @@
+"""The cors_middleware slice's fixtures: real spawn queues and a main-process loop answering
+``upper_route``'s requests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from features.cors_middleware.middleware_examples import answer_upper
+from isolated_api.testing import MainLoop, spawn_queues
+
+
+@pytest.fixture
+def queues() -> Iterator[tuple[Any, Any]]:
+    with spawn_queues() as pair:
+        yield pair
+
+
+@pytest.fixture
+def main_loop(queues: tuple[Any, Any]) -> Iterator[MainLoop]:
+    loop = MainLoop(*queues, answer_upper).start()
+    yield loop
+    loop.stop()

@@ -1,0 +1,16 @@
+"""The streaming slice's fixtures: real spawn queues (each test starts its own engine loop)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from isolated_api.testing import spawn_queues
+
+
+@pytest.fixture
+def queues() -> Iterator[tuple[Any, Any]]:
+    with spawn_queues() as pair:
+        yield pair

@@ -1,0 +1,24 @@
+"""The unary slice's fixtures: real spawn queues and a main-process loop answering ``Upper``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from features.unary.unary import answer_upper
+from isolated_api.testing import MainLoop, spawn_queues
+
+
+@pytest.fixture
+def queues() -> Iterator[tuple[Any, Any]]:
+    with spawn_queues() as pair:
+        yield pair
+
+
+@pytest.fixture
+def main_loop(queues: tuple[Any, Any]) -> Iterator[MainLoop]:
+    loop = MainLoop(*queues, answer_upper).start()
+    yield loop
+    loop.stop()
