@@ -12,6 +12,7 @@ from isolated_api.engine.context import RequestContext
 from isolated_api.engine.engine import Engine
 from isolated_api.engine.errors import EngineError
 from isolated_api.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
+from isolated_api.engine.wire import ENGINE_WIRE_TYPES
 from isolated_api.main.reply_batcher import ReplyBatcher
 from isolated_api.main.subprocess_manager import SubprocessManager
 from isolated_api.server.builder import RouteConfigurer, ServerBuilder, SubprocessConfigurer, UvicornConfigurer
@@ -50,6 +51,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ENGINE_WIRE_TYPES",
     "IPC",
     "ApiConfig",
     "BuildError",

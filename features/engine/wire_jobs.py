@@ -1,6 +1,6 @@
 """msgspec request types, handlers and routes for an engine behind ``MsgspecCodec`` (module-level:
 the HTTP child imports the routes and the codec's types). The codec lists them beside the engine's
-own wire types, ``MsgspecCodec(Shout, Spell, *ENGINE_WIRE_TYPES)``; tests/engine/test_engine_wire.py
+own wire types, ``MsgspecCodec(Shout, Spell, *ENGINE_WIRE_TYPES)``; features/engine/test_engine_wire.py
 serves them end to end."""
 
 from __future__ import annotations

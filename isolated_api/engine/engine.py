@@ -58,7 +58,7 @@ class Engine:
     ``RequestContext``. Raise ``EngineError(message, status)`` to choose the client's status;
     any other exception is a 500 with its message. ``handle(object, fn)`` is a catch-all.
     ``codec``: the server's codec when it is binary (``MsgspecCodec``; list ``ENGINE_WIRE_TYPES``
-    from ``isolated_api.engine.wire`` in it): requests are decoded and replies encoded here.
+    from ``isolated_api`` in it): requests are decoded and replies encoded here.
     """
 
     def __init__(

@@ -109,8 +109,9 @@ class RouteConfigurer:
     ) -> RouteConfigurer:
         """The built-in health routes (on by default): ``live_path`` answers 200 while the HTTP
         process is up; ``ready_path`` answers 200 only if the main process answers a probe within
-        ``deadline`` seconds and is not sitting on requests, else 503. Both report pending,
-        max_pending, rejected and dropped counts, restarts, uptime and the last error."""
+        ``deadline`` seconds and is not sitting on requests, else 503. Both report this worker's pid,
+        uptime, pending, max_pending, rejected and dropped counts; ``ready_path`` adds the
+        server-wide counts from the main process, its restarts and last error."""
         self._recipe.health = HealthSettings(live_path, ready_path, deadline)
         return self
 

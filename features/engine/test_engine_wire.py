@@ -1,7 +1,6 @@
 """The engine with MsgspecCodec end to end: requests arrive as MessagePack bytes, replies leave as
 bytes the HTTP child decodes into the engine's wire types; an unencodable reply fails only its
-own request. Here rather than in features/engine because ENGINE_WIRE_TYPES lives in a private module
-(isolated_api.engine.wire); the request types and routes are the slice's (features.engine.wire_jobs)."""
+own request."""
 
 from __future__ import annotations
 
@@ -13,10 +12,8 @@ import pytest
 pytest.importorskip("msgspec")
 
 from features.engine.wire_jobs import Shout, Spell, shout, shout_route, spell, spell_route
-from isolated_api import Engine, MsgspecCodec
-from isolated_api.engine.wire import ENGINE_WIRE_TYPES
-from isolated_api.testing import running
-from tests.helpers import builder
+from isolated_api import ENGINE_WIRE_TYPES, Engine, MsgspecCodec
+from isolated_api.testing import loopback_builder, running
 
 
 def test_engine_wire_msgspec_codec_serves_unary_and_streams(queues: tuple[Any, Any]) -> None:
@@ -26,7 +23,7 @@ def test_engine_wire_msgspec_codec_serves_unary_and_streams(queues: tuple[Any, A
     serving afterwards."""
     codec = MsgspecCodec(Shout, Spell, *ENGINE_WIRE_TYPES)
     server = (
-        builder("engine-wire")
+        loopback_builder("engine-wire")
         .routes.with_route("/shout", shout_route, methods=["POST"])
         .with_route("/spell", spell_route, methods=["POST"])
         .done()
