@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing.process
-import pickle
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -19,6 +18,7 @@ from isolated_api.main.relay import Relay
 from isolated_api.main.supervisor import StartupError, Supervisor, WorkerExit
 from isolated_api.main.worker_process import WorkerRecipe
 from isolated_api.server.listener import Listener
+from isolated_api.shared.spawn_payload import SpawnPayload
 from isolated_api.shared.spec import ServerSpec
 from isolated_api.worker.child import child_main
 
@@ -96,8 +96,9 @@ class SubprocessMode:
 
     def _worker_recipe(self) -> WorkerRecipe:
         sock = self._listener.socket()
-        # Under fork nothing is pickled (the child inherits the spec), so nothing needs to be.
-        payload = self._spec if self._spec.start_method == "fork" else pickle.dumps(self._spec)
+        # Pickled by multiprocessing as each worker starts (restarts included), inside its spawning
+        # context; under fork nothing is pickled.
+        payload = SpawnPayload(self._spec)
 
         def make_args(uplink: Connection, downlink: Connection, lifeline: Connection, fds: tuple[int, ...]) -> Any:
             return (payload, fds, sock, uplink, downlink, lifeline)

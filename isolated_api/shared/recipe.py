@@ -4,7 +4,6 @@ into an app. It is pickled to the child under ``spawn``, so ``check_picklable`` 
 from __future__ import annotations
 
 import importlib
-import pickle
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 
 from isolated_api.shared.cors import CorsPolicy
 from isolated_api.shared.readiness import HealthSettings
+from isolated_api.shared.spawn_payload import check_sendable
 
 
 class BuildError(ValueError):
@@ -109,7 +109,7 @@ class AppRecipe:
         anything else that can't be pickled fails now, naming the part."""
         for index, spec in enumerate(self.routers):
             try:
-                pickle.dumps(spec.router)
+                check_sendable(spec.router)
             except Exception:
                 ref = ModuleAttribute.locate(spec.router)
                 if ref is None:
@@ -120,12 +120,21 @@ class AppRecipe:
                 self.routers[index] = RouterSpec(ref, spec.prefix, spec.tags)
         for what, part in self.parts():
             try:
-                pickle.dumps(part)
+                check_sendable(part)
             except Exception as exc:
-                raise BuildError(
-                    f"{what} cannot be sent to the HTTP child process ({exc}). Define it at module level "
-                    "(not a lambda, closure or nested function) so the child can import it."
-                ) from exc
+                raise BuildError(f"{what} cannot be sent to the HTTP child process: {exc}. {_fix_for(exc)}") from exc
+
+
+def _fix_for(exc: Exception) -> str:
+    # Functions pickle by name: only a lambda, closure or nested function is "local". Anything else
+    # is an object the part holds that can't be pickled (a lock of threading, an open file, a client).
+    if "local object" in str(exc) or "<lambda>" in str(exc):
+        return "Define it at module level (not a lambda, closure or nested function) so the child can import it."
+    return (
+        "Everything it holds is pickled for each worker: create what can't be pickled (a thread lock, an open "
+        "file or socket, a client) inside the worker, e.g. in the lifespan, or start workers with "
+        ".subprocess.with_start_method('fork')."
+    )
 
 
 def _name(obj: object) -> str:

@@ -165,6 +165,9 @@ class IPCChannel:
         Raises ``IPCTimeoutError`` (504) after ``timeout`` seconds (default: the response
         timeout), ``OverloadedError`` (503) past ``max_pending``, ``ChannelClosedError`` (503)
         if the main process is gone, ``RemoteError`` (its status) for an ``ErrorReply``.
+        A request without ``.id``, or whose id is not hashable, raises ``TypeError`` before anything
+        is sent: the wrong kind of object, as Python's own protocols report it (``hash([])``), and
+        what this API has always raised, so code that catches it keeps working.
         """
         request_id = self._admit(request)
         loop = asyncio.get_running_loop()

@@ -7,12 +7,12 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import pickle
 import socket
 import threading
 from multiprocessing.connection import Connection
 
 from isolated_api.shared.output import configure_logging
+from isolated_api.shared.spawn_payload import PickledPayload, SpawnPayload
 from isolated_api.shared.spec import ServerSpec
 from isolated_api.worker.app import build_app
 from isolated_api.worker.channel import IPCChannel
@@ -46,7 +46,7 @@ def _watch_lifeline(lifeline: Connection, server: DrainingServer, finished: thre
 
 
 def child_main(
-    spec_or_bytes: ServerSpec | bytes,
+    payload: SpawnPayload | PickledPayload,
     parent_fds: tuple[int, ...],
     sock: socket.socket,
     uplink: Connection,
@@ -56,7 +56,7 @@ def child_main(
     # Under spawn the spec arrives pickled so that unpickling it, which imports the user's
     # modules, happens after the output redirection: their import-time output lands in the log
     # file too. Under fork it is inherited as is.
-    spec: ServerSpec = pickle.loads(spec_or_bytes) if isinstance(spec_or_bytes, bytes) else spec_or_bytes
+    spec: ServerSpec = payload.load()
     # Under fork the child inherits the parent's ends of its pipes; holding them would hide the
     # parent's death (no end-of-file), so the child closes them first.
     for fd in parent_fds:
