@@ -27,6 +27,7 @@ from isolated_api.engine.handlers import Handler, HandlerTable
 from isolated_api.engine.intake import Intake, StopIntake
 from isolated_api.engine.job import Encode, Job, ReplySink
 from isolated_api.engine.messages import HealthPing, HealthStatus
+from isolated_api.shared.heartbeat import Heartbeat
 from isolated_api.shared.messages import CancelRequest, ErrorReply
 
 logger = logging.getLogger("isolated_api.engine")
@@ -55,15 +56,29 @@ class Engine:
 
     Handlers: plain functions (run in a worker thread), ``async def`` functions, generators and
     async generators (streams). Declared as ``fn(request, ctx)`` they also get a
-    ``RequestContext``. Raise ``EngineError(message, status)`` to choose the client's status;
-    any other exception is a 500 with its message. ``handle(object, fn)`` is a catch-all.
+    ``RequestContext``. Raise ``EngineError(message, status)`` to choose the client's status and
+    message; any other exception is a 500 with a generic message and an error id, logged here with
+    its traceback. ``handle(object, fn)`` is a catch-all.
+    ``heartbeat``: seconds between ``Heartbeat`` messages the engine's loop puts on ``response_q``
+    (None: none), for a server whose readiness expects a beat (``beat_timeout``: choose it a few
+    times this interval).
     ``codec``: the server's codec when it is binary (``MsgspecCodec``; list ``ENGINE_WIRE_TYPES``
     from ``isolated_api`` in it): requests are decoded and replies encoded here.
     """
 
     def __init__(
-        self, request_q: Any, response_q: Any, *, concurrency: int = 8, max_waiting: int = 0, codec: Any = None
+        self,
+        request_q: Any,
+        response_q: Any,
+        *,
+        concurrency: int = 8,
+        max_waiting: int = 0,
+        codec: Any = None,
+        heartbeat: float | None = None,
     ) -> None:
+        if heartbeat is not None and not heartbeat > 0:
+            raise ValueError(f"heartbeat must be > 0 seconds or None, got {heartbeat}")
+        self._heartbeat = heartbeat
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if max_waiting < 0:
@@ -182,12 +197,21 @@ class Engine:
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="isolated-api-engine-worker")
         try:
             loop.call_soon(self._ready.set)
+            if self._heartbeat is not None:
+                loop.call_soon(self._beat)
             loop.run_until_complete(self._serve_until_stopped())
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             loop.close()
             self._sink.close()
             self._finished.set()
+
+    def _beat(self) -> None:
+        # From the loop itself: a beat shows the loop that dispatches requests still turns.
+        if self._stopping or self._heartbeat is None or self._loop is None:
+            return
+        self._sink.put(Heartbeat())
+        self._loop.call_later(self._heartbeat, self._beat)
 
     def _begin_stop(self, timeout: float) -> None:
         self._stop_timeout = timeout

@@ -6,7 +6,9 @@
 - A generator's items go out at once as ``StreamChunk(is_final=False)``; when it ends, one more
   chunk with ``is_final=True`` closes the stream (see ``StreamChunk``). Holding each item back
   until the next one exists would delay every token by one.
-- ``EngineError`` -> ``ErrorReply`` with its status; any other exception -> 500 with its message.
+- ``EngineError`` -> ``ErrorReply`` with its status and message; any other exception -> a 500 whose
+  message is generic with an error id, the traceback logged here under that id: an exception's
+  text (a path, a key, a query) is for the operator, never for the client.
   Cancellation sends nothing: ``Job`` refuses messages once it is cancelled.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import secrets
 from collections.abc import AsyncGenerator, Generator
 from concurrent.futures import Executor
 from typing import Any
@@ -31,8 +34,9 @@ logger = logging.getLogger("isolated_api.engine")
 def error_reply(job: Job, handler: Handler, exc: BaseException) -> ErrorReply:
     if isinstance(exc, EngineError):
         return ErrorReply(job.id, exc.message, exc.status_code)
-    logger.error("handler %s failed on request %r", handler.name, job.id, exc_info=exc)
-    return ErrorReply(job.id, str(exc) or type(exc).__name__, 500)
+    error_id = secrets.token_hex(6)
+    logger.error("handler %s failed on request %r (error id %s)", handler.name, job.id, error_id, exc_info=exc)
+    return ErrorReply(job.id, f"internal error (error id {error_id})", 500)
 
 
 def _call(handler: Handler, job: Job) -> Any:

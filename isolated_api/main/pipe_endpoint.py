@@ -1,31 +1,45 @@
 """The main-process end of one HTTP child's private pipes.
 
 A thread blocks reading the child's uplink pipe and forwards its requests through the relay;
-replies for the child are written to its downlink pipe. When the uplink reaches end-of-file the
-child is gone: its routes are detached (the ids it abandoned are reported) and its pipes closed.
-A half-written frame left by a killed child dies with these pipes.
+replies for the child go to its downlink pipe through an ``Outbox`` (never a blocking write: a
+worker that stops reading costs only itself). When the uplink reaches end-of-file the child is
+gone: its routes are detached (the ids it abandoned are reported, and logged with the method and
+path of each) and its pipes closed. A half-written frame left by a killed child dies with these
+pipes.
+
+The child is not trusted: a frame over the cap, an unknown kind, a control frame that fails its
+schema (``shared/control.py``), or a worker that stalls its outbox makes it *condemned*: logged
+once, killed (SIGKILL by the pid it reported when ready), and then cleaned up like any dead
+worker, so its requests end once and the supervisor replaces it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from isolated_api.main import outbox as outbox_module
+from isolated_api.main.outbox import Outbox, OutboxLimits
 from isolated_api.main.relay import Relay
+from isolated_api.shared import control
 from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
 from isolated_api.shared.errors import IPCError
-from isolated_api.shared.framing import FrameDecoder, Kind, frame, request_body, split_request_body
+from isolated_api.shared.framing import FrameDecoder, Kind, ProtocolError, frame, request_body, split_request
 
 logger = logging.getLogger("isolated_api.relay")
 
 # What a pipe holds by default on Linux. os.read allocates the full size asked for on every call:
 # asking for 1 MiB cost ~18 us more per read than 64 KiB here, for the same few hundred bytes.
 _READ_SIZE = 1 << 16
+# The largest frame a worker may send: a request with its body. A header claiming more is refused
+# before a byte of its body is buffered.
+MAX_UPLINK_FRAME = 64 << 20
 
 ReadyCallback = Callable[["PipeEndpoint", Any], None]
 
@@ -38,6 +52,8 @@ class ServerHooks:
     facts: Callable[[], dict[str, Any]] | None = None
     on_metrics: Callable[[dict[str, Any]], None] | None = None
     render_metrics: Callable[[], bytes] | None = None
+    # None: ``outbox.DEFAULT_LIMITS`` as it is when the endpoint is made.
+    outbox: OutboxLimits | None = field(default=None)
 
 
 LostCallback = Callable[["PipeEndpoint", list[Hashable], bool], None]
@@ -68,8 +84,16 @@ class PipeEndpoint:
         self._facts = hooks.facts or relay.facts
         self._on_metrics = hooks.on_metrics
         self._render_metrics = hooks.render_metrics
-        self._write_lock = threading.Lock()
-        self._writable = True
+        self._outbox = Outbox(
+            self._down_fd,
+            name=name,
+            limits=hooks.outbox or outbox_module.DEFAULT_LIMITS,
+            on_stalled=lambda why: self.condemn(f"it stopped reading its replies: {why}"),
+        )
+        self._close_lock = threading.Lock()
+        # Reported in the worker's READY frame: what condemn() kills.
+        self.peer_pid: int | None = None
+        self.condemned: str | None = None
         self._thread = threading.Thread(target=self._read_uplink, name=f"isolated-api-{name}", daemon=True)
 
     def start(self) -> None:
@@ -116,59 +140,87 @@ class PipeEndpoint:
         return frame(Kind.REJECT, self._codec.encode_control(details))
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        with self._write_lock:
-            if not self._writable:
+        self._outbox.write(data)
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox
+
+    def condemn(self, reason: str) -> None:
+        """Treats the worker as dead: logged once, nothing more written to it, and killed, so its
+        uplink ends and the usual clean-up runs (its requests end once, the supervisor replaces
+        it). Safe from any thread, and to call twice."""
+        with self._close_lock:
+            if self.condemned is not None:
                 return
+            self.condemned = reason
+        logger.error("%s (pid %s) is treated as dead: %s", self.name, self.peer_pid, reason)
+        self._outbox.close()
+        pid = self.peer_pid
+        if pid is not None:
+            # Our own child, not yet reaped (the supervisor joins it only after the uplink's EOF),
+            # so the pid cannot have been reused.
             try:
-                while view:
-                    written = os.write(self._down_fd, view)
-                    view = view[written:]
-            except OSError:  # the child is gone; its uplink EOF does the cleanup
-                self._writable = False
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     # -- child -> main ---------------------------------------------------------------------
 
     def _read_uplink(self) -> None:
-        decoder = FrameDecoder()
+        decoder = FrameDecoder(MAX_UPLINK_FRAME)
         fd = self._uplink.fileno()
         try:
-            while True:
+            while self.condemned is None:
                 try:
                     data = os.read(fd, _READ_SIZE)
                 except OSError:
                     break
                 if not data:
                     break
-                for kind, body in decoder.feed(data):
-                    self._handle(kind, body)
+                try:
+                    for kind, body in decoder.feed(data):
+                        self._handle(kind, body)
+                except ProtocolError as exc:
+                    self.condemn(f"it broke the frame protocol: {exc}")
         finally:
             abandoned = self._relay.detach(self)
-            with self._write_lock:
-                self._writable = False
+            self._outbox.close()
+            with self._close_lock:
                 self._downlink.close()
             self._uplink.close()
             self._on_lost(self, abandoned, decoder.has_partial_frame)
 
     def _handle(self, kind: Kind, body: bytes) -> None:
         if kind is Kind.REQUEST or kind is Kind.STREAM_REQUEST:
-            request_id, payload = split_request_body(body, self._codec.decode_id)
             try:
-                self._relay.forward(self, request_id, payload=payload, streaming=kind is Kind.STREAM_REQUEST)
+                request_id, origin, payload = split_request(body, self._codec.decode_id)
+                hash(request_id)
+            except ProtocolError:
+                raise
+            except Exception as exc:  # an id that does not decode, or is unhashable
+                raise ProtocolError(f"a request id that does not decode: {exc!r}") from None
+            try:
+                self._relay.forward(
+                    self, request_id, payload=payload, streaming=kind is Kind.STREAM_REQUEST, origin=origin
+                )
             except IPCError as exc:
                 self._write(self._reject_frame(request_id, exc))
         elif kind is Kind.CANCEL:
-            request_id, reason = self._codec.decode_control(body)
+            request_id, reason = control.decode_cancel(body, self._codec.decode_id)
             self._relay.abandon(self, request_id, reason)
         elif kind is Kind.PROBE:
             # Answered here, on the relay's side of the pipe: the user's loop never sees probes.
-            token, what = self._codec.decode_control(body)
+            token, what = control.decode_probe(body)
             answer = self._facts() if what == "facts" else self._render_metrics() if self._render_metrics else None
             self._write(frame(Kind.PONG, self._codec.encode_control((token, answer))))
         elif kind is Kind.METRICS:
+            report = control.decode_metrics(body)
             if self._on_metrics is not None:
-                self._on_metrics(self._codec.decode_control(body))
+                self._on_metrics(report)
         elif kind is Kind.READY:
-            self._on_ready(self, self._codec.decode_control(body))
+            info = control.decode_ready(body)
+            self.peer_pid = info["pid"]
+            self._on_ready(self, info)
         else:
-            logger.warning("%s sent an unexpected frame kind %s", self.name, kind)
+            raise ProtocolError(f"a frame of kind {kind.name}, which only the main process sends")

@@ -9,6 +9,11 @@ One thread blocks on ``response_q.get()``: no polling, and a burst of replies is
 to each endpoint in one batch (at most ``_BATCH_WINDOW`` after its first reply was read, so the
 first token of a fast stream is not held back until the whole burst is read).
 
+Proof of life: any reply shows the main loop runs (``facts()["last_reply_age"]``), and so does a
+``Heartbeat`` (dropped here, not counted as a stray reply). A request that timed out with no reply
+at all since it was forwarded marks the main loop *unanswering* (``facts()["unanswered_age"]``)
+until the next reply or beat: readiness stays 503 after the stuck requests are gone.
+
 A message on ``response_q`` may also be a ``list`` of replies (``ReplyBatcher`` sends them so):
 each is routed as if it had come alone, and when all go to the same endpoint the message's bytes
 are forwarded as they are, one frame for the lot.
@@ -28,6 +33,7 @@ from typing import Any, Protocol
 from isolated_api.main.queue_access import ReplyReader, RequestWriter
 from isolated_api.shared.codecs import Codec
 from isolated_api.shared.errors import ChannelClosedError, DuplicateRequestIdError, OverloadedError, QueueFullError
+from isolated_api.shared.heartbeat import Heartbeat
 from isolated_api.shared.messages import CancelRequest, ErrorReply
 
 logger = logging.getLogger("isolated_api.relay")
@@ -35,6 +41,8 @@ logger = logging.getLogger("isolated_api.relay")
 _MISSING = object()
 _BATCH_LIMIT = 512
 _BATCH_WINDOW = 0.0002  # seconds
+# How many requests in flight in a dead worker are named in the log line that reports it.
+_LOGGED_IN_FLIGHT = 20
 
 # One reader per response queue: two relays on one queue would take each other's replies.
 _queues_in_use: dict[int, Relay] = {}
@@ -80,6 +88,7 @@ class _Route:
     endpoint: Endpoint
     streaming: bool
     created: float
+    origin: str = ""  # "METHOD /path" of the HTTP request, when the worker sent it
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,10 @@ class Relay:
         # Opt-in: a CancelRequest on request_q would surprise a main loop that doesn't expect it.
         self._cancel_notices = cancel_notices
         self._last_reply_at = time.monotonic()
+        # When the oldest request that timed out with no reply at all since it was forwarded was
+        # forwarded; None once a reply or a Heartbeat came after it.
+        self._unanswered_since: float | None = None
+        self.beats = 0
         self.cancel_notices_sent = 0
         # Replies handed over in this process (route_local), never on response_q.
         self.local_replies = 0
@@ -201,9 +214,11 @@ class Relay:
         request: Any = None,
         payload: bytes | None = None,
         streaming: bool = False,
+        origin: str = "",
     ) -> None:
         """Routes replies for ``request_id`` to ``endpoint``, then puts the request on
-        ``request_q``. The route exists before the put, so no reply can outrun it."""
+        ``request_q``. The route exists before the put, so no reply can outrun it. ``origin``
+        ("POST /upper") is logged if the endpoint dies with the request in flight."""
         with self._lock:
             if self._closed:
                 raise ChannelClosedError("the server is not running")
@@ -216,7 +231,7 @@ class Relay:
                     retry_after=self._overload[1],
                     status_code=self._overload[0],
                 )
-            self._routes[request_id] = _Route(endpoint, streaming, time.monotonic())
+            self._routes[request_id] = _Route(endpoint, streaming, time.monotonic(), origin)
         try:
             self._writer.put(request, payload)
         except queue.Full:
@@ -232,17 +247,35 @@ class Relay:
 
     def abandon(self, endpoint: Endpoint, request_id: Hashable, reason: str = "cancelled") -> bool:
         """The endpoint gave up on ``request_id`` (timeout, client gone). Later replies are dropped."""
-        forgotten = self._forget(request_id, endpoint)
-        if forgotten:
-            self._notify_cancelled([request_id], reason)
-        return forgotten
+        route = self._forget(request_id, endpoint)
+        if route is None:
+            return False
+        if reason == "timeout":
+            with self._lock:
+                # Nothing at all came back while it waited: the main loop is not taking requests.
+                if self._last_reply_at < route.created and self._unanswered_since is None:
+                    self._unanswered_since = route.created
+        self._notify_cancelled([request_id], reason)
+        return True
 
     def detach(self, endpoint: Endpoint, reason: str = "worker_died") -> list[Hashable]:
         """Forgets every route of ``endpoint`` (it closed or died) and returns their ids."""
         with self._lock:
-            ids = [rid for rid, route in self._routes.items() if route.endpoint is endpoint]
-            for rid in ids:
+            routes = [(rid, route) for rid, route in self._routes.items() if route.endpoint is endpoint]
+            for rid, _ in routes:
                 del self._routes[rid]
+        ids = [rid for rid, _ in routes]
+        if routes and reason == "worker_died":
+            shown = routes[:_LOGGED_IN_FLIGHT]
+            named = ", ".join(f"{rid!r} ({route.origin or 'origin unknown'})" for rid, route in shown)
+            more = len(routes) - _LOGGED_IN_FLIGHT
+            logger.warning(
+                "%s ended with %d request(s) in flight: %s%s",
+                endpoint.name,
+                len(routes),
+                named,
+                f" and {more} more" if more > 0 else "",
+            )
         self._notify_cancelled(ids, reason)
         return ids
 
@@ -262,10 +295,13 @@ class Relay:
         with self._lock:
             oldest = min((route.created for route in self._routes.values()), default=None)
             pending = len(self._routes)
+            unanswered = self._unanswered_since
         return {
             "pending": pending,
             "oldest_pending_age": 0.0 if oldest is None else now - oldest,
             "last_reply_age": now - self._last_reply_at,
+            "unanswered_age": 0.0 if unanswered is None else now - unanswered,
+            "beats": self.beats,
             "forwarded": self.forwarded,
             "dropped": self.dropped_replies,
             "rejected": self.rejected,
@@ -274,13 +310,16 @@ class Relay:
             "cancel_notices": self.cancel_notices_sent,
         }
 
-    def _forget(self, request_id: Hashable, endpoint: Endpoint) -> bool:
+    def _forget(self, request_id: Hashable, endpoint: Endpoint) -> _Route | None:
         with self._lock:
-            route = self._routes.get(request_id)
+            try:
+                route = self._routes.get(request_id)
+            except TypeError:  # unhashable id
+                return None
             if route is None or route.endpoint is not endpoint:
-                return False
+                return None
             del self._routes[request_id]
-            return True
+            return route
 
     def answers_everything(self, replies: list[Any]) -> bool:
         """True when ``replies`` end every request the server still awaits (each a reply to a
@@ -353,6 +392,7 @@ class Relay:
 
         with self._lock:
             self._last_reply_at = time.monotonic()
+            self._unanswered_since = None
             for reply, raw in batch:
                 if type(reply) is list and len(reply) == 1 and raw is None:
                     # A bundle of one with no bytes to forward (a batcher's lone reply): sent as a
@@ -370,6 +410,9 @@ class Relay:
                     continue
                 if type(reply) is _StopReader:
                     stop = stop or reply.token == token
+                    continue
+                if type(reply) is Heartbeat:
+                    self.beats += 1
                     continue
                 endpoint = self._claim(reply, ended)
                 if endpoint is not None:

@@ -243,6 +243,17 @@ class SubprocessConfigurer:
         self._builder._gc_threshold = first
         return self
 
+    def with_liveness_beat(self, timeout: float) -> SubprocessConfigurer:
+        """Readiness expects proof of life from an idle main loop too: 503 when neither a reply nor
+        a ``Heartbeat`` reached ``response_q`` within ``timeout`` seconds (a plain loop puts
+        ``Heartbeat()`` when it has nothing to do; ``Engine(..., heartbeat=s)`` beats by itself).
+        Needs the health routes; call it after ``with_health``, which resets it."""
+        health = self._builder._recipe.health
+        if health is None:
+            raise ConfigError("with_liveness_beat needs the health routes (they were turned off)")
+        self._builder._recipe.health = dataclasses.replace(health, beat_timeout=timeout)
+        return self
+
     def done(self) -> ServerBuilder:
         return self._builder
 

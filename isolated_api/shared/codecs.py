@@ -6,8 +6,10 @@ carries only the ``msgspec.Struct`` types you list, is faster on typical message
 decode from an untrusted peer: decoding builds those types and nothing else, where unpickling can
 run code. With it, ``request_q`` and ``response_q`` carry ``bytes``: the main process decodes
 requests and encodes replies with the same codec (the ``Engine`` companion does it for you). The
-framework's own small messages between a worker and the relay (ids, cancellations, probes) use
-the same family: plain MessagePack with msgspec, so the relay never unpickles what a worker sent.
+framework's own frames from a worker to the relay (ready, probes, cancellations, metrics) are JSON
+checked against a schema whatever the codec (``shared/control.py``), so the relay never unpickles
+what a worker sent on its own behalf; see docs/security.md for which codec to pick when the HTTP
+side faces the internet.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Protocol, Union
 from isolated_api.shared.config import ConfigError
 from isolated_api.shared.errors import IPCError
 from isolated_api.shared.framing import dumps
+from isolated_api.shared.heartbeat import Heartbeat
 from isolated_api.shared.messages import CancelRequest, ErrorReply
 
 _STR_ID = b"s"
@@ -139,9 +142,13 @@ class MsgspecCodec:
             id: str | int
             reason: str
 
+        class _HeartbeatWire(msgspec.Struct, tag="isolated_api.Heartbeat"):
+            pass
+
         self._error_wire = _ErrorReplyWire
         self._cancel_wire = _CancelWire
-        members = (*self.types, _ErrorReplyWire, _CancelWire)
+        self._heartbeat_wire = _HeartbeatWire
+        members = (*self.types, _ErrorReplyWire, _CancelWire, _HeartbeatWire)
         self._encoder = msgspec.msgpack.Encoder()
         # A tagged union: the decoder builds exactly these types, nothing else; or a list of
         # them (several replies in one message, as ReplyBatcher sends).
@@ -171,6 +178,8 @@ class MsgspecCodec:
             return self._error_wire(_wire_id(obj.id), obj.message, obj.status_code)
         if type(obj) is CancelRequest:
             return self._cancel_wire(_wire_id(obj.id), obj.reason)
+        if type(obj) is Heartbeat:
+            return self._heartbeat_wire()
         return obj
 
     def _from_wire(self, obj: Any) -> Any:
@@ -178,6 +187,8 @@ class MsgspecCodec:
             return ErrorReply(obj.id, obj.message, obj.status_code)
         if type(obj) is self._cancel_wire:
             return CancelRequest(obj.id, obj.reason)
+        if type(obj) is self._heartbeat_wire:
+            return Heartbeat()
         return obj
 
     def encode_control(self, obj: Any) -> bytes:

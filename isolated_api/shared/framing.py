@@ -19,7 +19,21 @@ from typing import Any
 
 _HEADER = struct.Struct("!IB")
 _ID_LEN = struct.Struct("!I")
+# A request's id and origin lengths: the origin ("GET /items/{id}") is what the main process logs
+# when the worker it came from dies with it in flight.
+_REQUEST_HEAD = struct.Struct("!IH")
 HEADER_SIZE = _HEADER.size
+# What an origin may take in a request frame; longer paths are cut (it is only logged).
+MAX_ORIGIN = 200
+
+
+class ProtocolError(ValueError):
+    """A peer sent bytes that break the frame protocol (unknown kind, a frame over the cap, a
+    malformed body): nothing more it sends can be trusted."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame header claimed more bytes than the reader accepts: refused before buffering any."""
 
 
 class Kind(IntEnum):
@@ -124,15 +138,52 @@ def split_request_body(body: bytes, decode_id: Callable[[bytes], Any] = loads) -
     return request_id, body[start + id_len :]
 
 
+def origin_text(method: str, path: str) -> bytes:
+    """``b"GET /items/7"``, cut to ``MAX_ORIGIN`` bytes."""
+    return f"{method} {path}".encode("utf-8", "replace")[:MAX_ORIGIN]
+
+
+def request_frame(
+    kind: Kind, request_id: Hashable, origin: bytes, payload: bytes, encode_id: Callable[[Any], bytes] = dumps
+) -> bytes:
+    """A REQUEST or STREAM_REQUEST frame: the id (routed without decoding the request), the
+    origin, the payload. One header and two small slices more than a reply: ~0.2 us."""
+    id_bytes = encode_id(request_id)
+    head = _REQUEST_HEAD.pack(len(id_bytes), len(origin))
+    length = _REQUEST_HEAD.size + len(id_bytes) + len(origin) + len(payload)
+    return b"".join((_HEADER.pack(length, kind), head, id_bytes, origin, payload))
+
+
+def split_request(body: bytes, decode_id: Callable[[bytes], Any] = loads) -> tuple[Hashable, str, bytes]:
+    """(id, origin, payload) of a request frame's body; ``ProtocolError`` if its lengths lie."""
+    try:
+        id_len, origin_len = _REQUEST_HEAD.unpack_from(body)
+    except struct.error:
+        raise ProtocolError("a request frame shorter than its header") from None
+    start = _REQUEST_HEAD.size
+    end = start + id_len + origin_len
+    if origin_len > MAX_ORIGIN or end > len(body):
+        raise ProtocolError("a request frame whose lengths exceed its body")
+    request_id: Hashable = decode_id(body[start : start + id_len])
+    origin = body[start + id_len : end].decode("utf-8", "replace")
+    return request_id, origin, body[end:]
+
+
 # Kind(n) costs about 0.8 us (the enum's lookup machinery); a dict lookup, a tenth of that.
 _KINDS: dict[int, Kind] = {kind.value: kind for kind in Kind}
 
 
 class FrameDecoder:
-    """Turns a byte stream into frames; keeps an incomplete tail for the next feed."""
+    """Turns a byte stream into frames; keeps an incomplete tail for the next feed.
 
-    def __init__(self) -> None:
+    ``max_frame``: the largest body accepted. A header claiming more raises ``FrameTooLarge`` as
+    soon as it is read, before the body is buffered (an untrusted peer must not make the reader
+    hold gigabytes waiting for a frame that was never meant to end). ``None``: no cap (the main
+    process is the trusted side of a worker's pipes)."""
+
+    def __init__(self, max_frame: int | None = None) -> None:
         self._buffer = bytearray()
+        self._max_frame = max_frame
 
     def feed(self, data: bytes) -> list[tuple[Kind, bytes]]:
         # Usually nothing is left over from the last read: cut the frames straight out of
@@ -146,13 +197,14 @@ class FrameDecoder:
         end = len(buffer)
         while end - offset >= HEADER_SIZE:
             length, kind = _HEADER.unpack_from(buffer, offset)
+            if kind not in _KINDS:
+                raise ProtocolError(f"unknown frame kind {kind}")
+            if self._max_frame is not None and length > self._max_frame:
+                raise FrameTooLarge(f"a frame of {length} bytes, over the cap of {self._max_frame}")
             start = offset + HEADER_SIZE
             if end - start < length:
                 break
-            try:
-                frames.append((_KINDS[kind], bytes(buffer[start : start + length])))
-            except KeyError:
-                raise ValueError(f"unknown frame kind {kind}") from None
+            frames.append((_KINDS[kind], bytes(buffer[start : start + length])))
             offset = start + length
         if buffer is data:
             self._buffer += data[offset:]

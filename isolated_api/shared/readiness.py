@@ -1,7 +1,13 @@
 """When is the server ready? When the main process answers a probe within the deadline, the
 channel is open, and the main process is not sitting on requests: if some are pending, the oldest
 for longer than the deadline, and no reply at all came within the deadline, its loop has stopped
-reading ``request_q`` (or is stuck) and new requests would only time out."""
+reading ``request_q`` (or is stuck) and new requests would only time out.
+
+Sticky: once a request timed out after waiting past the deadline with no reply at all since it
+was forwarded, the server stays not ready until the main process replies to something again
+(``unanswered_age`` in the relay's facts), even with nothing pending any more. With a liveness
+beat (``beat_timeout``) an idle loop must prove itself too: a reply or a ``Heartbeat`` within
+that many seconds, or not ready."""
 
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ class HealthSettings:
     live_path: str = "/health/live"
     ready_path: str = "/health/ready"
     deadline: float = 1.0
+    # None: no beat expected (an idle loop is taken as alive).
+    beat_timeout: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("live_path", "ready_path"):
@@ -28,6 +36,9 @@ class HealthSettings:
             raise ConfigError("health live_path and ready_path must differ")
         if isinstance(self.deadline, bool) or not isinstance(self.deadline, int | float) or self.deadline <= 0:
             raise ConfigError(f"health deadline must be > 0 seconds, got {self.deadline!r}")
+        beat = self.beat_timeout
+        if beat is not None and (isinstance(beat, bool) or not isinstance(beat, int | float) or not beat > 0):
+            raise ConfigError(f"health beat_timeout must be > 0 seconds or None, got {beat!r}")
 
 
 def main_process_stalled(facts: dict[str, Any], deadline: float) -> bool:
@@ -38,7 +49,9 @@ def main_process_stalled(facts: dict[str, Any], deadline: float) -> bool:
     )
 
 
-def readiness_problem(facts: dict[str, Any] | None, *, channel_open: bool, deadline: float) -> str | None:
+def readiness_problem(
+    facts: dict[str, Any] | None, *, channel_open: bool, deadline: float, beat_timeout: float | None = None
+) -> str | None:
     """None when ready, else why not."""
     if not channel_open:
         return "the IPC channel is closed"
@@ -49,4 +62,11 @@ def readiness_problem(facts: dict[str, Any] | None, *, channel_open: bool, deadl
             f"the main process has not answered for {facts['last_reply_age']:.1f} s "
             f"with {facts['pending']} request(s) pending"
         )
+    if facts.get("unanswered_age", 0.0) > deadline:
+        return (
+            f"a request timed out unanswered and the main process has not replied since "
+            f"({facts['last_reply_age']:.1f} s ago)"
+        )
+    if beat_timeout is not None and facts.get("last_reply_age", 0.0) > beat_timeout:
+        return f"no reply or heartbeat from the main process for {facts['last_reply_age']:.1f} s"
     return None

@@ -18,6 +18,7 @@ from isolated_api.worker.health_routes import Probe, install_health_routes
 from isolated_api.worker.http_errors import install_error_handlers
 from isolated_api.worker.metrics_middleware import MetricsMiddleware
 from isolated_api.worker.metrics_routes import MetricsHooks, install_metrics_route
+from isolated_api.worker.request_origin import RequestOriginMiddleware
 
 
 def build_app(
@@ -72,6 +73,10 @@ def build_app(
     # Starlette puts each added middleware outside the previous one. Added in reverse, the
     # user's first middleware is the outermost of theirs; drain wraps them all and CORS wraps
     # drain, so even a 503 during shutdown carries CORS headers a browser can read.
+    if channel is not None:
+        # Innermost: the method and path a request to the main process came from (logged there
+        # if this worker dies with it in flight).
+        app.add_middleware(RequestOriginMiddleware)
     for middleware in reversed(recipe.middleware):
         app.add_middleware(middleware.cls, **middleware.options)  # type: ignore[arg-type]
     if recipe.cancel_on_disconnect:

@@ -44,7 +44,9 @@ def install_health_routes(
             # Direct mode: no main-process link to check.
             return JSONResponse({"status": "ready", **facts})
         main = await probe(settings.deadline)
-        problem = readiness_problem(main, channel_open=channel.is_open, deadline=settings.deadline)
+        problem = readiness_problem(
+            main, channel_open=channel.is_open, deadline=settings.deadline, beat_timeout=settings.beat_timeout
+        )
         if main is not None:
             # Server-wide figures from the main process (all workers together).
             facts.update(

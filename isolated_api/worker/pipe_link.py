@@ -11,10 +11,11 @@ from collections.abc import Callable, Hashable
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
-from isolated_api.shared import errors
+from isolated_api.shared import control, errors
 from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
-from isolated_api.shared.framing import FrameDecoder, Kind, frame, request_body, split_request_body
+from isolated_api.shared.framing import FrameDecoder, Kind, frame, request_frame, split_request_body
 from isolated_api.shared.link import LinkSink
+from isolated_api.worker.request_origin import current_origin
 
 _REJECTIONS: dict[str, type[errors.IPCError]] = {
     cls.__name__: cls
@@ -124,7 +125,7 @@ class PipeLink:
             raise errors.ChannelClosedError("the IPC link to the main process is closed")
         kind = Kind.STREAM_REQUEST if streaming else Kind.REQUEST
         codec = self.codec
-        data = frame(kind, request_body(request_id, codec.encode(request), codec.encode_id))
+        data = request_frame(kind, request_id, current_origin(), codec.encode(request), codec.encode_id)
         if not self._outbox and self._sink is not None and self._sink.pending_count <= 1:
             # Nothing else awaits the main process, so no other request is likely to share this
             # write: it leaves now instead of after the loop's turn, and the main process starts
@@ -152,7 +153,7 @@ class PipeLink:
 
     def cancel(self, request_id: Hashable, reason: str = "cancelled") -> None:
         if self._writer is not None and not self._lost:
-            self._write(frame(Kind.CANCEL, self.codec.encode_control((request_id, reason))))
+            self._write(frame(Kind.CANCEL, control.encode_cancel(request_id, reason, self.codec.encode_id)))
 
     async def probe(self, timeout: float) -> dict[str, Any] | None:
         """Asks the main process's relay for its facts; None if it doesn't answer in time.
@@ -167,7 +168,7 @@ class PipeLink:
 
     def send_metrics(self, report: dict[str, Any]) -> None:
         if self._writer is not None and not self._lost:
-            self._write(frame(Kind.METRICS, self.codec.encode_control(report)))
+            self._write(frame(Kind.METRICS, control.encode_metrics(report)))
 
     async def ask(self, what: str, timeout: float) -> Any:
         if self._writer is None or self._lost:
@@ -177,7 +178,7 @@ class PipeLink:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._probes[token] = future
         try:
-            self._write(frame(Kind.PROBE, self.codec.encode_control((token, what))))
+            self._write(frame(Kind.PROBE, control.encode_probe(token, what)))
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
@@ -190,9 +191,10 @@ class PipeLink:
         if future is not None and not future.done():
             future.set_result(answer)
 
-    def send_ready(self, info: Any) -> None:
+    def send_ready(self, info: dict[str, int]) -> None:
+        """``info``: this worker's ``pid`` and ``port``."""
         if self._writer is not None and not self._lost:
-            self._writer.write(frame(Kind.READY, self.codec.encode_control(info)))
+            self._writer.write(frame(Kind.READY, control.encode_ready(info["pid"], info["port"])))
 
     def lost(self, reason: str) -> None:
         if self._lost:

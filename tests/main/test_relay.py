@@ -20,7 +20,16 @@ from hypothesis import strategies as st
 from isolated_api.main.pipe_endpoint import PipeEndpoint
 from isolated_api.main.relay import Relay
 from isolated_api.shared.errors import ChannelClosedError, DuplicateRequestIdError, QueueFullError
-from isolated_api.shared.framing import FrameDecoder, Kind, dumps, frame, loads, request_body, split_request_body
+from isolated_api.shared.framing import (
+    FrameDecoder,
+    Kind,
+    dumps,
+    frame,
+    loads,
+    request_body,
+    request_frame,
+    split_request_body,
+)
 from isolated_api.shared.messages import ErrorReply
 from isolated_api.testing import wait_until
 
@@ -238,8 +247,8 @@ def test_relay_pipe_endpoint_discards_a_torn_frame_and_reports_abandoned_ids(mp_
     )
     endpoint.start()
     try:
-        whole = frame(Kind.REQUEST, request_body("done", dumps(Msg("done"))))
-        torn = frame(Kind.REQUEST, request_body("torn", dumps(Msg("torn", "x" * 10_000))))
+        whole = request_frame(Kind.REQUEST, "done", b"POST /done", dumps(Msg("done")))
+        torn = request_frame(Kind.REQUEST, "torn", b"POST /torn", dumps(Msg("torn", "x" * 10_000)))
         os.write(up_w.fileno(), whole + torn[: len(torn) // 2])
         assert rq.get(timeout=5) == Msg("done")
         up_w.close()

@@ -13,7 +13,7 @@ from typing import Any
 
 from isolated_api.shared.codecs import PickleCodec
 from isolated_api.shared.errors import IPCError
-from isolated_api.shared.framing import FrameDecoder, Kind, split_request_body
+from isolated_api.shared.framing import FrameDecoder, Kind, split_request
 from isolated_api.worker.pipe_link import PipeLink
 
 
@@ -43,7 +43,7 @@ def _sent_ids(fd: int, decoder: FrameDecoder) -> list[tuple[Kind, Hashable]]:
     sent: list[tuple[Kind, Hashable]] = []
     while select.select([fd], [], [], 0)[0]:
         for kind, body in decoder.feed(os.read(fd, 1 << 16)):
-            what = body if kind is Kind.CANCEL else split_request_body(body, PickleCodec().decode_id)[0]
+            what = body if kind is Kind.CANCEL else split_request(body, PickleCodec().decode_id)[0]
             sent.append((kind, what))
     return sent
 

@@ -1,0 +1,157 @@
+"""What the main process writes to one HTTP worker's pipe, without ever blocking the writer.
+
+Why: a worker whose event loop is blocked (a sync call inside ``async def``, SIGSTOP) stops
+reading its pipe; once the pipe (64 KiB on Linux) is full, a blocking write waits for that worker,
+and with it the relay's thread (replies to every other worker) and ``stop()``. So the pipe is
+non-blocking: a write goes straight to the pipe when nothing is queued and the pipe takes it (the
+common case: no thread hop), and whatever the pipe refuses waits in this worker's outbox, which a
+writer thread of its own (started on first need, asleep on a condition otherwise) sends as the
+pipe drains. The outbox is bounded: past ``max_bytes`` queued behind the frame being written, or
+when the pipe took nothing for ``stall_timeout`` seconds, the worker is declared stalled
+(``on_stalled`` once) and nothing more is queued for it; the endpoint then treats it as dead.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OutboxLimits:
+    """When a worker that does not read its pipe counts as dead."""
+
+    # Bytes queued behind what is being written. One reply larger than this still goes out to a
+    # worker that reads (it is the user's reply, and alone); a worker that does not read while
+    # more piles up is what this bounds.
+    max_bytes: int = 64 << 20
+    # Seconds the pipe may take nothing while something waits for it.
+    stall_timeout: float = 20.0
+
+
+DEFAULT_LIMITS = OutboxLimits()
+
+
+class Outbox:
+    def __init__(self, fd: int, *, name: str, limits: OutboxLimits, on_stalled: Callable[[str], None]) -> None:
+        self._fd = fd
+        os.set_blocking(fd, False)
+        self._name = name
+        self._limits = limits
+        self._on_stalled = on_stalled
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: collections.deque[memoryview] = collections.deque()
+        self._pending_bytes = 0
+        self._progress_at = 0.0
+        self._open = True
+        self._thread: threading.Thread | None = None
+        self.deferred_writes = 0  # writes the pipe did not take whole at once
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def write(self, data: bytes) -> bool:
+        """Queues ``data`` behind what is waiting, writing what the pipe takes now. False when the
+        outbox is closed (the worker is gone or stalled): ``data`` is dropped."""
+        stalled = None
+        with self._cond:
+            if not self._open:
+                return False
+            view = memoryview(data)
+            if not self._pending:
+                try:
+                    view = self._write_some(view)
+                except OSError:  # the worker is gone; its uplink EOF does the cleanup
+                    self._open = False
+                    return False
+                if not view:
+                    return True
+                self._progress_at = time.monotonic()
+            elif self._pending_bytes + len(view) > self._limits.max_bytes:
+                stalled = f"{self._pending_bytes + len(view)} bytes waiting for it, over the bound of " + (
+                    f"{self._limits.max_bytes}"
+                )
+                self._close_locked()
+            if stalled is None:
+                self._pending.append(view)
+                self._pending_bytes += len(view)
+                self.deferred_writes += 1
+                if self._thread is None:
+                    name = f"isolated-api-{self._name}-out"
+                    self._thread = threading.Thread(target=self._drain, name=name, daemon=True)
+                    self._thread.start()
+                else:
+                    self._cond.notify()
+                return True
+        self._on_stalled(stalled)
+        return False
+
+    def close(self) -> None:
+        """Drops what waits and stops the writer thread; later writes are dropped."""
+        with self._cond:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        self._open = False
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._cond.notify()
+
+    def _write_some(self, view: memoryview) -> memoryview:
+        # Non-blocking: returns what the pipe did not take.
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except BlockingIOError:
+                break
+            view = view[written:]
+        return view
+
+    def _drain(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        while True:
+            with self._cond:
+                while self._open and not self._pending:
+                    self._cond.wait()
+                if not self._open:
+                    return
+                wait = self._progress_at + self._limits.stall_timeout - time.monotonic()
+            # Outside the lock: write() keeps queueing meanwhile.
+            ready = poller.poll(max(0.0, wait) * 1000) if wait > 0 else []
+            stalled = None
+            with self._cond:
+                if not self._open:
+                    return
+                if ready:
+                    try:
+                        self._flush_locked()
+                    except OSError:
+                        self._close_locked()
+                        return
+                elif time.monotonic() - self._progress_at >= self._limits.stall_timeout:
+                    stalled = f"its pipe took nothing for {self._limits.stall_timeout:g} s"
+                    self._close_locked()
+            if stalled is not None:
+                self._on_stalled(stalled)
+                return
+
+    def _flush_locked(self) -> None:
+        pending = self._pending
+        while pending:
+            head = pending[0]
+            rest = self._write_some(head)
+            taken = len(head) - len(rest)
+            if taken:
+                self._pending_bytes -= taken
+                self._progress_at = time.monotonic()
+            if rest:
+                pending[0] = rest
+                return
+            pending.popleft()

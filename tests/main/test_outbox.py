@@ -1,0 +1,91 @@
+"""The outbox of one worker's pipe: never blocks its writer, keeps order, and declares a peer that
+stops reading stalled (bound or deadline), once."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from isolated_api.main.outbox import Outbox, OutboxLimits
+from isolated_api.testing import wait_until
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    got = bytearray()
+    while len(got) < size:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+def test_outbox_queues_what_a_full_pipe_refuses_and_sends_it_in_order_once_read() -> None:
+    """Steps: a peer that does not read; write 1 MiB in 16 pieces, then read everything. Expect:
+    every write returned at once (the pipe holds 64 KiB), the bytes arrive whole and in order,
+    and nothing is left waiting."""
+    r, w = os.pipe()
+    stalls: list[str] = []
+    outbox = Outbox(w, name="t", limits=OutboxLimits(stall_timeout=30.0), on_stalled=stalls.append)
+    try:
+        pieces = [bytes([i]) * (1 << 16) for i in range(16)]
+        for piece in pieces:
+            assert outbox.write(piece)
+        assert outbox.pending_bytes > 0 and outbox.deferred_writes > 0
+        assert _read_all(r, 1 << 20) == b"".join(pieces)
+        wait_until(lambda: outbox.pending_bytes == 0, 10, "the outbox to empty")
+        assert stalls == []
+    finally:
+        outbox.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_outbox_declares_a_peer_that_reads_nothing_stalled_once_after_the_deadline() -> None:
+    """Steps: a peer that never reads; fill the pipe and queue more; wait. Expect on_stalled once,
+    naming the deadline; later writes refused (False), never blocking."""
+    r, w = os.pipe()
+    stalled = threading.Event()
+    reasons: list[str] = []
+
+    def on_stalled(why: str) -> None:
+        reasons.append(why)
+        stalled.set()
+
+    outbox = Outbox(w, name="t", limits=OutboxLimits(stall_timeout=0.3), on_stalled=on_stalled)
+    try:
+        assert outbox.write(b"x" * (1 << 18))
+        assert stalled.wait(10)
+        assert not outbox.write(b"more")
+        assert len(reasons) == 1 and "took nothing" in reasons[0]
+        assert outbox.pending_bytes == 0
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_outbox_declares_a_peer_stalled_when_more_than_the_bound_piles_up() -> None:
+    """Steps: bound 256 KiB; a peer that never reads; one 1 MiB write (accepted: alone, it is the
+    user's reply), then another. Expect the second refused and on_stalled called with the bound."""
+    r, w = os.pipe()
+    reasons: list[str] = []
+    outbox = Outbox(w, name="t", limits=OutboxLimits(max_bytes=1 << 18, stall_timeout=30.0), on_stalled=reasons.append)
+    try:
+        assert outbox.write(b"a" * (1 << 20))
+        assert not outbox.write(b"b" * 1024)
+        assert len(reasons) == 1 and "over the bound" in reasons[0]
+    finally:
+        outbox.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_outbox_write_to_a_closed_peer_is_dropped_not_raised() -> None:
+    r, w = os.pipe()
+    os.close(r)
+    outbox = Outbox(w, name="t", limits=OutboxLimits(), on_stalled=lambda why: None)
+    try:
+        assert not outbox.write(b"nobody reads")
+        assert not outbox.write(b"still nobody")
+    finally:
+        os.close(w)
