@@ -6,13 +6,20 @@ order, or a fixed text for an empty prompt, one token per chunk, ``--token-delay
     python examples/demo.py [--port 8000] [--token-delay 0.08]   # serves until Ctrl-C (or SIGTERM), stops cleanly
     python examples/demo.py --port 0 --smoke                     # makes its own requests, prints them, exits 0
 
-HTTP (the child):   GET  /                     a page that shows the tokens as they arrive
+HTTP (the child):   GET  /                     a page that shows the tokens as they arrive, and live: the
+                                               worker's pid, pending, restarts and tokens/s (from
+                                               /health/ready and /metrics) and the main process's count
                     POST /v1/generate          {"prompt", "max_tokens"} -> the whole text at once
                     POST /v1/generate/stream   the same as Server-Sent Events, one token per frame
+                    GET  /v1/stats             the tokens generated so far, counted in the main process
+                    POST /v1/demo/kill-worker  202, then the main process SIGKILLs this HTTP worker: a
+                                               stream in flight breaks, the worker is restarted, the
+                                               count in the main process carries on (demo only: it lets
+                                               any visitor restart the worker; never ship such a route)
 Main process:       a plain loop, ``request = request_q.get()``; each request gets a thread that puts
                     a reply (or one ``Token`` chunk per word, the last with ``is_final=True``) on
                     ``response_q``. A ``CancelRequest`` (the client went away: the page's Stop button,
-                    Ctrl-C in curl) stops that thread, which says so on stdout.
+                    Ctrl-C in curl; or its HTTP worker died) stops that thread, which says so on stdout.
 """
 
 import argparse
@@ -23,18 +30,20 @@ import os
 import signal
 import threading
 import uuid
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.request import ProxyHandler, Request, build_opener
 
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
+from starlette.background import BackgroundTask
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
-from isolated_api import IPC, CancelRequest, ServerBuilder, merge_text, sse_response
+from isolated_api import IPC, CancelRequest, ErrorReply, IPCError, ServerBuilder, merge_text, sse_response
 
 PAGE = Path(__file__).with_name("demo_page.html")
 FIXED_TEXT = (
@@ -71,6 +80,26 @@ class Completion:
     main_pid: int
 
 
+@dataclass
+class CountTokens:
+    id: str
+
+
+@dataclass
+class TokenCount:
+    id: str
+    tokens: int  # generated since the demo started, by every HTTP worker's requests
+    main_pid: int
+
+
+@dataclass
+class KillWorker:
+    """The page's kill button: SIGKILL the HTTP worker ``pid`` (the one that took the click)."""
+
+    id: str
+    pid: int
+
+
 # --- HTTP side (runs in the child) ---
 
 
@@ -91,6 +120,11 @@ class GenerateIn(BaseModel):
 class GenerateOut(BaseModel):
     text: str
     tokens: int
+    main_pid: int
+
+
+class StatsOut(BaseModel):
+    tokens: int = Field(description="tokens generated since the demo started, counted in the main process")
     main_pid: int
 
 
@@ -127,7 +161,49 @@ async def generate_stream(body: GenerateIn, request: HTTPRequest, channel: IPC) 
     return await sse_response(stream, token_frame, request=request)
 
 
+async def stats(channel: IPC) -> StatsOut:
+    reply = await channel.submit(CountTokens(uuid.uuid4().hex))
+    return StatsOut(tokens=reply.tokens, main_pid=reply.main_pid)
+
+
+async def kill_worker(channel: IPC) -> JSONResponse:
+    # Who kills: the main process, by SIGKILL, at an instant this worker does not choose, as the
+    # OOM killer or `kill -9` would. A worker that killed itself after answering would pick a tidy
+    # moment (its reply flushed) and show less than what the library claims to survive.
+    # When: the request goes to the main process only after the 202 is sent (a background task runs
+    # once the response is complete), so the 202 always reaches the page, and it says what is true
+    # then: the kill was asked for, not done. The main process sends no reply: this worker is gone
+    # before it could read one.
+    pid = os.getpid()
+
+    async def ask_main_to_kill() -> None:
+        try:
+            await channel.submit(KillWorker(uuid.uuid4().hex, pid))
+        except IPCError as error:  # refused (not one of the server's workers), or no main process
+            print(f"worker {pid}: kill refused: {error}", flush=True)
+
+    body = {"pid": pid, "detail": f"the main process will SIGKILL HTTP worker {pid}"}
+    return JSONResponse(body, status_code=202, background=BackgroundTask(ask_main_to_kill))
+
+
 # --- Main-process side: the "model" ---
+
+
+class TokenCounter:
+    """Tokens generated since start-up: state of the main process, which outlives its HTTP workers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # one generation thread per request adds to it
+        self._total = 0
+
+    def add(self, count: int = 1) -> None:
+        with self._lock:
+            self._total += count
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return self._total
 
 
 def words_for(prompt: str, max_tokens: int) -> list[str]:
@@ -136,26 +212,40 @@ def words_for(prompt: str, max_tokens: int) -> list[str]:
     return words[:max_tokens]
 
 
-def run_generate(request: Generate, response_q: Any, token_delay: float, cancelled: threading.Event) -> None:
+def run_generate(
+    request: Generate, response_q: Any, token_delay: float, cancelled: threading.Event, counter: TokenCounter
+) -> None:
     words = words_for(request.prompt, request.max_tokens)
     texts = [word if index == 0 else f" {word}" for index, word in enumerate(words)]
     for index, text in enumerate(texts):
         if index and cancelled.wait(token_delay):  # the pacing, cut short when the client went away
             print(f"main: request {request.id} cancelled after {index} of {len(texts)} tokens", flush=True)
             return
+        counter.add()
         if request.stream:
             response_q.put(Token(request.id, index, text, is_final=index == len(texts) - 1))
     if not request.stream:
         response_q.put(Completion(request.id, "".join(texts), len(texts), os.getpid()))
 
 
-def serve(request_q: Any, response_q: Any, token_delay: float) -> None:
+def kill_worker_for(request: KillWorker, response_q: Any, worker_pids: Callable[[], set[int]]) -> None:
+    # Only a pid the server started: never a signal to whatever process a message names.
+    if request.pid not in worker_pids():
+        response_q.put(ErrorReply(request.id, f"{request.pid} is not an HTTP worker of this server", 409))
+        return
+    print(f"main: SIGKILL to HTTP worker {request.pid}, as the page asked", flush=True)
+    os.kill(request.pid, signal.SIGKILL)
+
+
+def serve(
+    request_q: Any, response_q: Any, token_delay: float, counter: TokenCounter, worker_pids: Callable[[], set[int]]
+) -> None:
     """The main loop: one thread per request, so a long generation does not hold up the others."""
     cancel_events: dict[str, threading.Event] = {}
 
     def generate_then_forget(request: Generate, cancelled: threading.Event) -> None:
         try:
-            run_generate(request, response_q, token_delay, cancelled)
+            run_generate(request, response_q, token_delay, cancelled, counter)
         finally:
             cancel_events.pop(request.id, None)
 
@@ -166,6 +256,21 @@ def serve(request_q: Any, response_q: Any, token_delay: float) -> None:
         elif isinstance(request, Generate):
             cancel_events[request.id] = cancelled = threading.Event()
             threading.Thread(target=generate_then_forget, args=(request, cancelled), daemon=True).start()
+        elif isinstance(request, CountTokens):
+            response_q.put(TokenCount(request.id, counter.total, os.getpid()))
+        elif isinstance(request, KillWorker):
+            kill_worker_for(request, response_q, worker_pids)
+
+
+def worker_exited(counter: TokenCounter) -> Callable[[int | None, list[Hashable]], None]:
+    def say_so(exitcode: int | None, abandoned: list[Hashable]) -> None:
+        print(
+            f"main: HTTP worker exited with code {exitcode}, abandoning {len(abandoned)} request(s); "
+            f"{counter.total} tokens generated so far, and counting",
+            flush=True,
+        )
+
+    return say_so
 
 
 # --- Printed commands and --smoke ---
@@ -193,6 +298,8 @@ def smoke(url: str, request_q: Any) -> None:
         with _post(f"{url}/v1/generate/stream", body) as response:
             frames = [line[len(b"data: ") :].decode().strip() for line in response if line.startswith(b"data: ")]
             print(f"POST /v1/generate/stream -> {response.status} [{', '.join(frames)}]", flush=True)
+        with build_opener(ProxyHandler({})).open(f"{url}/v1/stats", timeout=30) as response:
+            print(f"GET /v1/stats -> {response.status} {response.read().decode()}", flush=True)
     finally:
         request_q.put(None)  # ends the main loop
 
@@ -222,12 +329,18 @@ def main() -> None:
         .with_route(
             "/v1/generate/stream", generate_stream, methods=["POST"], tags=["generate"], responses=STREAM_RESPONSES
         )
+        .with_route("/v1/stats", stats, methods=["GET"], response_model=StatsOut, tags=["generate"])
+        # Out of the schema: a demo control, not API (a fuzzer would kill the worker on every call).
+        .with_route("/v1/demo/kill-worker", kill_worker, methods=["POST"], status_code=202, include_in_schema=False)
         .done()
         .subprocess.with_ipc(request_q, response_q)
-        .with_cancellation()  # a client that leaves mid-stream stops its generation
+        .with_cancellation()  # a client that leaves mid-stream (or whose worker dies) stops its generation
+        .with_auto_restart()  # a dead HTTP worker is replaced; the main process and its state carry on
         .done()
         .build()
     )
+    counter = TokenCounter()
+    server.add_child_exit_callback(worker_exited(counter))
     process = server.start_subprocess()
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
@@ -239,7 +352,7 @@ def main() -> None:
         print("Ctrl-C to stop", flush=True)
         if args.smoke:
             threading.Thread(target=smoke, args=(url, request_q)).start()
-        serve(request_q, response_q, args.token_delay)
+        serve(request_q, response_q, args.token_delay, counter, lambda: {p.pid for p in server.processes if p.pid})
     except KeyboardInterrupt:
         print("\nstopping", flush=True)
     finally:

@@ -12,7 +12,6 @@ from isolated_api.engine.context import RequestContext
 from isolated_api.engine.engine import Engine
 from isolated_api.engine.errors import EngineError
 from isolated_api.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
-from isolated_api.engine.wire import ENGINE_WIRE_TYPES
 from isolated_api.main.reply_batcher import ReplyBatcher
 from isolated_api.main.subprocess_manager import SubprocessManager
 from isolated_api.server.builder import RouteConfigurer, ServerBuilder, SubprocessConfigurer, UvicornConfigurer
@@ -38,15 +37,21 @@ from isolated_api.worker.dependencies import IPC, get_ipc_channel
 from isolated_api.worker.sse import sse_response
 
 if TYPE_CHECKING:
+    from isolated_api.engine.wire import ENGINE_WIRE_TYPES as ENGINE_WIRE_TYPES
     from isolated_api.server.appinfra_plugin import ServerPlugin as ServerPlugin
 
 
 def __getattr__(name: str) -> Any:
-    # ServerPlugin needs the optional extra isolated_api[appinfra]: imported on first use.
+    # ServerPlugin needs the optional extra isolated_api[appinfra], ENGINE_WIRE_TYPES the optional
+    # msgspec: imported on first use, so `import isolated_api` works with the runtime dependencies only.
     if name == "ServerPlugin":
         from isolated_api.server.appinfra_plugin import ServerPlugin as ServerPlugin
 
         return ServerPlugin
+    if name == "ENGINE_WIRE_TYPES":
+        from isolated_api.engine.wire import ENGINE_WIRE_TYPES as ENGINE_WIRE_TYPES
+
+        return ENGINE_WIRE_TYPES
     raise AttributeError(f"module 'isolated_api' has no attribute {name!r}")
 
 

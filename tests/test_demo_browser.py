@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from isolated_api.testing import wait_until
+from isolated_api.testing import pid_alive, wait_until
 from tests.test_examples import DemoProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -199,3 +200,86 @@ def test_demo_browser_stop_button_ends_the_generation_in_the_main_process(demo: 
     assert browser.evaluate(session, 'document.getElementById("status").textContent') == f"stopped after {shown} tokens"
     cancelled = demo.wait_for_line(rf"main: request \w+ cancelled after (\d+) of {words} tokens$", timeout=20)
     assert int(cancelled[1]) < words
+
+
+# The live facts the page shows (polled once a second from /health/ready, /metrics and /v1/stats).
+FACTS = """({
+    pid: document.getElementById("worker-pid").textContent,
+    worker: document.getElementById("worker-state").dataset.state,
+    pending: document.getElementById("pending").textContent,
+    restarts: document.getElementById("restarts").textContent,
+    rate: document.getElementById("tokens-per-second").textContent,
+    mainPid: document.getElementById("main-pid").textContent,
+    total: document.getElementById("tokens-total").textContent,
+    events: document.getElementById("events").textContent,
+})"""
+
+
+def test_demo_browser_kill_button_breaks_the_stream_restarts_the_worker_and_the_count_survives(
+    browser: DevTools,
+) -> None:
+    """Steps: start demo.py of its own (a token every 0.12 s), open its page; check the live facts
+    (the worker's and the main process's pids, pending 0, restarts 0, 0 tokens); stream a 60-word
+    prompt (7 s) and wait for pending >= 1 and tokens/s > 0; then press "Kill the HTTP worker".
+    Expect: the page says the stream broke with fewer than 60 tokens; the main process printed
+    that it SIGKILLed that pid; the old pid dies and the page shows a new, live worker pid within
+    20 s, ready, with restarts 1; the main process's count is not reset (what it printed it
+    generated, at least what was shown before the kill); a 14-word stream on the new worker ends
+    with the whole text and the count grows by exactly 14."""
+    words = 60  # under the page's default max tokens (64)
+    with DemoProcess("--token-delay", str(TOKEN_DELAY)) as demo:
+        session = open_page(browser, f"{demo.url}/")
+
+        def facts() -> dict[str, Any]:
+            value: dict[str, Any] = browser.evaluate(session, FACTS)
+            return value
+
+        wait_until(lambda: facts()["total"] == "0", 30.0, "the page's first facts")
+        before = facts()
+        assert (before["pid"], before["worker"]) == (str(demo.child_pid), "ready"), before
+        assert (before["pending"], before["restarts"], before["mainPid"]) == ("0", "0", str(demo.pid)), before
+
+        start_stream(browser, session, " ".join(f"w{i}" for i in range(words)))
+        wait_until(lambda: int(facts()["pending"]) >= 1, 20.0, "pending >= 1 while the stream runs")
+        wait_until(lambda: float(facts()["rate"].replace("?", "0")) > 0, 20.0, "tokens/s > 0 while streaming")
+        shown_before_kill = browser.evaluate(session, "document.querySelectorAll('#output .token').length")
+        total_before_kill = int(facts()["total"])
+        assert browser.evaluate(session, 'document.getElementById("status").dataset.state') == "streaming"
+
+        killed_at = time.monotonic()
+        browser.evaluate(session, 'document.getElementById("kill").click()')
+        demo.wait_for_line(rf"main: SIGKILL to HTTP worker {demo.child_pid}, as the page asked$", timeout=20)
+        state = 'document.getElementById("status").dataset.state'
+        wait_until(lambda: browser.evaluate(session, state) == "error", 20.0, "the stream to show an error")
+        status = browser.evaluate(session, 'document.getElementById("status").textContent')
+        broke = re.fullmatch(r"error: the stream broke after (\d+) tokens \(.+\)", status)
+        assert broke is not None and shown_before_kill <= int(broke[1]) < words, status
+        wait_until(lambda: not pid_alive(demo.child_pid), 10.0, "the killed worker to be gone")
+
+        def new_worker_ready() -> bool:
+            now = facts()
+            return now["pid"] not in ("?", str(demo.child_pid)) and now["worker"] == "ready"
+
+        wait_until(new_worker_ready, 20.0, "the page to show a new worker pid")
+        print(f"new worker pid on the page {time.monotonic() - killed_at:.2f} s after the click")
+        # The supervisor counts the restart once start-up returns, which can be just after the new
+        # worker's first answer: the next poll shows it.
+        wait_until(lambda: facts()["restarts"] == "1", 10.0, "restarts 1 on the page")
+        after = facts()
+        assert pid_alive(int(after["pid"])), after
+        assert f"asked the main process to SIGKILL HTTP worker {demo.child_pid}" in after["events"], after
+        assert f"HTTP worker {after['pid']} is serving, in place of {demo.child_pid}" in after["events"], after
+
+        # The generation of the broken stream ends in the main process (its worker died: a
+        # CancelRequest); what it counted stays counted.
+        cancelled = demo.wait_for_line(rf"main: request \w+ cancelled after (\d+) of {words} tokens$", timeout=20)
+        generated = int(cancelled[1])
+        assert generated >= max(total_before_kill, int(broke[1])), (generated, total_before_kill, broke[1])
+        wait_until(lambda: facts()["total"] == str(generated), 10.0, f"the count {generated} after the restart")
+
+        start_stream(browser, session, PROMPT)
+        wait_until(lambda: browser.evaluate(session, state) == "done", 30.0, "a stream on the new worker")
+        assert browser.evaluate(session, "document.getElementById('output').textContent") == " ".join(EXPECTED)
+        wait_until(
+            lambda: facts()["total"] == str(generated + len(EXPECTED)), 10.0, "the count to grow by the new stream"
+        )
