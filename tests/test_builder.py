@@ -22,6 +22,8 @@ from isolated_api import (
     ServerBuilder,
     UvicornConfig,
 )
+from isolated_api.shared.config import RequestLimits
+from isolated_api.worker.body_limits import BodyLimitMiddleware
 from tests.helpers import ping_route
 
 router = APIRouter()
@@ -105,6 +107,11 @@ def test_builder_with_config_replaces_whole_configs() -> None:
         lambda b: b.subprocess.with_gc_threshold(0),
         lambda b: b.subprocess.with_gc_threshold(True),
         lambda b: b.subprocess.with_gc_threshold(2.5),
+        lambda b: b.uvicorn.with_max_body_size(-1),
+        lambda b: b.uvicorn.with_max_header_size(100),
+        lambda b: b.uvicorn.with_max_headers(0),
+        lambda b: b.uvicorn.with_header_timeout(None),
+        lambda b: b.uvicorn.with_body_timeout(0),
     ],
 )
 def test_builder_refuses_bad_input_with_config_error(mistake: Any) -> None:
@@ -152,3 +159,24 @@ def test_builder_accepts_multiprocessing_queues() -> None:
         for q in (rq, sq):
             q.close()
             q.join_thread()
+
+
+def test_builder_request_limits_reach_the_spec_and_the_app_recipe() -> None:
+    """Each limit option changes its one setting; the body's limits travel with the app recipe
+    (the worker's app enforces them), the head's with the uvicorn settings."""
+    b = (
+        ServerBuilder("limits")
+        .uvicorn.with_max_body_size(None)
+        .with_max_header_size(8192)
+        .with_max_headers(20)
+        .with_header_timeout(5)
+        .with_body_timeout(None)
+        .done()
+    )
+    limits = b.build().config.uvicorn.limits
+    assert limits == RequestLimits(
+        max_body_size=None, max_header_size=8192, max_headers=20, header_timeout=5, body_timeout=None
+    )
+    app = ServerBuilder("d").uvicorn.with_max_body_size(10).done().build().app
+    (body_limit,) = [m for m in app.user_middleware if m.cls is BodyLimitMiddleware]  # type: ignore[comparison-overlap]
+    assert body_limit.kwargs["limits"] == RequestLimits(max_body_size=10)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from isolated_api import ApiConfig, ConfigError, IPCConfig, UvicornConfig
+from isolated_api.shared.config import RequestLimits
 
 
 def test_config_defaults_match_the_specification() -> None:
@@ -67,6 +68,7 @@ def test_config_api_refuses_invalid_values(kwargs: dict[str, Any], message: str)
         ({"access_log": "yes"}, "access_log"),
         ({"ssl_keyfile": "key.pem"}, "both"),
         ({"ssl_certfile": "cert.pem"}, "both"),
+        ({"limits": {}}, "RequestLimits"),
     ],
 )
 def test_config_uvicorn_refuses_invalid_values(kwargs: dict[str, Any], message: str) -> None:
@@ -99,3 +101,29 @@ def test_config_is_immutable() -> None:
     config = ApiConfig()
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+def test_config_request_limits_defaults_are_what_a_production_api_ships() -> None:
+    # nginx's client_max_body_size and large_client_header_buffers; Apache's LimitRequestFields.
+    assert UvicornConfig().limits == RequestLimits(
+        max_body_size=1024 * 1024, max_header_size=32 * 1024, max_headers=100, header_timeout=30.0, body_timeout=60.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_body_size": -1}, "max_body_size"),
+        ({"max_body_size": 1.5}, "max_body_size"),
+        ({"max_header_size": 255}, "max_header_size"),
+        ({"max_header_size": True}, "max_header_size"),
+        ({"max_headers": 0}, "max_headers"),
+        ({"header_timeout": 0}, "header_timeout"),
+        ({"header_timeout": None}, "header_timeout"),
+        ({"body_timeout": math.inf}, "body_timeout"),
+        ({"body_timeout": -1}, "body_timeout"),
+    ],
+)
+def test_config_request_limits_refuse_invalid_values(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RequestLimits(**kwargs)

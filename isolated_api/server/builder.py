@@ -296,6 +296,37 @@ class UvicornConfigurer:
     def with_config(self, config: UvicornConfig) -> UvicornConfigurer:
         if not isinstance(config, UvicornConfig):
             raise ConfigError(f"expected a UvicornConfig, got {type(config).__name__}")
+    def _limit(self, **changes: Any) -> UvicornConfigurer:
+        limits = dataclasses.replace(self._builder._api.uvicorn.limits, **changes)
+        return self._set(limits=limits)
+
+    def with_max_body_size(self, size: int | None) -> UvicornConfigurer:
+        """Largest request body in bytes (1 MiB by default, as nginx; ``None``: no limit). A larger
+        ``Content-Length`` is answered 413 before anything is read; a chunked body as soon as it
+        passes the limit. Either way the handler never runs and nothing reaches the main process."""
+        return self._limit(max_body_size=size)
+
+    def with_max_header_size(self, size: int) -> UvicornConfigurer:
+        """Largest request head (request line and headers) in bytes, 32 KiB by default: past it,
+        431 (414 when the URL alone is too long), before the app sees the request."""
+        return self._limit(max_header_size=size)
+
+    def with_max_headers(self, count: int) -> UvicornConfigurer:
+        """Most request headers (100 by default); one more is answered 431."""
+        return self._limit(max_headers=count)
+
+    def with_header_timeout(self, seconds: float) -> UvicornConfigurer:
+        """Seconds a client has to send a request's line and headers (30 by default), counted from
+        the connection opening or, on a kept-alive connection, from the request's first byte.
+        Past it: 408 and the connection closed (closed silently if nothing was sent). Bounds how
+        long a slow client (slowloris) holds a connection."""
+        return self._limit(header_timeout=seconds)
+
+    def with_body_timeout(self, seconds: float | None) -> UvicornConfigurer:
+        """Seconds the whole request body may take to arrive after the headers (60 by default;
+        ``None``: no limit); past it, 408 and the connection closed."""
+        return self._limit(body_timeout=seconds)
+
         self._builder._api = dataclasses.replace(self._builder._api, uvicorn=config)
         return self
 
@@ -404,6 +435,7 @@ class ServerBuilder:
         )
         if subprocess_mode and self._start_method != "fork":
             recipe.prepare_for_spawn()
+            limits=api.uvicorn.limits,
         spec = ServerSpec(
             name=self.name,
             recipe=recipe,

@@ -53,6 +53,48 @@ def check_gc_threshold(value: object) -> None:
     _optional_int_at_least("gc_threshold", value, 1)
 
 
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may send, and how slowly, before the HTTP worker refuses it (each refusal
+    closes the connection). Defaults, and why (docs/operations.md, "Limits", has the figures):
+
+    ``max_body_size`` (bytes, ``None``: no limit), 1 MiB: 413. nginx's ``client_max_body_size``,
+    so a server behind a default nginx refuses nothing nginx would pass. A body is parsed into
+    Python objects in the worker and pickled to the main process: 1 MiB of JSON can become
+    tens of MB of objects. 1 MiB is ~250k tokens of prompt text; raise it for uploads.
+    ``max_header_size`` (bytes of request line and headers), 32 KiB: 431 (414 for the URL alone).
+    nginx's ``large_client_header_buffers 4 8k``; big cookies and tokens fit.
+    ``max_headers``, 100: 431. Apache's ``LimitRequestFields``.
+    ``header_timeout`` (seconds from the connection opening, or from the first byte of a request
+    on a kept-alive connection, to the end of its headers), 30 s: 408 and close (closed
+    silently if nothing was sent). A client sends its head in one packet; each slowloris
+    connection holds a slot of ``limit_concurrency`` (and a file descriptor) this long.
+    Apache's mod_reqtimeout allows 20-40 s, nginx 60 s.
+    ``body_timeout`` (seconds from the end of the headers to the end of the body, ``None``: no
+    limit), 60 s: 408. For the whole body, not between two reads as nginx's: a trickle of one
+    byte a minute would otherwise hold a connection until ``max_body_size`` arrived.
+    """
+
+    max_body_size: int | None = 1 * MiB
+    max_header_size: int = 32 * KiB
+    max_headers: int = 100
+    header_timeout: float = 30.0
+    body_timeout: float | None = 60.0
+
+    def __post_init__(self) -> None:
+        _optional_int_at_least("max_body_size", self.max_body_size, 0)
+        # A request line alone takes some room; below this every request would be refused.
+        _int_at_least("max_header_size", self.max_header_size, 256)
+        _int_at_least("max_headers", self.max_headers, 1)
+        _number("header_timeout", self.header_timeout, positive=True)
+        if self.body_timeout is not None:
+            _number("body_timeout", self.body_timeout, positive=True)
+
+
 @dataclass(frozen=True)
 class UvicornConfig:
     """Settings handed to uvicorn in the process that serves HTTP.
@@ -71,6 +113,7 @@ class UvicornConfig:
     access_log: bool = False
     ssl_keyfile: str | None = None
     ssl_certfile: str | None = None
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     def __post_init__(self) -> None:
         _int_at_least("workers", self.workers, 1)
@@ -86,6 +129,8 @@ class UvicornConfig:
             raise ConfigError(f"access_log must be a bool, got {self.access_log!r}")
         if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
             raise ConfigError("SSL needs both ssl_keyfile and ssl_certfile (only one was given)")
+        if not isinstance(self.limits, RequestLimits):
+            raise ConfigError(f"limits must be a RequestLimits, got {type(self.limits).__name__}")
 
     @property
     def ssl_enabled(self) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from isolated_api.shared.config import RequestLimits
 from isolated_api.shared.cors import CorsPolicy
 from isolated_api.shared.readiness import HealthSettings
 from isolated_api.shared.spawn_payload import check_sendable
@@ -91,6 +92,8 @@ class AppRecipe:
     health: HealthSettings | None = field(default_factory=HealthSettings)
     metrics_path: str | None = "/metrics"
     cancel_on_disconnect: bool = False
+    # The app's share of UvicornConfig.limits (the body's size and time), copied by build().
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     def parts(self) -> Sequence[tuple[str, object]]:
         named: list[tuple[str, object]] = []

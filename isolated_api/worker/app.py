@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from isolated_api.shared.cors import apply_cors
 from isolated_api.shared.recipe import AppRecipe, resolve
+from isolated_api.worker.body_limits import BodyLimitMiddleware
 from isolated_api.worker.channel import IPCChannel
 from isolated_api.worker.dependencies import direct_channel
 from isolated_api.worker.disconnect import DisconnectCancelMiddleware
@@ -82,6 +83,9 @@ def build_app(
     if recipe.cancel_on_disconnect:
         app.add_middleware(DisconnectCancelMiddleware)
     app.add_middleware(DrainMiddleware, state=drain)
+    # Outside drain and the user's middleware, so an oversized body is refused before anything
+    # reads it; inside CORS and metrics, so a browser can read the 413 and it is counted.
+    app.add_middleware(BodyLimitMiddleware, limits=recipe.limits)
     if recipe.cors is not None:
         apply_cors(app, recipe.cors)
     if recipe.metrics_path is not None and metrics is not None:

@@ -8,6 +8,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from isolated_api.shared.config import ApiConfig
+from isolated_api.worker.head_limits import head_limited_protocol
 
 
 def uvicorn_config(app: FastAPI, api: ApiConfig, log_config: dict[str, Any] | None) -> uvicorn.Config:
@@ -17,6 +18,9 @@ def uvicorn_config(app: FastAPI, api: ApiConfig, log_config: dict[str, Any] | No
         host=api.host,
         port=api.port,
         lifespan="on",
+        # httptools (uvicorn's choice when installed, and ours to depend on) with limits on the
+        # request head and a head timeout; the body's limits are the app's (BodyLimitMiddleware).
+        http=head_limited_protocol(settings.limits),
         log_config=log_config,
         log_level=settings.log_level,
         access_log=settings.access_log,
