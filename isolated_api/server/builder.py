@@ -293,9 +293,6 @@ class UvicornConfigurer:
     def with_ssl(self, keyfile: str, certfile: str) -> UvicornConfigurer:
         return self._set(ssl_keyfile=str(keyfile), ssl_certfile=str(certfile))
 
-    def with_config(self, config: UvicornConfig) -> UvicornConfigurer:
-        if not isinstance(config, UvicornConfig):
-            raise ConfigError(f"expected a UvicornConfig, got {type(config).__name__}")
     def _limit(self, **changes: Any) -> UvicornConfigurer:
         limits = dataclasses.replace(self._builder._api.uvicorn.limits, **changes)
         return self._set(limits=limits)
@@ -327,6 +324,9 @@ class UvicornConfigurer:
         ``None``: no limit); past it, 408 and the connection closed."""
         return self._limit(body_timeout=seconds)
 
+    def with_config(self, config: UvicornConfig) -> UvicornConfigurer:
+        if not isinstance(config, UvicornConfig):
+            raise ConfigError(f"expected a UvicornConfig, got {type(config).__name__}")
         self._builder._api = dataclasses.replace(self._builder._api, uvicorn=config)
         return self
 
@@ -432,10 +432,10 @@ class ServerBuilder:
             routers=list(self._recipe.routers),
             middleware=list(self._recipe.middleware),
             exception_handlers=list(self._recipe.exception_handlers),
+            limits=api.uvicorn.limits,
         )
         if subprocess_mode and self._start_method != "fork":
             recipe.prepare_for_spawn()
-            limits=api.uvicorn.limits,
         spec = ServerSpec(
             name=self.name,
             recipe=recipe,
