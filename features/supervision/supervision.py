@@ -1,7 +1,8 @@
 """Supervision as a user writes it: an HTTP API whose routes ask the main process for work, a
 lifespan that can refuse start-up (a model that fails to load), and a route that kills its own
 worker (a crash in native code). With ``.subprocess.with_auto_restart(...)`` the server replaces a
-worker that dies and gives up, visibly, on one that keeps failing at start-up.
+worker that dies (at once if it had served; after a growing delay in a crash loop) and gives up,
+visibly, only on one that keeps failing at start-up.
 
 The child imports everything here by name under ``spawn``, so it all lives at module level."""
 

@@ -1,5 +1,6 @@
-"""Auto-restart: a dead worker is replaced with fresh pipes and serves again; a worker that keeps
-failing at start-up is retried with growing delays, then given up on, visibly."""
+"""Auto-restart: a dead worker is replaced with fresh pipes and serves again (at once if it had
+served); a worker that keeps failing at start-up is retried with growing delays, then given up
+on, visibly."""
 
 from __future__ import annotations
 
@@ -122,8 +123,9 @@ def test_supervision_start_up_failure_is_not_retried_in_a_loop(
     queues: tuple[Any, Any], main_loop: MainLoop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Steps: the first start succeeds; then every start-up fails (a marker file); SIGKILL the
-    worker. Expect 3 restart attempts spaced by a growing backoff, then the server gives up:
-    is_running turns False and the exit callback heard each death."""
+    worker (before it served: a crash loop, so backed off too). Expect 3 restart attempts spaced
+    by a growing backoff, then the server gives up, visibly: is_running turns False, the exit
+    callback heard each death, and health() says why (3 failed start-ups, the exit code)."""
     marker = tmp_path / "fail"
     monkeypatch.setenv(FAIL_MARKER_ENV, str(marker))
     exits: list[float] = []
@@ -139,6 +141,10 @@ def test_supervision_start_up_failure_is_not_retried_in_a_loop(
         gaps = [b - a for a, b in itertools.pairwise(exits)]
         assert all(gap >= 0.2 * 2**n for n, gap in enumerate(gaps)), gaps
         assert server.restart_count == 0
+        health = server.health()
+        assert not health["running"] and not health["ready"]
+        assert health["problem"] == health["gave_up"]
+        assert "3 start-up(s) in a row failed (the last exited with code 3 before it was ready)" in health["gave_up"]
     finally:
         server.stop()
 

@@ -1,12 +1,19 @@
 """One incarnation of one HTTP worker: its process, its private pipes to the relay, and its
 lifeline. Every incarnation gets new pipes, so nothing a killed predecessor left half-written
-can reach it."""
+can reach it.
+
+The lifeline is a socket pair: the worker blocks reading its end to learn of this process's death
+(end-of-file), and writes one byte into it at its first HTTP response, which the supervisor reads
+once the worker is dead to tell a worker that served from one caught in a crash loop. A byte
+rather than a frame on the uplink: the worker may die a moment after that response."""
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.process
+import os
 import threading
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -17,7 +24,7 @@ from isolated_api.main.relay import Relay
 from isolated_api.main.subprocess_manager import SubprocessManager
 from isolated_api.shared.spec import ServerSpec
 
-# (uplink writer, downlink reader, lifeline reader, parent-only fds) -> the child's arguments.
+# (uplink writer, downlink reader, the child's end of the lifeline, parent-only fds) -> the child's arguments.
 ArgsFactory = Callable[[Connection, Connection, Connection, tuple[int, ...]], tuple[Any, ...]]
 
 
@@ -30,9 +37,21 @@ class Worker:
     lifeline: Connection
     ready: threading.Event = field(default_factory=threading.Event)
     info: dict[str, Any] | None = None
+    ready_at: float | None = None
     lost: bool = False
+    lost_at: float | None = None
     abandoned: list[Hashable] = field(default_factory=list)
     stopping: bool = False
+    # Why the supervisor ended it during start-up (not ready in time), if it did.
+    start_failure: str | None = None
+
+    def served(self) -> bool:
+        """Whether the worker had sent an HTTP response; ask once it is dead (it reads the byte)."""
+        try:
+            # Readable: the byte, or only end-of-file (the dead worker's end is closed).
+            return self.lifeline.poll(0) and os.read(self.lifeline.fileno(), 1) != b""
+        except OSError:
+            return False
 
     @property
     def process(self) -> multiprocessing.process.BaseProcess | None:
@@ -53,10 +72,16 @@ class WorkerRecipe:
     hooks: ServerHooks = field(default_factory=ServerHooks)
 
 
-def spawn_worker(recipe: WorkerRecipe, slot: int, incarnation: int, on_lost: Callable[[Worker], None]) -> Worker:
+def spawn_worker(
+    recipe: WorkerRecipe,
+    slot: int,
+    incarnation: int,
+    on_lost: Callable[[Worker], None],
+    on_ready: Callable[[Worker], None] | None = None,
+) -> Worker:
     uplink_r, uplink_w = multiprocessing.Pipe(duplex=False)
     downlink_r, downlink_w = multiprocessing.Pipe(duplex=False)
-    lifeline_r, lifeline_w = multiprocessing.Pipe(duplex=False)
+    lifeline_r, lifeline_w = multiprocessing.Pipe(duplex=True)
     # Under fork the child inherits our ends too and must close them, or it would never see EOF.
     parent_fds = (
         (uplink_r.fileno(), downlink_w.fileno(), lifeline_w.fileno()) if recipe.spec.start_method == "fork" else ()
@@ -72,11 +97,16 @@ def spawn_worker(recipe: WorkerRecipe, slot: int, incarnation: int, on_lost: Cal
     holder: list[Worker] = []
 
     def ready(endpoint: PipeEndpoint, info: Any) -> None:
-        holder[0].info = info
-        holder[0].ready.set()
+        worker = holder[0]
+        worker.info = info
+        worker.ready_at = time.monotonic()
+        worker.ready.set()
+        if on_ready is not None:
+            on_ready(worker)
 
     def lost(endpoint: PipeEndpoint, abandoned: list[Hashable], torn: bool) -> None:
         worker = holder[0]
+        worker.lost_at = time.monotonic()
         worker.lost = True
         worker.abandoned = abandoned
         worker.ready.set()  # wakes anyone waiting for a start that will never come

@@ -15,6 +15,7 @@ from isolated_api.main.metrics_book import MetricsBook
 from isolated_api.main.relay import Relay
 from isolated_api.server.direct_mode import DirectMode
 from isolated_api.server.listener import Listener
+from isolated_api.server.stop_signals import SigtermStop
 from isolated_api.server.subprocess_mode import ChildExitCallback, SubprocessMode
 from isolated_api.shared.codecs import Codec
 from isolated_api.shared.config import ApiConfig
@@ -42,6 +43,7 @@ class Server:
         # Metrics live in this process: every worker's requests pass through here.
         self._metrics = MetricsBook(self._metrics_facts) if spec.recipe.metrics_path is not None else None
         self._app: FastAPI | None = None
+        self._sigterm = SigtermStop(self.stop, spec.signal_drain_timeout)
         self._subprocess: SubprocessMode | None = None
         self._direct: DirectMode | None = None
         if request_q is not None:
@@ -138,7 +140,8 @@ class Server:
     def health(self) -> dict[str, Any]:
         """The server's health as the main process sees it: ``running``, ``ready`` (and why
         not), ``workers_alive``, ``pending``, ``max_pending``, ``rejected``, ``dropped``,
-        ``forwarded``, ``restarts``, ``uptime``, ``last_error``."""
+        ``forwarded``, ``restarts``, ``uptime``, ``last_error``, and ``gave_up`` (why the
+        supervisor gave up on a worker that kept failing to start, or None)."""
         running = self.is_running
         facts: dict[str, Any] = {"running": running, "mode": "subprocess" if self._subprocess else "direct"}
         mode = self._subprocess
@@ -146,7 +149,7 @@ class Server:
             facts.update(mode.facts())
             facts["max_pending"] = self._spec.ipc.max_pending
             health = self._spec.recipe.health
-            problem = None if running else "not running"
+            problem = None if running else facts.get("gave_up") or "not running"
             if problem is None and main_process_stalled(facts, health.deadline if health else 1.0):
                 problem = f"the main process has not answered for {facts['last_reply_age']:.1f} s"
             facts.update(ready=problem is None, problem=problem)
@@ -191,7 +194,7 @@ class Server:
         if self._direct is not None:
             self._direct.serve()
             return
-        self.start_subprocess()
+        self._start_workers(interrupt_on_sigterm=False)
         try:
             self.wait()
         except KeyboardInterrupt:
@@ -201,20 +204,33 @@ class Server:
 
     def start_subprocess(self) -> multiprocessing.process.BaseProcess:
         """Starts the HTTP worker(s); returns the (first) worker's process once every worker
-        accepts connections. Raises ``RuntimeError`` if one fails to start."""
+        accepts connections. Raises ``StartupError`` (a ``RuntimeError``) if one fails to start,
+        and ``PortInUseError`` (an ``OSError``) if the port is taken.
+
+        Called from the main thread with SIGTERM at its default, it also makes SIGTERM a graceful
+        stop until ``stop()``: new requests get 503, in-flight ones finish (your loop keeps
+        answering them), then your main thread gets ``KeyboardInterrupt`` as Ctrl-C gives it."""
+        return self._start_workers(interrupt_on_sigterm=True)
+
+    def _start_workers(self, *, interrupt_on_sigterm: bool) -> multiprocessing.process.BaseProcess:
         if self._subprocess is None:
             raise RuntimeError("start_subprocess() needs subprocess mode: configure .subprocess.with_ipc(...)")
-        return self._subprocess.start()
+        process = self._subprocess.start()
+        self._sigterm.install(interrupt=interrupt_on_sigterm)
+        return process
 
     def stop(self, timeout: float = 5.0) -> None:
         """Graceful stop: new requests get 503, in-flight ones get up to ``timeout`` seconds to
-        finish, then the workers are terminated (SIGTERM, then SIGKILL). Twice is harmless."""
+        finish, then the workers are terminated (SIGTERM, then SIGKILL). Twice is harmless, and
+        a second stop() waits for the first. On the main thread, Ctrl-C during stop() is logged
+        and ignored, and SIGTERM is given back to its default."""
         if timeout < 0:
             raise ValueError(f"timeout must be >= 0, got {timeout}")
-        if self._subprocess is not None:
-            self._subprocess.stop(timeout)
-        elif self._direct is not None:
-            self._direct.stop(timeout)
+        with self._sigterm.stopping():
+            if self._subprocess is not None:
+                self._subprocess.stop(timeout)
+            elif self._direct is not None:
+                self._direct.stop(timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Blocks until the server has stopped (``stop()``, or every worker gone for good);

@@ -12,12 +12,14 @@ from collections.abc import Callable, Hashable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from isolated_api.main.main_guard import exit_if_preparing_a_worker
 from isolated_api.main.metrics_book import MetricsBook
 from isolated_api.main.pipe_endpoint import ServerHooks
 from isolated_api.main.relay import Relay
 from isolated_api.main.supervisor import StartupError, Supervisor, WorkerExit
 from isolated_api.main.worker_process import WorkerRecipe
 from isolated_api.server.listener import Listener
+from isolated_api.server.start_report import announce_start
 from isolated_api.shared.spawn_payload import SpawnPayload
 from isolated_api.shared.spec import ServerSpec
 from isolated_api.worker.child import child_main
@@ -34,10 +36,15 @@ class SubprocessMode:
         self._listener = listener
         self._metrics = metrics
         self._lock = threading.RLock()
+        # Held for a whole stop(): a second caller (SIGTERM's thread and the main thread's
+        # finally) returns only once the workers are gone.
+        self._stop_lock = threading.Lock()
         self._supervisor: Supervisor | None = None
         self._ended = threading.Event()
         self.started_at: float | None = None
         self.last_error: str | None = None
+        # Why the supervisor gave up on a worker's slot, if it did (kept after stop()).
+        self.gave_up: str | None = None
         self.exit_callbacks: list[ChildExitCallback] = []
 
     # -- facts -------------------------------------------------------------------------------
@@ -66,17 +73,26 @@ class SubprocessMode:
 
     def facts(self) -> dict[str, Any]:
         """What a worker's readiness probe and the metrics report of the main process."""
-        return {**self.relay.facts(), "restarts": self.restart_count, "last_error": self.last_error}
+        return {
+            **self.relay.facts(),
+            "restarts": self.restart_count,
+            "last_error": self.last_error,
+            "gave_up": self.gave_up,
+        }
 
     # -- starting ----------------------------------------------------------------------------
 
     def start(self) -> multiprocessing.process.BaseProcess:
+        # Before anything binds or spawns: a worker re-running a script that starts the server
+        # at its top level ends here, quietly, and the main process explains why.
+        exit_if_preparing_a_worker()
         with self._lock:
             if self._supervisor is not None and self._supervisor.is_active:
                 raise RuntimeError("the HTTP server is already running; stop() it first")
             recipe = self._worker_recipe()
             self.relay.start()
             self._ended.clear()
+            self.gave_up = None
             self.started_at = time.monotonic()
             supervisor = Supervisor(recipe, on_exit=self._worker_exited, on_all_down=self._all_workers_down)
             self._supervisor = supervisor
@@ -84,14 +100,13 @@ class SubprocessMode:
             workers = supervisor.start()
         except StartupError as exc:
             self.stop(timeout=0)
-            log_file = self._spec.api.log_file
-            raise RuntimeError(f"{exc}; see {log_file}" if log_file else str(exc)) from None
+            # One error with one line: what failed, and where its output is.
+            raise exc from None
         process = workers[0].process
         assert process is not None
-        api = self._spec.api
-        logger.info(
-            "%s: %d HTTP worker(s) serving on %s:%s", self._spec.name, len(workers), api.host, self._listener.port
-        )
+        port = self._listener.port
+        assert port is not None
+        announce_start(self._spec, port, [w.manager.pid for w in workers])
         return process
 
     def _worker_recipe(self) -> WorkerRecipe:
@@ -122,6 +137,8 @@ class SubprocessMode:
         self.last_error = f"HTTP worker {event.slot} exited with code {event.exitcode}" + (
             f", abandoning {len(event.abandoned)} request(s)" if event.abandoned else ""
         )
+        if event.gave_up is not None:
+            self.gave_up = event.gave_up
         for callback in self.exit_callbacks:
             try:
                 callback(event.exitcode, event.abandoned)
@@ -138,15 +155,16 @@ class SubprocessMode:
     # -- stopping ----------------------------------------------------------------------------
 
     def stop(self, timeout: float) -> None:
-        with self._lock:
-            supervisor, self._supervisor = self._supervisor, None
-        if supervisor is None:
-            return
-        supervisor.stop(timeout)
-        with self._lock:
-            self._listener.close()
-            self.relay.close()
-        self._ended.set()
+        with self._stop_lock:
+            with self._lock:
+                supervisor, self._supervisor = self._supervisor, None
+            if supervisor is None:
+                return
+            supervisor.stop(timeout)
+            with self._lock:
+                self._listener.close()
+                self.relay.close()
+            self._ended.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._ended.wait(timeout)

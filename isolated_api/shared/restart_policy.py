@@ -1,11 +1,10 @@
-"""When to restart a dead worker: a bounded number of times per window, with growing delays, so a
-child that fails at start-up is never restarted in a tight loop."""
+"""When to restart a dead worker, the way Kubernetes treats a pod rather than the way a start-up
+check does: a worker that became ready and served is always replaced, at once; only a crash loop
+(dying before it is ready, or soon after without serving anything) waits, with a delay that doubles
+up to a cap and starts over after a healthy run; and only start-ups that keep failing give up."""
 
 from __future__ import annotations
 
-import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from isolated_api.shared.config import ConfigError
@@ -13,9 +12,11 @@ from isolated_api.shared.config import ConfigError
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """``max_restarts`` within ``window`` seconds; the n-th restart in a window waits
-    ``backoff * 2**(n-1)`` seconds (at most ``max_backoff``). Restarts older than ``window`` are
-    forgotten, so a worker that crashes once a day is always replaced."""
+    """``max_restarts``: start-ups in a row that may fail (the worker exits, or is not ready in
+    time) before its slot is given up. ``backoff``: the wait before restarting after the first
+    crash-loop death, doubling with each one in a row, at most ``max_backoff``. ``window``: the
+    healthy stretch: a worker that served a request, or stayed ready this many seconds, ran
+    healthy; its death is replaced at once and the crash-loop count starts over."""
 
     max_restarts: int = 5
     backoff: float = 0.5
@@ -33,19 +34,36 @@ class RestartPolicy:
             raise ConfigError(f"window must be > 0, got {self.window}")
 
 
-class RestartBudget:
-    def __init__(self, policy: RestartPolicy, clock: Callable[[], float] = time.monotonic) -> None:
-        self._policy = policy
-        self._clock = clock
-        self._recent: deque[float] = deque()
+@dataclass(frozen=True)
+class Death:
+    """How a worker's life ended, as far as restarting it goes."""
 
-    def next_delay(self) -> float | None:
-        """The delay before the next restart, or None when the budget is spent (give up)."""
-        now = self._clock()
-        while self._recent and now - self._recent[0] > self._policy.window:
-            self._recent.popleft()
-        if len(self._recent) >= self._policy.max_restarts:
-            return None
-        delay = float(min(self._policy.backoff * 2 ** len(self._recent), self._policy.max_backoff))
-        self._recent.append(now)
-        return delay
+    # Seconds from ready to death; None: it never became ready (a failed start-up).
+    ready_for: float | None
+    # It sent at least one HTTP response.
+    served: bool
+
+
+class RestartBudget:
+    """One slot's history under a policy: how long to wait before its next restart."""
+
+    def __init__(self, policy: RestartPolicy) -> None:
+        self._policy = policy
+        self.crash_loop = 0
+        self.failed_starts = 0
+
+    def next_delay(self, death: Death) -> float | None:
+        """Seconds to wait before restarting, or None: give up (start-ups keep failing)."""
+        policy = self._policy
+        if death.ready_for is None:
+            self.failed_starts += 1
+            if self.failed_starts >= policy.max_restarts:
+                return None
+        elif death.served or death.ready_for >= policy.window:
+            self.crash_loop = 0
+            self.failed_starts = 0
+            return 0.0
+        else:
+            self.failed_starts = 0
+        self.crash_loop += 1
+        return float(min(policy.backoff * 2 ** (self.crash_loop - 1), policy.max_backoff))

@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 from multiprocessing.connection import Connection
+from typing import Any
 
 from isolated_api.shared.output import configure_logging
 from isolated_api.shared.spawn_payload import PickledPayload, SpawnPayload
@@ -43,6 +44,33 @@ def _watch_lifeline(lifeline: Connection, server: DrainingServer, finished: thre
     server.request_exit_now()
     if not finished.wait(ORPHAN_EXIT_DEADLINE):
         os._exit(ORPHAN_EXIT_CODE)
+
+
+class _ReportsServing:
+    """Writes one byte into the lifeline at this worker's first HTTP response: it tells the
+    supervisor that this worker, should it die, had been serving (replace it at once), not
+    crash-looping (back off). After that, requests pass straight through."""
+
+    def __init__(self, app: Any, lifeline: Connection) -> None:
+        self.app = app
+        self._lifeline = lifeline
+        self._raised = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._raised or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_marking(message: Any) -> None:
+            if message["type"] == "http.response.start" and not self._raised:
+                self._raised = True
+                try:
+                    os.write(self._lifeline.fileno(), b"s")  # any byte: the main process reads one
+                except OSError:  # the main process is gone; the lifeline watcher handles that
+                    pass
+            await send(message)
+
+        await self.app(scope, receive, send_marking)
 
 
 def child_main(
@@ -90,8 +118,10 @@ def child_main(
     metrics = MetricsHooks(record=recorder.record, render=render_metrics, flush=recorder.flush)
     app = build_app(spec.recipe, channel=channel, drain=drain, probe=link.probe, metrics=metrics)
     port = sock.getsockname()[1]
+    config = uvicorn_config(app, spec.api, log_config)
+    config.app = _ReportsServing(app, lifeline)
     server = DrainingServer(
-        uvicorn_config(app, spec.api, log_config),
+        config,
         drain,
         signal_drain_timeout=spec.signal_drain_timeout,
         on_started=lambda _: link.send_ready({"pid": os.getpid(), "port": port}),
