@@ -198,10 +198,13 @@ class SubprocessConfigurer:
         self, max_restarts: int = 5, backoff: float = 0.5, max_backoff: float = 10.0, window: float = 60.0
     ) -> SubprocessConfigurer:
         """Replace an HTTP worker that dies without ``stop()`` asking (crash, SIGKILL, OOM kill,
-        ``limit_max_requests``): at most ``max_restarts`` times per ``window`` seconds, waiting
-        ``backoff`` seconds before the first restart and doubling up to ``max_backoff``. Once the
-        budget is spent the worker is given up on (logged; ``server.is_running`` turns False when
-        none is left). Off by default."""
+        ``limit_max_requests``), as Kubernetes would. A worker that served a request, or stayed
+        ready ``window`` seconds, is replaced at once, however often. A crash loop (dying before
+        it is ready, or sooner than ``window`` without serving) waits ``backoff`` seconds, doubling
+        with each one in a row up to ``max_backoff``, and starts over after a healthy run. Only
+        start-ups that fail ``max_restarts`` times in a row give the slot up: logged as an error
+        with the cause, in ``server.health()["gave_up"]``, and ``server.is_running`` turns False
+        when no slot is left. Off by default."""
         self._builder._restart_policy = RestartPolicy(max_restarts, backoff, max_backoff, window)
         return self
 
