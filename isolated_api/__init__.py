@@ -14,10 +14,12 @@ from isolated_api.engine.errors import EngineError
 from isolated_api.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
 from isolated_api.main.reply_batcher import ReplyBatcher
 from isolated_api.main.subprocess_manager import SubprocessManager
+from isolated_api.main.supervisor import StartupError, UnguardedMainError
 from isolated_api.server.builder import RouteConfigurer, ServerBuilder, SubprocessConfigurer, UvicornConfigurer
+from isolated_api.server.listener import PortInUseError
 from isolated_api.server.server import Server
 from isolated_api.shared.codecs import Codec, CodecError, MsgspecCodec, PickleCodec
-from isolated_api.shared.config import ApiConfig, ConfigError, IPCConfig, UvicornConfig
+from isolated_api.shared.config import ApiConfig, ConfigError, IPCConfig, RequestLimits, UvicornConfig
 from isolated_api.shared.errors import (
     ChannelClosedError,
     DuplicateRequestIdError,
@@ -28,6 +30,7 @@ from isolated_api.shared.errors import (
     RemoteError,
     StreamOverflowError,
 )
+from isolated_api.shared.heartbeat import Heartbeat
 from isolated_api.shared.messages import CancelRequest, ErrorReply
 from isolated_api.shared.recipe import BuildError
 from isolated_api.shared.request_ids import new_request_id
@@ -49,8 +52,12 @@ def __getattr__(name: str) -> Any:
 
         return ServerPlugin
     if name == "ENGINE_WIRE_TYPES":
-        from isolated_api.engine.wire import ENGINE_WIRE_TYPES as ENGINE_WIRE_TYPES
-
+        try:
+            from isolated_api.engine.wire import ENGINE_WIRE_TYPES as ENGINE_WIRE_TYPES
+        except ImportError as exc:
+            raise ImportError(
+                "ENGINE_WIRE_TYPES needs msgspec: pip install 'isolated_api[msgspec]'", name=exc.name
+            ) from exc
         return ENGINE_WIRE_TYPES
     raise AttributeError(f"module 'isolated_api' has no attribute {name!r}")
 
@@ -72,6 +79,7 @@ __all__ = [
     "ErrorReply",
     "HealthPing",
     "HealthStatus",
+    "Heartbeat",
     "IPCChannel",
     "IPCConfig",
     "IPCError",
@@ -79,18 +87,22 @@ __all__ = [
     "MsgspecCodec",
     "OverloadedError",
     "PickleCodec",
+    "PortInUseError",
     "QueueFullError",
     "RemoteError",
     "ReplyBatcher",
     "RequestContext",
+    "RequestLimits",
     "Result",
     "RouteConfigurer",
     "Server",
     "ServerBuilder",
+    "StartupError",
     "StreamChunk",
     "StreamOverflowError",
     "SubprocessConfigurer",
     "SubprocessManager",
+    "UnguardedMainError",
     "UvicornConfig",
     "UvicornConfigurer",
     "get_ipc_channel",

@@ -42,7 +42,7 @@ def _run(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProc
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("layout")
     dist = base / "dist"
     built = _run(
@@ -51,16 +51,52 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
         300,
     )
     assert built.returncode == 0, built.stdout + built.stderr
-    (wheel,) = dist.glob("isolated_api-*.whl")
-    env_dir = base / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    python = env_dir / "bin" / "python"
-    pip = _run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{wheel}[dev]"], base, 600
-    )
-    assert pip.returncode == 0, pip.stdout + pip.stderr
-    yield Installed(wheel, python)
+    (found,) = dist.glob("isolated_api-*.whl")
+    yield found
     shutil.rmtree(base, ignore_errors=True)
+
+
+def _venv_with(requirement: str, where: Path) -> Path:
+    venv.EnvBuilder(with_pip=True).create(where)
+    python = where / "bin" / "python"
+    pip = _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement], where, 600)
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    return python
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    env_dir = tmp_path_factory.mktemp("dev-venv")
+    yield Installed(wheel, _venv_with(f"{wheel}[dev]", env_dir))
+    shutil.rmtree(env_dir, ignore_errors=True)
+
+
+def test_layout_imports_with_the_runtime_dependencies_only(wheel: Path, tmp_path: Path) -> None:
+    """Steps: install the wheel with no extras (no msgspec, no appinfra, no test tools); import
+    the facade and touch every public name but the two that name their extra.
+    Expected: all import; the optional ones fail with an ImportError that names the extra."""
+    python = _venv_with(str(wheel), tmp_path / "venv")
+    probe = (
+        "import isolated_api\n"
+        "optional = {'ServerPlugin', 'ENGINE_WIRE_TYPES'}\n"
+        "for name in isolated_api.__all__:\n"
+        "    if name not in optional:\n"
+        "        getattr(isolated_api, name)\n"
+        "try:\n"
+        "    isolated_api.ServerPlugin\n"
+        "except ImportError as exc:\n"
+        "    assert 'isolated_api[appinfra]' in str(exc), exc\n"
+        "else:\n"
+        "    raise AssertionError('ServerPlugin imported without appinfra')\n"
+        "try:\n"
+        "    isolated_api.ENGINE_WIRE_TYPES\n"
+        "except ImportError as exc:\n"
+        "    assert 'isolated_api[msgspec]' in str(exc), exc\n"
+        "else:\n"
+        "    raise AssertionError('ENGINE_WIRE_TYPES imported without msgspec')\n"
+    )
+    result = _run([str(python), "-c", probe], tmp_path, 120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_layout_wheel_installs_exactly_one_top_level_package(installed: Installed) -> None:

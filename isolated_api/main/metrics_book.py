@@ -9,6 +9,7 @@ time by a collector, costing nothing per request.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -18,6 +19,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from isolated_api.shared.metrics_report import HttpKey
+
+logger = logging.getLogger("isolated_api.metrics")
+
+# Distinct (method, route, status) label sets kept. A real app has a few per route; workers are
+# not trusted with the main process's memory (a compromised one could send a new route name in
+# every report), so past this bound counts go to one overflow series and a warning is logged once.
+MAX_LABEL_SETS = 1000
+OVERFLOW_KEY = ("OTHER", "(too many label sets)", "0")
 
 _ROUND_TRIP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -74,6 +83,7 @@ class MetricsBook:
             registry=self.registry,
         )
         self._lock = threading.Lock()
+        self._label_sets: set[tuple[str, str, str]] = set()
         self._worker_counts = {"worker_rejected": 0, "worker_dropped": 0}
         self._facts = facts
         self.registry.register(_FactsCollector(self._all_facts))
@@ -85,7 +95,21 @@ class MetricsBook:
 
     def add_http(self, counts: Iterable[tuple[HttpKey, int]]) -> None:
         for (method, route, status), count in counts:
-            self._requests.labels(method, route, str(status)).inc(count)
+            self._requests.labels(*self._bounded((method, route, str(status)))).inc(count)
+
+    def _bounded(self, key: tuple[str, str, str]) -> tuple[str, str, str]:
+        with self._lock:
+            if key in self._label_sets:
+                return key
+            if len(self._label_sets) < MAX_LABEL_SETS:
+                self._label_sets.add(key)
+                return key
+            if OVERFLOW_KEY not in self._label_sets:
+                self._label_sets.add(OVERFLOW_KEY)
+                logger.warning(
+                    "more than %d HTTP metric label sets; further ones are counted as %s", MAX_LABEL_SETS, OVERFLOW_KEY
+                )
+        return OVERFLOW_KEY
 
     def add_worker_counts(self, rejected: int, dropped: int) -> None:
         with self._lock:
