@@ -304,10 +304,6 @@ def smoke(url: str, request_q: Any) -> None:
         request_q.put(None)  # ends the main loop
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # `kill` or a process manager stops the demo as cleanly as Ctrl-C
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=8000, help="0: a free port")
@@ -341,8 +337,9 @@ def main() -> None:
     )
     counter = TokenCounter()
     server.add_child_exit_callback(worker_exited(counter))
+    # Also takes over SIGTERM (still at its default here): `kill` or a process manager stops the demo
+    # as Ctrl-C does, after in-flight streams finish.
     process = server.start_subprocess()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         url = f"http://127.0.0.1:{server.port}"
         print(f"HTTP child {process.pid} serving {url} (docs: {url}/docs); main process {os.getpid()}")
