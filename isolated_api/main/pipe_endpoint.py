@@ -70,6 +70,7 @@ class PipeEndpoint:
         on_ready: ReadyCallback,
         on_lost: LostCallback,
         hooks: ServerHooks | None = None,
+        pid_of: Callable[[], int | None] = lambda: None,
         codec: Codec | None = None,
     ) -> None:
         self._codec: Codec = codec or PickleCodec()
@@ -91,10 +92,15 @@ class PipeEndpoint:
             on_stalled=lambda why: self.condemn(f"it stopped reading its replies: {why}"),
         )
         self._close_lock = threading.Lock()
-        # Reported in the worker's READY frame: what condemn() kills.
-        self.peer_pid: int | None = None
+        # What condemn() kills: the pid this process started, never one the worker reports (a
+        # compromised worker could name the main process, or any other process of this user).
+        self._pid_of = pid_of
         self.condemned: str | None = None
         self._thread = threading.Thread(target=self._read_uplink, name=f"isolated-api-{name}", daemon=True)
+
+    @property
+    def peer_pid(self) -> int | None:
+        return self._pid_of()
 
     def start(self) -> None:
         self._thread.start()
@@ -219,8 +225,6 @@ class PipeEndpoint:
             if self._on_metrics is not None:
                 self._on_metrics(report)
         elif kind is Kind.READY:
-            info = control.decode_ready(body)
-            self.peer_pid = info["pid"]
-            self._on_ready(self, info)
+            self._on_ready(self, control.decode_ready(body))
         else:
             raise ProtocolError(f"a frame of kind {kind.name}, which only the main process sends")

@@ -120,6 +120,7 @@ def spawn_worker(
         on_ready=ready,
         on_lost=lost,
         hooks=recipe.hooks,
+        pid_of=lambda: manager.pid,
         codec=recipe.spec.codec,
     )
     worker = Worker(slot, incarnation, manager, endpoint, lifeline_w)

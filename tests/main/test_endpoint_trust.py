@@ -66,11 +66,17 @@ def relay() -> Iterator[tuple[Relay, Any, Any]]:
         q.close()
 
 
-def _endpoint(relay: Relay, lost: list[list[Hashable]]) -> tuple[PipeEndpoint, int, Any]:
+def _endpoint(relay: Relay, lost: list[list[Hashable]], pid: int) -> tuple[PipeEndpoint, int, Any]:
     up_r, up_w = multiprocessing.Pipe(duplex=False)
     down_r, down_w = multiprocessing.Pipe(duplex=False)
     endpoint = PipeEndpoint(
-        relay, up_r, down_w, name="worker", on_ready=lambda e, i: None, on_lost=lambda e, ids, torn: lost.append(ids)
+        relay,
+        up_r,
+        down_w,
+        name="worker",
+        on_ready=lambda e, i: None,
+        on_lost=lambda e, ids, torn: lost.append(ids),
+        pid_of=lambda: pid,
     )
     endpoint.start()
     return endpoint, up_w.fileno(), (up_w, down_r)
@@ -80,16 +86,18 @@ def _endpoint(relay: Relay, lost: list[list[Hashable]]) -> tuple[PipeEndpoint, i
 def test_endpoint_condemns_a_worker_that_breaks_the_protocol(
     relay: tuple[Relay, Any, Any], tmp_path: Path, attack: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Steps: a 'worker' (a real sleeping process) reports ready with its pid and has one request
-    in flight, then sends an attack frame. Expect: nothing it sent ran (no marker file), the
-    worker process killed, its request detached once, one error logged, the relay still serving."""
+    """Steps: a 'worker' (a real sleeping process) reports ready, naming another process's pid as
+    its own, and has one request in flight, then sends an attack frame. Expect: nothing it sent
+    ran (no marker file), the worker process (the pid this process started) killed and the one it
+    named untouched, its request detached once, one error logged, the relay still serving."""
     relay_, rq, sq = relay
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     lost: list[list[Hashable]] = []
-    endpoint, fd, keep = _endpoint(relay_, lost)
+    endpoint, fd, keep = _endpoint(relay_, lost, victim.pid)
     marker = tmp_path / "ran"
     try:
-        os.write(fd, frame(Kind.READY, control.encode_ready(victim.pid, 1)))
+        os.write(fd, frame(Kind.READY, control.encode_ready(bystander.pid, 1)))
         os.write(fd, request_frame(Kind.REQUEST, "r1", b"POST /x", dumps(Msg("r1")), PickleCodec().encode_id))
         assert rq.get(timeout=5) == Msg("r1")
         attacks = {
@@ -102,6 +110,7 @@ def test_endpoint_condemns_a_worker_that_breaks_the_protocol(
             assert victim.wait(10) == -9
             endpoint.join(10)
         assert lost == [["r1"]]
+        assert bystander.poll() is None, "the pid the worker named was signalled"
         assert not marker.exists()
         assert [r.message for r in caplog.records if "treated as dead" in r.message] != []
         other = Collector("other")
@@ -109,8 +118,9 @@ def test_endpoint_condemns_a_worker_that_breaks_the_protocol(
         sq.put(Msg("next", "fine"))
         wait_until(lambda: len(other.replies) == 1, 10, "the relay to keep serving")
     finally:
-        victim.kill()
-        victim.wait()
+        for process in (victim, bystander):
+            process.kill()
+            process.wait()
         for conn in keep:
             conn.close()
 
