@@ -11,8 +11,11 @@ how long a connection may keep the server waiting, which uvicorn does not offer.
   all after connecting, held its connection forever. A head timer runs from the connection
   opening, or from the first byte of a later request, to the end of the headers: 408 and close
   (a silent close if nothing was sent).
-- A response sent before its request's body was read in full closes the connection: reading on,
-  uvicorn would discard the rest for as long as the client sends it (a body that never ends).
+- A response sent before its request's body arrived in full (a route that ignores the body, an
+  error) leaves the rest to be read and discarded, as uvicorn does, so the connection stays usable
+  for the next request; but only as long as nginx's lingering close would: past ``max_body_size``
+  discarded bytes, or ``body_timeout`` seconds (``header_timeout`` if none), the connection is
+  closed. Unbounded, uvicorn would discard a body that never ends for as long as it comes.
 
 Each refusal is written by the protocol itself, with ``Connection: close``: the app never sees it.
 """
@@ -48,6 +51,9 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         self._head_parsed = 0
         self._header_count = 0
         self._refusal: tuple[int, str] | None = None
+        # The rest of a body the app answered without reading: bytes discarded, and its deadline.
+        self._discarded = 0
+        self._discard_timer: asyncio.TimerHandle | None = None
 
     # Connection events
 
@@ -57,6 +63,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._stop_discarding()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -74,7 +81,10 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         cycle = self.cycle
         if cycle is not None and cycle.more_body and not self.transport.is_closing():
-            self.transport.close()  # uvicorn's own handling below then stops at "closing"
+            # uvicorn reads the rest and drops it (its on_body ignores a finished cycle's body).
+            self._discarded = 0
+            limit = self.limits.body_timeout or self.limits.header_timeout
+            self._discard_timer = self.loop.call_later(limit, self._close_discarding)
         super().on_response_complete()
 
     # Parser callbacks (inside super().data_received)
@@ -110,12 +120,31 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        if self._discard_timer is not None:
+            self._discarded += len(body)
+            limit = self.limits.max_body_size
+            if limit is not None and self._discarded > limit:
+                self._close_discarding()
+            return
         if self._refusal is None:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._stop_discarding()  # the unread body is over: the connection carries on
         if self._refusal is None:
             super().on_message_complete()
+
+    # The rest of an unread body
+
+    def _stop_discarding(self) -> None:
+        if self._discard_timer is not None:
+            self._discard_timer.cancel()
+            self._discard_timer = None
+
+    def _close_discarding(self) -> None:
+        self._stop_discarding()
+        if not self.transport.is_closing():
+            self.transport.close()
 
     # Limits
 
