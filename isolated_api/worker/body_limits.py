@@ -1,13 +1,13 @@
-"""Limits on a request's body: its size (413) and the time it takes to arrive (408), enforced as
-the body comes in, never after buffering it.
+"""The limit on a request body's size (413), enforced as the body comes in, never after buffering it.
+(The time a body may take is the HTTP protocol's: ``head_limits.py``.)
 
-A plain ASGI middleware (``BaseHTTPMiddleware`` would buffer and hide disconnects) that owns the
-request's ``receive``:
+A plain ASGI middleware (``BaseHTTPMiddleware`` would buffer and hide disconnects):
 
 - a ``Content-Length`` over the limit is answered 413 at once: the app never runs, nothing is read;
-- otherwise each chunk is counted as the app reads it, and once the total passes the limit (a
-  chunked body declares no length) the client is answered 413;
-- the whole body must arrive within ``body_timeout`` of the headers, else 408.
+- a ``Content-Length`` within it passes untouched: the HTTP parser delivers no more than declared,
+  so the common request costs one look at its headers;
+- a body without a declared length (chunked) is counted as the app reads it, and once the total
+  passes the limit the client is answered 413.
 
 Refusing mid-body, the middleware answers for the app and then tells it the client is gone
 (``http.disconnect``): FastAPI stops reading, a handler never runs, nothing reaches the main
@@ -18,7 +18,6 @@ body the app is not reading, so a request held up elsewhere costs no more than t
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -53,30 +52,29 @@ class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, limits: RequestLimits) -> None:
         self.app = app
         self.max_size = limits.max_body_size
-        self.timeout = limits.body_timeout
         self.too_large = f"request body larger than {self.max_size} bytes (max_body_size)"
-        self.too_slow = f"request body not received within {self.timeout} s (body_timeout)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self.max_size is None and self.timeout is None):
+        if scope["type"] != "http" or self.max_size is None:
             await self.app(scope, receive, send)
             return
         declared = _declared_length(scope)
-        if self.max_size is not None and declared is not None and declared > self.max_size:
-            await send_refusal(send, 413, self.too_large)
+        if declared is not None:
+            if declared > self.max_size:
+                await send_refusal(send, 413, self.too_large)
+                return
+            await self.app(scope, receive, send)
             return
         await self.app(scope, *_LimitedBody(self, receive, send).endpoints())
 
 
 class _LimitedBody:
-    """One request's body as the app sees it: counted, on a deadline, cut off when refused."""
+    """One body of no declared length as the app sees it: counted, cut off when refused."""
 
     def __init__(self, limits: BodyLimitMiddleware, receive: Receive, send: Send) -> None:
         self._limits = limits
         self._receive = receive
         self._send = send
-        loop = asyncio.get_running_loop()
-        self._deadline = None if limits.timeout is None else loop.time() + limits.timeout
         self._received = 0
         self._complete = False
         self._response_started = False
@@ -88,16 +86,8 @@ class _LimitedBody:
     async def receive(self) -> Message:
         if self._refused:
             return _DISCONNECT
-        if self._complete:
-            # Past the body only http.disconnect comes (a streaming response listens for it):
-            # no deadline, nothing to count.
-            return await self._receive()
-        try:
-            async with asyncio.timeout_at(self._deadline):
-                message = await self._receive()
-        except TimeoutError:
-            return await self._refuse(408, self._limits.too_slow)
-        if message["type"] != "http.request":
+        message = await self._receive()
+        if self._complete or message["type"] != "http.request":
             return message
         self._received += len(message.get("body", b""))
         max_size = self._limits.max_size

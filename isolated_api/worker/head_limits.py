@@ -11,6 +11,10 @@ how long a connection may keep the server waiting, which uvicorn does not offer.
   all after connecting, held its connection forever. A head timer runs from the connection
   opening, or from the first byte of a later request, to the end of the headers: 408 and close
   (a silent close if nothing was sent).
+- The body, too, is timed here: it must arrive whole within ``body_timeout`` of the read that
+  completed the head, else 408 (or a plain close if the response has begun). The timer exists
+  only for a body still incomplete at the end of a read: most requests arrive whole in one read
+  and cost no timer at all (the size limit is the app's: ``body_limits.py``).
 - A response sent before its request's body arrived in full (a route that ignores the body, an
   error) leaves the rest to be read and discarded, as uvicorn does, so the connection stays usable
   for the next request; but only as long as nginx's lingering close would: past ``max_body_size``
@@ -51,9 +55,12 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         self._head_parsed = 0
         self._header_count = 0
         self._refusal: tuple[int, str] | None = None
-        # The rest of a body the app answered without reading: bytes discarded, and its deadline.
+        self._head_started = 0.0
+        # The body's deadline, armed only while a body is incomplete at the end of a read; and
+        # the rest of a body the app answered without reading (bytes discarded).
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._discarding = False
         self._discarded = 0
-        self._discard_timer: asyncio.TimerHandle | None = None
 
     # Connection events
 
@@ -63,7 +70,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
-        self._stop_discarding()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -71,10 +78,21 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             return  # answered and closing: the rest is not parsed
         self._head_began_in_read = False
         super().data_received(data)
-        if self._in_head and not self._head_began_in_read:
-            # In the head before this read and still in it after: all of it was head.
-            self._head_read += len(data)
-            self._check_head_size()
+        if self._in_head:
+            if not self._head_began_in_read:
+                # In the head before this read and still in it after: all of it was head.
+                self._head_read += len(data)
+                self._check_head_size()
+            if self._head_timer is None and self._refusal is None:
+                # A head that did not arrive whole in one read: now it is on the clock (from its
+                # first byte). Most heads do arrive whole, and then no timer is made at all.
+                deadline = self._head_started + self.limits.header_timeout
+                self._head_timer = self.loop.call_at(deadline, self._head_timed_out)
+        elif self._body_timer is None and self.limits.body_timeout is not None and self._refusal is None:
+            cycle = self.cycle
+            if cycle is not None and cycle.more_body and not cycle.response_complete:
+                # A body still on its way after this read: now it is on the clock.
+                self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
         if self._refusal is not None:
             self._send_refusal()
 
@@ -82,9 +100,11 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle.more_body and not self.transport.is_closing():
             # uvicorn reads the rest and drops it (its on_body ignores a finished cycle's body).
+            self._discarding = True
             self._discarded = 0
-            limit = self.limits.body_timeout or self.limits.header_timeout
-            self._discard_timer = self.loop.call_later(limit, self._close_discarding)
+            if self._body_timer is None:
+                limit = self.limits.body_timeout or self.limits.header_timeout
+                self._body_timer = self.loop.call_later(limit, self._body_timed_out)
         super().on_response_complete()
 
     # Parser callbacks (inside super().data_received)
@@ -93,8 +113,9 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = self._head_began_in_read = True
         self._head_read = self._head_parsed = self._header_count = 0
-        if self._head_timer is None:
-            self._arm_head_timer()  # a later request on a kept-alive connection: from its first byte
+        # A later request on a kept-alive connection is timed from its first byte (data_received
+        # arms the timer only if the head is still incomplete at the end of the read).
+        self._head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -120,30 +141,40 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        if self._discard_timer is not None:
+        if self._discarding:
             self._discarded += len(body)
             limit = self.limits.max_body_size
-            if limit is not None and self._discarded > limit:
-                self._close_discarding()
+            if limit is not None and self._discarded > limit and not self.transport.is_closing():
+                self._cancel_body_timer()
+                self.transport.close()
             return
         if self._refusal is None:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._stop_discarding()  # the unread body is over: the connection carries on
+        # The body is in (or the unread rest is over): no deadline, the connection carries on.
+        self._cancel_body_timer()
+        self._discarding = False
         if self._refusal is None:
             super().on_message_complete()
 
-    # The rest of an unread body
+    # The body's deadline
 
-    def _stop_discarding(self) -> None:
-        if self._discard_timer is not None:
-            self._discard_timer.cancel()
-            self._discard_timer = None
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
-    def _close_discarding(self) -> None:
-        self._stop_discarding()
-        if not self.transport.is_closing():
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            # The app is still waiting for the body: the client gets our answer, and the app a
+            # disconnect once the connection is lost (no handler runs, nothing reaches the main process).
+            self._write_refusal(408, f"request body not received within {self.limits.body_timeout} s (body_timeout)")
+        else:
             self.transport.close()
 
     # Limits
@@ -184,7 +215,9 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             cycle.keep_alive = False
             self.flow.pause_reading()
             return
-        status, detail = self._refusal
+        self._write_refusal(*self._refusal)
+
+    def _write_refusal(self, status: int, detail: str) -> None:
         body = json.dumps({"detail": detail}).encode()
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
