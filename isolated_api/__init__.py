@@ -41,6 +41,8 @@ from isolated_api.worker.sse import sse_response
 
 if TYPE_CHECKING:
     from isolated_api.engine.wire import ENGINE_WIRE_TYPES as ENGINE_WIRE_TYPES
+    from isolated_api.main.engine_host import EngineBindError as EngineBindError
+    from isolated_api.main.engine_host import EngineHost as EngineHost
     from isolated_api.server.appinfra_plugin import ServerPlugin as ServerPlugin
 
 
@@ -51,6 +53,11 @@ def __getattr__(name: str) -> Any:
         from isolated_api.server.appinfra_plugin import ServerPlugin as ServerPlugin
 
         return ServerPlugin
+    if name in ("EngineHost", "EngineBindError"):
+        # ZeroMQ is imported only by those who serve or reach remote engines.
+        from isolated_api.main import engine_host
+
+        return getattr(engine_host, name)
     if name == "ENGINE_WIRE_TYPES":
         try:
             from isolated_api.engine.wire import ENGINE_WIRE_TYPES as ENGINE_WIRE_TYPES
@@ -75,7 +82,9 @@ __all__ = [
     "ConfigError",
     "DuplicateRequestIdError",
     "Engine",
+    "EngineBindError",
     "EngineError",
+    "EngineHost",
     "ErrorReply",
     "HealthPing",
     "HealthStatus",

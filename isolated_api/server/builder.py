@@ -4,6 +4,8 @@ focused configurers; each ``with_*`` returns the configurer and ``done()`` retur
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import queue
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +21,7 @@ from isolated_api.shared.config import (
     check_gc_threshold,
 )
 from isolated_api.shared.cors import CorsPolicy
+from isolated_api.shared.engines import EnginesConfig, Resolver
 from isolated_api.shared.readiness import HealthSettings
 from isolated_api.shared.recipe import (
     AppRecipe,
@@ -161,6 +164,46 @@ class SubprocessConfigurer:
         if request_q is response_q:
             raise ConfigError("request_q and response_q must be two different queues")
         self._builder._queues = (request_q, response_q)
+        return self
+
+    def with_engines(
+        self,
+        *addresses: str,
+        ping_interval: float = 0.5,
+        ping_timeout: float = 2.0,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 3.0,
+        resolve_interval: float = 10.0,
+        retry_lost: bool = False,
+        allow_pickle: bool = False,
+        curve_server_key: str | None = None,
+        resolver: Resolver | None = None,
+    ) -> SubprocessConfigurer:
+        """Enables subprocess mode with the work on other machines: each HTTP worker sends
+        requests over ZeroMQ to the ``EngineHost`` at each address (``"tcp://gpu-1:5700"``), the
+        least-loaded ready one first, instead of to queues of this process. Handlers and the
+        error table do not change. A DNS name that resolves to several addresses is that many
+        engines, resolved again every ``resolve_interval`` seconds (a Kubernetes headless
+        service); ``resolver(host, port) -> [ip, ...]`` replaces the system's resolver.
+
+        An engine whose connection closes, or that leaves a ping unanswered for ``ping_timeout``
+        seconds, is lost: the requests on it end at once (503, or ``event: error`` on a stream
+        already answering); new requests go to the others. ``retry_lost=True`` sends a lost unary
+        request once to another engine: only for idempotent work. Use a ``MsgspecCodec``
+        (``with_codec``): ``build()`` refuses pickle over the network unless ``allow_pickle``.
+        ``curve_server_key``: the engine hosts' CURVE public key, to encrypt and authenticate."""
+        self._builder._engines = EnginesConfig(
+            tuple(addresses),
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            resolve_interval=resolve_interval,
+            retry_lost=retry_lost,
+            allow_pickle=allow_pickle,
+            curve_server_key=curve_server_key,
+            resolver=resolver,
+        )
         return self
 
     def with_log_file(self, path: str) -> SubprocessConfigurer:
@@ -357,6 +400,7 @@ class ServerBuilder:
         self._ipc = IPCConfig()
         self._recipe = AppRecipe()
         self._queues: tuple[Any, Any] | None = None
+        self._engines: EnginesConfig | None = None
         self._start_method = "spawn"
         self._restart_policy: RestartPolicy | None = None
         self._cancel_notices = False
@@ -415,7 +459,28 @@ class ServerBuilder:
         api = self._api
         api.check_log_file()
         api.uvicorn.check_files()
-        subprocess_mode = self._queues is not None
+        engines = self._engines
+        if engines is not None and self._queues is not None:
+            raise BuildError(
+                "with_ipc and with_engines both given: requests go either to this process's queues or to remote "
+                "engines; keep one (an engine's own machine runs EngineHost over its queues)"
+            )
+        codec = self._codec or PickleCodec()
+        if engines is not None and isinstance(codec, PickleCodec) and not engines.allow_pickle:
+            raise BuildError(
+                "remote engines with the pickle codec: an engine would unpickle what the network sends, and "
+                "unpickling runs code (vLLM's CVE-2025-30165). Use .with_codec(MsgspecCodec(*your_types)), or pass "
+                "with_engines(..., allow_pickle=True) if only trusted hosts share the network"
+            )
+        if engines is not None and engines.resolver is not None and self._start_method != "fork":
+            try:
+                pickle.dumps(engines.resolver)
+            except Exception as exc:
+                raise BuildError(
+                    f"resolver {engines.resolver!r} cannot be sent to the HTTP worker processes ({exc}); "
+                    "define it at module level"
+                ) from None
+        subprocess_mode = self._queues is not None or engines is not None
         if api.uvicorn.workers > 1 and not subprocess_mode:
             raise BuildError(
                 f"workers={api.uvicorn.workers} needs subprocess mode: add .subprocess.with_ipc(request_q, response_q) "
@@ -444,11 +509,16 @@ class ServerBuilder:
             recipe=recipe,
             api=api,
             ipc=self._ipc,
-            codec=self._codec or PickleCodec(),
+            codec=codec,
             start_method=self._start_method,
             restart_policy=self._restart_policy,
             cancel_notices=self._cancel_notices,
             gc_threshold=self._gc_threshold,
+            engines=engines,
         )
+        if engines is not None:
+            # The workers' pipes to this process still carry ready, metrics and drain; no request
+            # crosses them, so the relay behind them reads queues of its own that stay empty.
+            return Server(spec, queue.Queue(), queue.Queue())
         request_q, response_q = self._queues or (None, None)
         return Server(spec, request_q, response_q)

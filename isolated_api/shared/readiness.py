@@ -57,6 +57,9 @@ def readiness_problem(
         return "the IPC channel is closed"
     if facts is None:
         return f"the main process did not answer a probe within {deadline:g} s"
+    if facts.get("engine_problem"):
+        # Remote engines: ready while at least one answers its pings and takes requests.
+        return str(facts["engine_problem"])
     if main_process_stalled(facts, deadline):
         return (
             f"the main process has not answered for {facts['last_reply_age']:.1f} s "

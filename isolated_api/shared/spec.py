@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from isolated_api.shared.codecs import Codec, PickleCodec
 from isolated_api.shared.config import ApiConfig, IPCConfig
+from isolated_api.shared.engines import EnginesConfig
 from isolated_api.shared.recipe import AppRecipe
 from isolated_api.shared.restart_policy import RestartPolicy
 
@@ -32,3 +33,6 @@ class ServerSpec:
     kill_timeout: float = 2.0
     # SIGTERM/SIGINT sent to an HTTP worker itself (not through stop()) drains it for this long.
     signal_drain_timeout: float = 10.0
+    # Remote engines (``.subprocess.with_engines``): requests go to them over ZeroMQ instead of to
+    # this process's queues.
+    engines: EnginesConfig | None = None

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -19,6 +20,7 @@ from isolated_api.worker.app import build_app
 from isolated_api.worker.channel import IPCChannel
 from isolated_api.worker.drain import DrainState
 from isolated_api.worker.draining_server import DrainingServer
+from isolated_api.worker.health_routes import Probe
 from isolated_api.worker.metrics_recorder import BatchingRecorder
 from isolated_api.worker.metrics_routes import MetricsHooks
 from isolated_api.worker.pipe_link import PipeLink
@@ -107,16 +109,29 @@ def child_main(
         on_lost=lambda reason: server_ref[0].request_exit_now(),
         codec=spec.codec,
     )
-    channel = IPCChannel(config=spec.ipc, response_timeout=spec.api.response_timeout, link=link)
+    probe: Probe = link.probe
+    engine_metrics: Callable[[], bytes] | None = None
+    if spec.engines is not None:
+        # Requests go to remote engines; the pipes to this worker's main process carry the rest.
+        from isolated_api.worker.engine_link import EngineLink
+
+        engine_link = EngineLink(spec.engines, spec.codec, control_link=link)
+        channel = IPCChannel(config=spec.ipc, response_timeout=spec.api.response_timeout, link=engine_link)
+        probe, engine_metrics = engine_link.probe, engine_link.metrics_text
+    else:
+        channel = IPCChannel(config=spec.ipc, response_timeout=spec.api.response_timeout, link=link)
     recorder = BatchingRecorder(link.send_metrics, channel)
 
     async def render_metrics() -> bytes | None:
         # This worker's counts first, on the same pipe: the main process renders them too.
         recorder.flush()
-        return await link.scrape()
+        text = await link.scrape()
+        if engine_metrics is not None and text is not None:
+            text += engine_metrics()
+        return text
 
     metrics = MetricsHooks(record=recorder.record, render=render_metrics, flush=recorder.flush)
-    app = build_app(spec.recipe, channel=channel, drain=drain, probe=link.probe, metrics=metrics)
+    app = build_app(spec.recipe, channel=channel, drain=drain, probe=probe, metrics=metrics)
     port = sock.getsockname()[1]
     config = uvicorn_config(app, spec.api, log_config)
     config.app = _ReportsServing(app, lifeline)

@@ -47,7 +47,10 @@ def install_health_routes(
         problem = readiness_problem(
             main, channel_open=channel.is_open, deadline=settings.deadline, beat_timeout=settings.beat_timeout
         )
-        if main is not None:
+        if main is not None and "engines" in main:
+            # Remote engines: this worker's view of each (state, load, what it served).
+            facts.update(engines=main["engines"], late_replies=main["late_replies"], retried=main["retried"])
+        elif main is not None:
             # Server-wide figures from the main process (all workers together).
             facts.update(
                 pending=main["pending"],

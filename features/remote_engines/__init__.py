@@ -1,0 +1,2 @@
+"""Engines on other machines: an API host's HTTP workers send requests over ZeroMQ to the main
+processes of GPU hosts (``EngineHost``), the least-loaded first."""
