@@ -319,10 +319,10 @@ class EngineHost:
         if len(frames) < 2:
             raise remote_wire.WireError("a message without a kind")
         identity, kind = frames[0], frames[1]
-        if kind == remote_wire.REQUEST or kind == remote_wire.STREAM_REQUEST:
-            if len(frames) != 6:
+        if kind[:1] == remote_wire.REQUEST or kind[:1] == remote_wire.STREAM_REQUEST:
+            if len(frames) != 2:
                 raise remote_wire.WireError("a request of the wrong shape")
-            self._request(self._peer(identity), frames, streaming=kind == remote_wire.STREAM_REQUEST)
+            self._request(self._peer(identity), kind)
         elif kind == remote_wire.PING:
             if len(frames) != 3:
                 raise remote_wire.WireError("a ping of the wrong shape")
@@ -342,8 +342,8 @@ class EngineHost:
         else:
             raise remote_wire.WireError(f"unknown kind {kind[:8]!r}")
 
-    def _request(self, peer: _Peer, frames: list[bytes], *, streaming: bool) -> None:
-        _, _, boot, id_bytes, origin, payload = frames
+    def _request(self, peer: _Peer, data: bytes) -> None:
+        streaming, boot, id_bytes, origin, payload = remote_wire.decode_request(data)
         try:
             request_id = self.codec.decode_id(id_bytes)
             hash(request_id)
@@ -359,7 +359,7 @@ class EngineHost:
                 request_id,
                 payload=payload,
                 streaming=streaming,
-                origin=origin[:200].decode("utf-8", "replace"),
+                origin=origin.decode("utf-8", "replace"),
             )
         except IPCError as exc:
             why = _REJECT_REASONS.get(type(exc), "bad")
@@ -382,6 +382,7 @@ class EngineHost:
             oldest_pending_age=facts["oldest_pending_age"],
             last_reply_age=facts["last_reply_age"],
             unanswered_age=facts["unanswered_age"],
+            dropped_replies=self.relay.dropped_replies,
         )
         self._send_now([identity, remote_wire.PONG, remote_wire.encode_pong(pong)])
 

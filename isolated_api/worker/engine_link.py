@@ -291,15 +291,16 @@ class EngineLink:
 
     def _dispatch(self, request_id: Hashable, entry: _InFlight, exclude: set[int] | None = None) -> None:
         tried: set[int] = set(exclude or ())
-        kind = remote_wire.STREAM_REQUEST if entry.streaming else remote_wire.REQUEST
         while True:
             engine = self.pool.choose(tried)
             if engine is None:
                 problem = self.pool.problem() or "every ready engine refused the request"
                 raise errors.ChannelClosedError(problem)
+            message = remote_wire.encode_request(
+                entry.streaming, engine.boot, entry.id_bytes, entry.origin, entry.payload
+            )
             try:
-                frames = [kind, engine.boot, entry.id_bytes, entry.origin, entry.payload]
-                engine.sock.send_multipart(frames, zmq.NOBLOCK)
+                engine.sock.send(message, zmq.NOBLOCK, copy=len(message) < 65536)
             except zmq.ZMQError:  # not connected (IMMEDIATE): try the next one
                 tried.add(id(engine))
                 continue
@@ -360,6 +361,7 @@ class EngineLink:
         engine.reported_pending = pong.pending
         engine.mine_at_pong = engine.in_flight
         engine.capacity = pong.capacity
+        engine.engine_dropped_replies = pong.dropped_replies
         deadline = self._config.ping_timeout
         facts = pong.facts()
         if main_process_stalled(facts, deadline) or pong.unanswered_age > deadline:

@@ -35,6 +35,8 @@ class EngineState:
     served: int = 0
     lost_count: int = 0
     late_replies: int = 0
+    # What the engine host reported dropping itself (replies nobody waited for any more).
+    engine_dropped_replies: int = 0
     # The link's sockets for this engine (zmq objects; Any keeps this module free of zmq).
     sock: Any = None
     monitor: Any = None
@@ -57,6 +59,7 @@ class EngineState:
             "served": self.served,
             "lost": self.lost_count,
             "late_replies": self.late_replies,
+            "engine_dropped_replies": self.engine_dropped_replies,
             "last_pong_age": None if not self.last_pong else round(now - self.last_pong, 3),
             "problem": self.problem,
         }

@@ -54,7 +54,7 @@ class Peer:
 
     def request(self, boot: bytes, request_id: str, text: str) -> None:
         payload = CODEC.encode(Ask(request_id, text))
-        self.send(remote_wire.REQUEST, boot, CODEC.encode_id(request_id), b"POST /ask", payload)
+        self.send(remote_wire.encode_request(False, boot, CODEC.encode_id(request_id), b"POST /ask", payload))
 
 
 @pytest.fixture
@@ -136,7 +136,9 @@ def test_engine_host_admits_exactly_max_pending(host: Any, context: zmq.Context[
     "frames",
     [
         [b"Z", b"unknown kind"],
-        [remote_wire.REQUEST, b"too few parts"],
+        [remote_wire.REQUEST, b"a part too many"],
+        [remote_wire.REQUEST + b"shorter than its header"],
+        [remote_wire.encode_request(False, b"b" * 16, b'"x"', b"", b"")[:-1]],
         [remote_wire.PING, b"{not json"],
         [remote_wire.PING, b'{"seq": "1", "interval": 0.5}'],
         [remote_wire.CANCEL, b"\x80\x04pickle"],
