@@ -170,9 +170,14 @@ class Echoer:
 
     def _run(self) -> None:
         get = self.request_q.get
-        put = self.response_q.put if self._batcher is None else self._batcher.put
+        batcher = self._batcher
+        response_q = self.response_q
         while True:
             request = get()
+            # ``response_q.put`` looked up per reply, as the README's loop does: this thread
+            # starts before the server, and a put bound then would be the queue's own, not the
+            # one the relay installs while it runs (isolated_api/main/local_put.py).
+            put = response_q.put if batcher is None else batcher.put
             kind = type(request)
             if kind is Echo:
                 put(Echoed(request.id, request.text.upper()))

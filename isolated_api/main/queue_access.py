@@ -95,6 +95,22 @@ def put_now(q: Any, obj: Any) -> bool:
     return True
 
 
+def decode_reply(codec: Codec | None, item: Any) -> tuple[Any, bytes | None]:
+    """What the main process put, as a reply and the bytes to forward: with a binary codec it
+    puts encoded bytes (or, for convenience, objects, which are encoded on the way to the
+    worker). Raises ``CodecError`` for bytes whose request can't even be named."""
+    if codec is None or not codec.binary or not isinstance(item, bytes):
+        return item, None
+    try:
+        return codec.decode(item), item
+    except CodecError as exc:
+        request_id = codec.find_id(item)
+        if request_id is None:
+            raise
+        # Its id is readable: that one request fails with the reason instead of timing out.
+        return ErrorReply(request_id, f"the reply could not be decoded: {exc}", 500), None
+
+
 class ReplyReader:
     """Returns each reply with the bytes to forward to the worker (None: encode it again)."""
 
@@ -111,20 +127,7 @@ class ReplyReader:
             self._ready = lambda: bool(poller.poll(0))
 
     def _decoded(self, item: Any) -> tuple[Any, bytes | None]:
-        # With a binary codec the main process puts encoded bytes (or, for convenience, objects,
-        # which are encoded on the way to the worker).
-        codec = self._codec
-        assert codec is not None
-        if not isinstance(item, bytes):
-            return item, None
-        try:
-            return codec.decode(item), item
-        except CodecError as exc:
-            request_id = codec.find_id(item)
-            if request_id is None:
-                raise
-            # Its id is readable: that one request fails with the reason instead of timing out.
-            return ErrorReply(request_id, f"the reply could not be decoded: {exc}", 500), None
+        return decode_reply(self._codec, item)
 
     def get(self) -> tuple[Any, bytes | None]:
         q = self._q

@@ -30,8 +30,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from isolated_api.main.queue_access import ReplyReader, RequestWriter
-from isolated_api.shared.codecs import Codec
+from isolated_api.main.local_put import LocalPut, give_back_put, take_over_put
+from isolated_api.main.queue_access import ReplyReader, RequestWriter, decode_reply
+from isolated_api.main.queue_readers import claim, release
+from isolated_api.shared.codecs import Codec, CodecError
 from isolated_api.shared.errors import ChannelClosedError, DuplicateRequestIdError, OverloadedError, QueueFullError
 from isolated_api.shared.heartbeat import Heartbeat
 from isolated_api.shared.messages import CancelRequest, ErrorReply
@@ -43,19 +45,6 @@ _BATCH_LIMIT = 512
 _BATCH_WINDOW = 0.0002  # seconds
 # How many requests in flight in a dead worker are named in the log line that reports it.
 _LOGGED_IN_FLIGHT = 20
-
-# One reader per response queue: two relays on one queue would take each other's replies.
-_queues_in_use: dict[int, Relay] = {}
-_queues_lock = threading.Lock()
-
-
-def relay_reading(response_q: Any) -> Relay | None:
-    """The running relay of this process that reads ``response_q``, if any: replies made in this
-    process can then be handed to it directly (``Relay.route_local``) instead of crossing the queue."""
-    relay = _queues_in_use.get(id(response_q))
-    if relay is None or relay._response_q is not response_q or relay._closed:
-        return None
-    return relay
 
 
 class Endpoint(Protocol):
@@ -127,6 +116,9 @@ class Relay:
         self.cancel_notices_sent = 0
         # Replies handed over in this process (route_local), never on response_q.
         self.local_replies = 0
+        # Messages put on response_q by this process and routed at once (route_put).
+        self.local_puts = 0
+        self._local_put: LocalPut | None = None
         self.queue_full = 0
         self.stream_chunks = 0
         self._observe_round_trip = observe_round_trip
@@ -148,14 +140,14 @@ class Relay:
         with self._lock:
             if self._reader is not None:
                 return
-            with _queues_lock:
-                if id(self._response_q) in _queues_in_use:
-                    raise RuntimeError("this response_q is already read by another running server or channel")
-                _queues_in_use[id(self._response_q)] = self
+            claim(self._response_q, self)
             self._closed = False
             self._token = uuid.uuid4().hex
             self._reader = threading.Thread(target=self._read_replies, name="isolated-api-relay", daemon=True)
             self._reader.start()
+            # Replies this process puts skip the queue (local_put.py); other processes' still
+            # come through it, read by the thread above.
+            self._local_put = take_over_put(self._response_q, self, self._codec)
 
     def close(self, timeout: float = 2.0) -> None:
         """Stops the reader and forgets every route. Safe to call twice."""
@@ -165,15 +157,29 @@ class Relay:
             self._routes.clear()
         if reader is None:
             return
+        # The queue's own put first: the sentinel, and any later put, must go through the queue.
+        give_back_put(self._response_q, self._local_put)
+        self._local_put = None
         # The reader is blocked in get(); a sentinel only it recognises wakes it.
         try:
             self._response_q.put(_StopReader(self._token))
         except (ValueError, OSError):
             pass
         reader.join(timeout)
-        with _queues_lock:
-            if _queues_in_use.get(id(self._response_q)) is self:
-                del _queues_in_use[id(self._response_q)]
+        release(self._response_q, self)
+
+    @property
+    def takes_local_puts(self) -> bool:
+        """True while ``response_q.put`` in this process hands replies over (local_put.py)."""
+        return self._local_put is not None
+
+    @property
+    def response_q(self) -> Any:
+        return self._response_q
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
 
     @property
     def is_running(self) -> bool:
@@ -346,6 +352,20 @@ class Relay:
         write, wake-up and unpickle on the way through ``response_q``."""
         self.local_replies += len(replies)
         self._route_batch([(replies, None)], "")
+
+    def route_put(self, item: Any) -> None:
+        """Routes what this process put on ``response_q`` (a reply, a list of them, a
+        ``Heartbeat``, or with a binary codec their bytes) as the reader would have after reading
+        it, on the caller's thread (``local_put.LocalPut``). Never raises for a reply it cannot
+        route: like one read from the queue, it is logged and dropped, or fails its request."""
+        try:
+            reply, raw = decode_reply(self._codec, item) if type(item) is bytes else (item, None)
+        except CodecError:
+            logger.exception("a reply put on response_q could not be decoded")
+            self.dropped_replies += 1
+            return
+        self.local_puts += 1
+        self._route_batch([(reply, raw)], "")
 
     # -- replies (reader thread) -------------------------------------------------------------
 

@@ -26,11 +26,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from isolated_api.main.queue_access import put_now
-from isolated_api.main.relay import Relay, relay_reading
+from isolated_api.main.queue_readers import relay_reading
 from isolated_api.shared.messages import ErrorReply
+
+if TYPE_CHECKING:
+    from isolated_api.main.relay import Relay
 
 logger = logging.getLogger("isolated_api.reply_batcher")
 
