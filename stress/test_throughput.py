@@ -17,8 +17,11 @@ has tokens waiting, so it writes one per send."""
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
+import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -107,6 +110,38 @@ def _check_drained(server: Server, url: str) -> None:
     wait_until(lambda: relay.route_count == 0, 10.0, "the relay to forget every request")
 
 
+def _echo_back(inbox: Any, outbox: Any) -> None:
+    while (item := inbox.get()) is not None:
+        outbox.put(item)
+
+
+def _raw_queue_round_trip(count: int = 2000) -> float:
+    """p50 seconds of a bare ``multiprocessing.Queue`` round trip between two processes (put,
+    the other process gets it and puts it back, get): the floor the 1-connection figure is read
+    against, since each cross-process wake-up costs what it costs on the machine at hand."""
+    ctx = multiprocessing.get_context("spawn")
+    inbox, outbox = ctx.Queue(), ctx.Queue()
+    child = ctx.Process(target=_echo_back, args=(inbox, outbox), daemon=True)
+    child.start()
+    try:
+        seconds: list[float] = []
+        for i in range(count + 200):
+            started = time.perf_counter()
+            inbox.put(i)
+            outbox.get(timeout=10)
+            if i >= 200:  # the first ones warm up both processes
+                seconds.append(time.perf_counter() - started)
+        inbox.put(None)
+        child.join(10)
+        return statistics.median(seconds)
+    finally:
+        if child.is_alive():
+            child.kill()
+        for q in (inbox, outbox):
+            q.cancel_join_thread()
+            q.close()
+
+
 @pytest.mark.timeout(400)
 def test_stress_unary_ipc_vs_in_process(
     ipc: tuple[Server, str], ipc_batched: tuple[Server, str], ceiling: tuple[int, str], figures: Figures
@@ -114,6 +149,7 @@ def test_stress_unary_ipc_vs_in_process(
     rows = []
     targets = {"inproc": (ceiling[1], "/echo"), "put": (ipc[1], "/echo"), "batch": (ipc_batched[1], "/echo-state")}
     latencies, rate = _latencies, _rate
+    floor_rows: list[list[str]] = []
     for concurrency in (1, 16, 64, 256):
         runs = _rounds(targets, _unary, concurrency)
         base = runs["inproc"]
@@ -126,6 +162,12 @@ def test_stress_unary_ipc_vs_in_process(
             row.append(_ms(_pooled(runs[name], latencies, 0.5) - base_p50))
         row += [_ms(_pooled(runs[name], latencies, 0.99)) for name in ("inproc", "put", "batch")]
         rows.append(row)
+        if concurrency == 1:
+            floor = _raw_queue_round_trip()
+            floor_rows.append([_ms(floor)])
+            for name in ("put", "batch"):
+                over = _pooled(runs[name], latencies, 0.5) - base_p50
+                floor_rows[0] += [_ms(over), f"{over / floor:.2f}"]
         # A generous sanity bound, not a performance target: the IPC path is not pathologically slow.
         assert min(r.rate for r in runs["put"] + runs["batch"]) > 0.05 * min(r.rate for r in base)
     figures.table(
@@ -148,6 +190,13 @@ def test_stress_unary_ipc_vs_in_process(
             "batch p99",
         ],
         rows,
+    )
+    figures.table(
+        "1 connection against the floor: a bare multiprocessing.Queue round trip between two processes "
+        "(p50 ms, measured right after the 1-connection rounds), and each IPC path's p50 over in-process "
+        "in ms and in such round trips",
+        ["raw round trip", "put +p50", "round trips", "batch +p50", "round trips"],
+        floor_rows,
     )
     for server, url in (ipc, ipc_batched):
         _check_drained(server, url)
