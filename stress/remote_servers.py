@@ -71,20 +71,23 @@ async def count_route(body: CountBody, channel: IPC) -> StreamingResponse:
 def answer_loop(request_q: Any, response_q: Any, delay: float = 0.0) -> None:
     """The main loop users write: one request at a time, ``response_q.put`` per reply (after
     ``delay`` seconds of "work" for an ``Ask``). Ends on ``None``."""
-    decode, put = CODEC.decode, response_q.put
+    decode = CODEC.decode
     while True:
         item = request_q.get()
         if item is None:
             return
         request = decode(item)
+        # response_q.put looked up per reply, as users write it: on the pipe path this loop starts
+        # before the server, and a put bound then would be the queue's own, not the one the relay
+        # installs while it runs (isolated_api/main/local_put.py).
         if type(request) is Ask:
             if delay:
                 time.sleep(delay)
-            put(Told(request.id, request.text.upper()))
+            response_q.put(Told(request.id, request.text.upper()))
         elif type(request) is Count:
             last = request.count - 1
             for i in range(request.count):
-                put(Tick(request.id, i == last))
+                response_q.put(Tick(request.id, i == last))
 
 
 def _engine_process(bind: str, delay: float, started: Any, stop: Any) -> None:
