@@ -4,6 +4,8 @@ requests go to the engines still there."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 from typing import Any
 
@@ -112,3 +114,20 @@ def test_remote_engines_opt_in_retry_runs_a_lost_unary_request_elsewhere(farm: E
         doomed.kill()
         slow.join(30)
         assert [(r.status_code, r.json()["engine"]) for r in results] == [(200, "survivor")] * 2
+
+
+def test_remote_engines_host_gone_silent_is_lost_by_zmtp_heartbeats(farm: EngineFarm) -> None:
+    # A host that vanished without closing its TCP connection (power loss, a cut cable): here the
+    # engine's whole process is stopped, libzmq's own thread included. Application pings are set
+    # to wait 60 s, so what finds it is the ZMTP heartbeat (1.5 s).
+    silent, other = farm.start("silent"), farm.start("other")
+    options = {"ping_interval": 5.0, "ping_timeout": 60.0, "heartbeat_interval": 0.3, "heartbeat_timeout": 1.5}
+    with running(api_builder(silent.address, other.address, **options).build()) as base:
+        wait_ready(base, 2)
+        os.kill(silent.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: engine_view(base, silent.address)["state"] == "lost", 20, "the silent host lost")
+            answers = post_all(base, "/generate", [{"prompt": f"n{i}"} for i in range(6)])
+            assert [(r.status_code, r.json()["engine"]) for r in answers] == [(200, "other")] * 6
+        finally:
+            os.kill(silent.pid, signal.SIGCONT)
