@@ -11,7 +11,14 @@ from typing import Any
 
 import httpx
 
-from features.remote_engines.engine_farm import EngineFarm, api_builder, engine_view, post_all, wait_ready
+from features.remote_engines.engine_farm import (
+    EngineFarm,
+    EngineProcess,
+    api_builder,
+    engine_view,
+    post_all,
+    wait_ready,
+)
 from isolated_api.testing import running, wait_until
 
 
@@ -78,41 +85,35 @@ def test_remote_engines_sigkilled_engine_ends_only_its_own_requests(farm: Engine
         assert engine_view(base, doomed.address)["state"] == "lost"
 
 
+def _two_slow_requests_one_engine_killed(base: str, doomed: EngineProcess, delay: float) -> list[httpx.Response]:
+    """Two slow requests at once (ties rotate: one per engine); the doomed engine is SIGKILLed
+    while its one runs. Returns both answers."""
+    results: list[httpx.Response] = []
+    bodies = [{"prompt": f"u{i}", "delay": delay} for i in range(2)]
+    slow = threading.Thread(target=lambda: results.extend(post_all(base, "/generate", bodies)))
+    slow.start()
+    wait_until(lambda: any(e[0] == "job" for e in doomed.drain_events()), 20, "a job reached the doomed engine")
+    doomed.kill()
+    slow.join(30)
+    return results
+
+
 def test_remote_engines_lost_unary_request_is_503_and_runs_nowhere_else(farm: EngineFarm) -> None:
     doomed, survivor = farm.start("doomed"), farm.start("survivor")
     with running(api_builder(doomed.address, survivor.address).build()) as base:
         wait_ready(base, 2)
-        results: list[httpx.Response] = []
-        slow = threading.Thread(
-            target=lambda: results.extend(
-                post_all(base, "/generate", [{"prompt": f"u{i}", "delay": 1.5} for i in range(2)])
-            )
-        )
-        slow.start()
-        wait_until(lambda: any(e[0] == "job" for e in doomed.drain_events()), 20, "a job reached the doomed engine")
-        doomed.kill()
-        slow.join(30)
-        statuses = sorted(r.status_code for r in results)
-        assert statuses == [200, 503], [r.text for r in results]
+        results = _two_slow_requests_one_engine_killed(base, doomed, delay=1.5)
+        assert sorted(r.status_code for r in results) == [200, 503], [r.text for r in results]
         # Not re-executed on the survivor: it ran only its own one.
-        wait_until(lambda: len([e for e in survivor.drain_events() if e[0] == "job"]) == 1, 10, "the survivor's job")
-        assert len([e for e in survivor.seen if e[0] == "job"]) == 1
+        wait_until(lambda: len(survivor.seen_jobs()) == 1, 10, "the survivor's job")
+        assert len(survivor.seen_jobs()) == 1
 
 
 def test_remote_engines_opt_in_retry_runs_a_lost_unary_request_elsewhere(farm: EngineFarm) -> None:
     doomed, survivor = farm.start("doomed"), farm.start("survivor")
     with running(api_builder(doomed.address, survivor.address, retry_lost=True).build()) as base:
         wait_ready(base, 2)
-        results: list[httpx.Response] = []
-        slow = threading.Thread(
-            target=lambda: results.extend(
-                post_all(base, "/generate", [{"prompt": f"u{i}", "delay": 1.0} for i in range(2)])
-            )
-        )
-        slow.start()
-        wait_until(lambda: any(e[0] == "job" for e in doomed.drain_events()), 20, "a job reached the doomed engine")
-        doomed.kill()
-        slow.join(30)
+        results = _two_slow_requests_one_engine_killed(base, doomed, delay=1.0)
         assert [(r.status_code, r.json()["engine"]) for r in results] == [(200, "survivor")] * 2
 
 
