@@ -283,8 +283,9 @@ class Supervisor:
 
     # -- stop --------------------------------------------------------------------------------
 
-    def stop(self, timeout: float) -> None:
-        """Drains all workers together for up to ``timeout`` s, then terminates and kills."""
+    def stop(self, timeout: float, on_draining: Callable[[], None] | None = None) -> None:
+        """Drains all workers together for up to ``timeout`` s, then terminates and kills.
+        ``on_draining`` runs once every worker was told to drain (nothing restarts any more)."""
         with self._lock:
             self._stopping.set()
             workers = [w for w in self._slots if w is not None]
@@ -293,6 +294,8 @@ class Supervisor:
         for worker in workers:
             worker.stopping = True
             worker.endpoint.send_drain(timeout)
+        if on_draining is not None:
+            on_draining()
         # Drain time plus a moment for uvicorn to close its sockets.
         deadline = time.monotonic() + timeout + 1.0
         for worker in workers:

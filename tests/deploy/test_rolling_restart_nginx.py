@@ -9,7 +9,8 @@ proves, is the pair:
 
 - the library's graceful stop: a draining worker answers new requests 503 (``Connection: close``)
   while the requests already inside it finish, and once it is gone the port refuses connections
-  (for about 0.2 s before that, a new connection waits in the backlog and is then reset);
+  (the main process lets go of its copy of the socket when the drain starts, so the port closes
+  with the worker's; a connection reaching the backlog in that instant is reset);
 - nginx's ``proxy_next_upstream error timeout http_502 http_503 non_idempotent``: a 503 from a
   draining replica, and a connection refused or reset before any answer, are retried on the other
   one. Each is a refusal before the route ran, which is why retrying a POST is safe here; without
