@@ -66,6 +66,13 @@ def test_examples_subprocess_mode_replies_from_main_and_logs_to_file(tmp_path: P
     assert output.rstrip().endswith("stopped")
 
 
+def test_examples_remote_engine_answers_from_an_engine_host_in_another_process() -> None:
+    output = _run("remote_engine", "--smoke")
+    assert _line(output, "POST /generate -> ") == 'POST /generate -> 200 {"text":"olleh"}'
+    assert _line(output, "engine host serving ").startswith("engine host serving tcp://127.0.0.1:")
+    assert output.rstrip().endswith("stopped")
+
+
 def test_examples_channel_handlers_reach_main_both_ways_and_error_reply_sets_status() -> None:
     """Steps: run channel_handlers.py --smoke. Expect 200 through app.state and through the IPC
     dependency, and the main process's ErrorReply(409) seen by the client as 409 with its message."""
