@@ -77,7 +77,7 @@ class LocalPut:
             if type(obj) is list:
                 self.batcher.put_many(obj)
             elif type(obj) is Heartbeat:
-                relay.route_put(obj)
+                relay.route_local([obj])  # no request, so no order to keep: at once
             else:
                 self.batcher.put(obj)
         except ValueError:  # the relay stopped between the check above and now

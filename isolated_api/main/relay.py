@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from isolated_api.main.local_put import LocalPut, give_back_put, take_over_put
-from isolated_api.main.queue_access import ReplyReader, RequestWriter, decode_reply
+from isolated_api.main.queue_access import ReplyReader, RequestWriter
 from isolated_api.main.queue_readers import claim, release
-from isolated_api.shared.codecs import Codec, CodecError
+from isolated_api.shared.codecs import Codec
 from isolated_api.shared.errors import ChannelClosedError, DuplicateRequestIdError, OverloadedError, QueueFullError
 from isolated_api.shared.heartbeat import Heartbeat
 from isolated_api.shared.messages import CancelRequest, ErrorReply
@@ -116,8 +116,6 @@ class Relay:
         self.cancel_notices_sent = 0
         # Replies handed over in this process (route_local), never on response_q.
         self.local_replies = 0
-        # Messages put on response_q by this process and routed at once (route_put).
-        self.local_puts = 0
         self._local_put: LocalPut | None = None
         self.queue_full = 0
         self.stream_chunks = 0
@@ -352,20 +350,6 @@ class Relay:
         write, wake-up and unpickle on the way through ``response_q``."""
         self.local_replies += len(replies)
         self._route_batch([(replies, None)], "")
-
-    def route_put(self, item: Any) -> None:
-        """Routes what this process put on ``response_q`` (a reply, a list of them, a
-        ``Heartbeat``, or with a binary codec their bytes) as the reader would have after reading
-        it, on the caller's thread (``local_put.LocalPut``). Never raises for a reply it cannot
-        route: like one read from the queue, it is logged and dropped, or fails its request."""
-        try:
-            reply, raw = decode_reply(self._codec, item) if type(item) is bytes else (item, None)
-        except CodecError:
-            logger.exception("a reply put on response_q could not be decoded")
-            self.dropped_replies += 1
-            return
-        self.local_puts += 1
-        self._route_batch([(reply, raw)], "")
 
     # -- replies (reader thread) -------------------------------------------------------------
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -16,41 +14,9 @@ import pytest
 
 from isolated_api import Heartbeat, MsgspecCodec
 from isolated_api.main.local_put import LocalPut
-from isolated_api.main.relay import Relay, flatten
+from isolated_api.main.relay import Relay
 from isolated_api.testing import wait_until
-
-
-@dataclass
-class Msg:
-    id: Any
-    body: str = ""
-    is_final: bool = False
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.name = "collector"
-        self.replies: list[Any] = []
-        self.raws: list[bytes | None] = []
-        self.threads: set[str] = set()
-        self.lock = threading.Lock()
-
-    def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
-        with self.lock:
-            # A bundle (replies that were written together) opened: the test checks the order.
-            self.replies.extend(flatten(replies))
-            self.raws.extend(raws)
-            self.threads.add(threading.current_thread().name)
-
-
-@pytest.fixture
-def mp_queues() -> Iterator[tuple[Any, Any]]:
-    ctx = multiprocessing.get_context("spawn")
-    rq, sq = ctx.Queue(), ctx.Queue()
-    yield rq, sq
-    for q in (rq, sq):
-        q.cancel_join_thread()
-        q.close()
+from tests.main.relay_doubles import Collector, Msg
 
 
 def _put_from_child(response_q: Any, reply: Msg) -> None:
@@ -106,7 +72,7 @@ def test_local_put_leaves_other_processes_puts_on_the_queue(method: str) -> None
         child.join(30)
         assert child.exitcode == 0
         wait_until(lambda: len(sink.replies) == 1, 10, "the child's reply, read from the queue")
-        assert sink.replies[0].body == "hi" and relay.local_puts == 0
+        assert sink.replies[0].body == "hi" and relay.local_replies == 0
         assert sink.threads == {"isolated-api-relay"}
     finally:
         relay.close()

@@ -7,9 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
-import threading
-from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
+from collections.abc import Hashable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -18,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from isolated_api.main.pipe_endpoint import PipeEndpoint
-from isolated_api.main.relay import Relay, flatten
+from isolated_api.main.relay import Relay
 from isolated_api.shared.errors import ChannelClosedError, DuplicateRequestIdError, QueueFullError
 from isolated_api.shared.framing import (
     FrameDecoder,
@@ -32,35 +30,7 @@ from isolated_api.shared.framing import (
 )
 from isolated_api.shared.messages import ErrorReply
 from isolated_api.testing import wait_until
-
-
-@dataclass
-class Msg:
-    id: Any
-    body: str = ""
-    is_final: bool = False
-
-
-class Collector:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.replies: list[Any] = []
-        self.lock = threading.Lock()
-
-    def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
-        with self.lock:
-            # Entries may be bundles (replies written together, e.g. put fast in this process).
-            self.replies.extend(flatten(replies))
-
-
-@pytest.fixture
-def mp_queues() -> Iterator[tuple[Any, Any]]:
-    ctx = multiprocessing.get_context("spawn")
-    rq, sq = ctx.Queue(), ctx.Queue()
-    yield rq, sq
-    for q in (rq, sq):
-        q.cancel_join_thread()
-        q.close()
+from tests.main.relay_doubles import Collector, Msg
 
 
 def test_relay_routes_each_reply_to_the_endpoint_that_sent_the_request(mp_queues: tuple[Any, Any]) -> None:
