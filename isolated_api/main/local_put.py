@@ -14,7 +14,7 @@ replies that come fast (tokens) are written several to a frame, in ``put`` order
 What stays as it was:
 - Puts from other processes (a queue passed to a child) go through the pipe as before: the
   replacement is an attribute of this process's object. A pickled queue carries no instance
-  attributes, and a forked child, which does inherit it, is recognised by its pid and uses the
+  attributes, and a forked child, which does inherit it, is recognised by a fork counter and uses the
   queue's own ``put``.
 - Only ``multiprocessing.Queue`` and ``queue.Queue`` themselves are taken over; a subclass may
   have its own ``put`` semantics and keeps them. So does a queue whose ``put`` was already
@@ -48,6 +48,18 @@ logger = logging.getLogger("isolated_api.relay")
 
 _TAKEN_OVER = (multiprocessing.queues.Queue, queue.Queue)
 
+# Counts forks into this process: a ``LocalPut`` made before the last one belongs to the parent.
+# (Checked on every put; ``os.getpid()`` there would be a system call per token.)
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
 
 class LocalPut:
     """Stands in for ``q.put`` while ``relay`` reads ``q`` in this process."""
@@ -56,14 +68,14 @@ class LocalPut:
         self._q = q
         self.relay = relay
         self._codec = codec
-        self._pid = os.getpid()
+        self._forks = _forks
         self._own_put = type(q).put
         # Its relay_reading(q) is ``relay`` while it runs: the batcher hands replies over.
         self.batcher = ReplyBatcher(q)
 
     def __call__(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         relay = self.relay
-        if relay.is_closed or os.getpid() != self._pid:
+        if relay.is_closed or _forks != self._forks:
             self._own_put(self._q, obj, block, timeout)
             return
         if type(obj) is bytes:

@@ -4,7 +4,6 @@ focused configurers; each ``with_*`` returns the configurer and ``done()`` retur
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import queue
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +31,7 @@ from isolated_api.shared.recipe import (
     RouteSpec,
 )
 from isolated_api.shared.restart_policy import RestartPolicy
+from isolated_api.shared.spawn_payload import check_sendable
 from isolated_api.shared.spec import ServerSpec
 
 _HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"}
@@ -474,7 +474,8 @@ class ServerBuilder:
             )
         if engines is not None and engines.resolver is not None and self._start_method != "fork":
             try:
-                pickle.dumps(engines.resolver)
+                # Pickled as each worker starts, like the recipe's parts: checked the same way.
+                check_sendable(engines.resolver)
             except Exception as exc:
                 raise BuildError(
                     f"resolver {engines.resolver!r} cannot be sent to the HTTP worker processes ({exc}); "
