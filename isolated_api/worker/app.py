@@ -19,7 +19,6 @@ from isolated_api.worker.health_routes import Probe, install_health_routes
 from isolated_api.worker.http_errors import install_error_handlers
 from isolated_api.worker.metrics_middleware import MetricsMiddleware
 from isolated_api.worker.metrics_routes import MetricsHooks, install_metrics_route
-from isolated_api.worker.request_origin import RequestOriginMiddleware
 
 
 def build_app(
@@ -74,14 +73,12 @@ def build_app(
     # Starlette puts each added middleware outside the previous one. Added in reverse, the
     # user's first middleware is the outermost of theirs; drain wraps them all and CORS wraps
     # drain, so even a 503 during shutdown carries CORS headers a browser can read.
-    if channel is not None:
-        # Innermost: the method and path a request to the main process came from (logged there
-        # if this worker dies with it in flight).
-        app.add_middleware(RequestOriginMiddleware)
     for middleware in reversed(recipe.middleware):
         app.add_middleware(middleware.cls, **middleware.options)  # type: ignore[arg-type]
     if recipe.cancel_on_disconnect:
         app.add_middleware(DisconnectCancelMiddleware)
+    # Drain also notes each request's method and path, which travel with what it sends to the main
+    # process (logged there if this worker dies with it in flight; request_origin.py).
     app.add_middleware(DrainMiddleware, state=drain)
     # Outside drain and the user's middleware, so an oversized body is refused before anything
     # reads it; inside CORS and metrics, so a browser can read the 413 and it is counted.

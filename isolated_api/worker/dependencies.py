@@ -91,7 +91,11 @@ def direct_channel(endpoint: Callable[..., Any]) -> Callable[..., Any]:
 
     async def with_channel(**values: Any) -> Any:
         request = values.pop(request_name) if own_request else values[request_name]
-        channel = await _channel_for(request)
+        app = request.scope["app"]
+        # The usual case inline (no override, a channel): two coroutines fewer a request.
+        channel = None if app.dependency_overrides else getattr(app.state, "ipc_channel", None)
+        if channel is None:
+            channel = await _channel_for(request)
         for name in channel_names:
             values[name] = channel
         return await call(**values)

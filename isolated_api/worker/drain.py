@@ -11,6 +11,8 @@ import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from isolated_api.worker import request_origin
+
 logger = logging.getLogger("isolated_api.shutdown")
 
 _BODY = json.dumps({"detail": "the server is shutting down"}).encode()
@@ -64,6 +66,9 @@ class DrainMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # Every request passes here, outside the user's middleware (whose tasks inherit the
+        # context): the method and path a request to the main process came from (request_origin).
+        request_origin.remember(scope)
         state = self.state
         if state.draining:
             await send({"type": "http.response.start", "status": 503, "headers": _HEADERS})

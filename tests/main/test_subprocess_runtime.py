@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -20,6 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import Response
 
 from isolated_api import BuildError, ServerBuilder
 from isolated_api.main.subprocess_manager import SubprocessManager
@@ -202,6 +206,45 @@ def _serve_after_restart(server: Any, main_loop: MainLoop, request_q: Any, round
     marker = f"direct{round_}"
     request_q.put(Work(new_id(), marker))
     wait_until(lambda: any(getattr(r, "text", "") == marker for r in main_loop.received), 10, "direct put")
+
+
+class _PassThrough(BaseHTTPMiddleware):
+    """A user middleware that runs the rest of the app in a task of its own (call_next)."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        return await call_next(request)
+
+
+def test_subprocess_runtime_a_dead_workers_requests_are_logged_with_their_method_and_path(
+    queues: tuple[Any, Any], main_loop: MainLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Steps: a server with a user middleware that runs the handler in another task; two
+    requests held by the main process; SIGKILL the worker. Expect the main process's log line to
+    name both requests' ids with the method and path the client sent (the origin travels with
+    each request from the worker), not "origin unknown"."""
+    release = threading.Event()
+    main_loop.behaviour = held_until(release)
+    server = (
+        builder("origin")
+        .routes.with_route("/upper", upper_route, methods=["POST"])
+        .with_middleware(_PassThrough)
+        .done()
+        .subprocess.with_ipc(*queues)
+        .done()
+        .build()
+    )
+    with running(server), ThreadPoolExecutor(2) as pool, caplog.at_level(logging.WARNING, "isolated_api.relay"):
+        url = f"http://127.0.0.1:{server.port}/upper"
+        futures = [pool.submit(_post_ignoring_errors, url, {"text": f"o{i}"}) for i in range(2)]
+        main_loop.wait_received(2, 20)
+        os.kill(server.process.pid, signal.SIGKILL)
+        assert [f.result(30) for f in futures] == [None, None]
+        wait_until(lambda: any("in flight" in r.getMessage() for r in caplog.records), 10, "the log line")
+        release.set()
+    [line] = [r.getMessage() for r in caplog.records if "in flight" in r.getMessage()]
+    assert "2 request(s)" in line and "origin unknown" not in line
+    for request in main_loop.received[:2]:
+        assert f"{request.id!r} (POST /upper)" in line
 
 
 def test_subprocess_runtime_sigkill_while_idle_then_restart(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
