@@ -78,6 +78,7 @@ class _Route:
     streaming: bool
     created: float
     origin: str = ""  # "METHOD /path" of the HTTP request, when the worker sent it
+    started: bool = False  # a stream's first chunk was routed
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,20 @@ class Relay:
             answered.add(id(route))
         return len(answered) >= len(routes)
 
+    def starts_a_stream(self, replies: list[Any]) -> bool:
+        """True when one of ``replies`` is the first chunk of a stream: its client waits for it
+        (time to first token), so it is worth a write of its own rather than a wait for company.
+        Read without the lock, as ``answers_everything``."""
+        routes = self._routes
+        for reply in replies:
+            try:
+                route = routes.get(getattr(reply, "id", _MISSING))
+            except TypeError:
+                continue
+            if route is not None and route.streaming and not route.started:
+                return True
+        return False
+
     def route_local(self, replies: list[Any]) -> None:
         """Routes replies made in this process as if they had been read from ``response_q`` (one
         bundle: forwarded to a worker in one frame when they all belong to it), on the caller's
@@ -448,6 +463,7 @@ class Relay:
             return None
         if route.streaming:
             self.stream_chunks += 1
+            route.started = True
         if not route.streaming or getattr(reply, "is_final", False) or type(reply) is ErrorReply:
             del self._routes[request_id]
             if self._observe_round_trip is not None:

@@ -397,3 +397,26 @@ def test_relay_route_local_hands_single_replies_over_as_the_queue_would(mp_queue
         assert len(observed) == 3 and all(seconds >= 0 for seconds in observed)  # u, s, x
     finally:
         relay.close()
+
+
+def test_relay_starts_a_stream_only_for_a_streams_first_chunk(mp_queues: tuple[Any, Any]) -> None:
+    """Steps: forward a unary request and two streams; ask which replies start a stream, before
+    and after a chunk of one of them is routed. Expect True only while a reply belongs to a stream
+    none of whose chunks was routed yet (its client is waiting for the first token)."""
+    rq, sq = mp_queues
+    relay = Relay(rq, sq, queue_timeout=0.01)
+    relay.start()
+    try:
+        a = Collector("a")
+        relay.forward(a, "u", request=Msg("u"))
+        relay.forward(a, "s", request=Msg("s"), streaming=True)
+        relay.forward(a, "t", request=Msg("t"), streaming=True)
+        assert relay.starts_a_stream([Msg("s")])
+        assert relay.starts_a_stream([Msg("u"), Msg("t")])
+        assert not relay.starts_a_stream([Msg("u")])
+        assert not relay.starts_a_stream([Msg("nobody"), Msg(["unhashable"])])
+        relay.route_local([Msg("s")])
+        assert not relay.starts_a_stream([Msg("s")])  # its first chunk is on its way
+        assert relay.starts_a_stream([Msg("s"), Msg("t")])
+    finally:
+        relay.close()

@@ -16,8 +16,10 @@ from features.streaming.step_loop import StepLoop
 from features.streaming.streaming import generate_route
 from isolated_api import ReplyBatcher
 from isolated_api.main import reply_batcher
+from isolated_api.main.relay import Relay
 from isolated_api.testing import drain_queue, running, wait_until
 from tests.helpers import Done, Work, answer_upper, builder, upper_route
+from tests.main.relay_doubles import Collector, Msg
 
 
 def _replies_in(messages: list[Any]) -> list[Any]:
@@ -92,6 +94,45 @@ def test_reply_batcher_put_many_is_one_message_and_a_bad_reply_fails_alone(queue
     assert failed.id == "b" and failed.status_code == 500
     assert failed.message.startswith("the reply could not be sent:") and "pickle" in failed.message
     assert batcher.failed == 1
+
+
+def test_reply_batcher_writes_a_streams_first_chunk_at_once_and_batches_the_rest(
+    mp_queues: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps: a relay reading response_q in this process, two streams forwarded to a recording
+    endpoint; with no write ever counted as quiet (the interval set to 1e9 s), put each stream's
+    first chunk and more chunks of the first stream. Expect each first chunk written by this
+    thread at once (delivered before put returns), the later chunks left to the writer thread,
+    and every chunk delivered in put order."""
+    monkeypatch.setattr(reply_batcher, "_QUIET", 1e9)
+    rq, sq = mp_queues
+    relay = Relay(rq, sq, queue_timeout=0.01)
+    relay.start()
+    endpoint = Collector("worker")
+    try:
+        relay.forward(endpoint, "s", request=Msg("s"), streaming=True)
+        relay.forward(endpoint, "t", request=Msg("t"), streaming=True)
+        with ReplyBatcher(sq) as batcher:
+            batcher.put(Msg("s", "0"))
+            assert [m.body for m in endpoint.replies] == ["0"] and batcher.direct_writes == 1
+            for i in range(1, 4):
+                batcher.put(Msg("s", str(i)))
+            assert batcher.flush(10)
+            assert batcher.direct_writes == 1  # the stream had started: these waited for company
+            batcher.put(Msg("t", "first"))
+            assert endpoint.replies[-1].body == "first" and batcher.direct_writes == 2
+            batcher.put(Msg("s", "4", is_final=True))
+            assert batcher.flush(10)
+        assert [(m.id, m.body) for m in endpoint.replies] == [
+            ("s", "0"),
+            ("s", "1"),
+            ("s", "2"),
+            ("s", "3"),
+            ("t", "first"),
+            ("s", "4"),
+        ]
+    finally:
+        relay.close()
 
 
 def test_reply_batcher_writes_the_reply_nothing_else_waits_behind_at_once(queues: tuple[Any, Any]) -> None:
