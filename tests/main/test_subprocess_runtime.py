@@ -237,7 +237,9 @@ def test_subprocess_runtime_a_dead_workers_requests_are_logged_with_their_method
         url = f"http://127.0.0.1:{server.port}/upper"
         futures = [pool.submit(_post_ignoring_errors, url, {"text": f"o{i}"}) for i in range(2)]
         main_loop.wait_received(2, 20)
-        os.kill(server.process.pid, signal.SIGKILL)
+        worker = server.process
+        assert worker is not None and worker.pid is not None
+        os.kill(worker.pid, signal.SIGKILL)
         assert [f.result(30) for f in futures] == [None, None]
         wait_until(lambda: any("in flight" in r.getMessage() for r in caplog.records), 10, "the log line")
         release.set()
