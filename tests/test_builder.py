@@ -112,6 +112,10 @@ def test_builder_with_config_replaces_whole_configs() -> None:
         lambda b: b.uvicorn.with_max_headers(0),
         lambda b: b.uvicorn.with_header_timeout(None),
         lambda b: b.uvicorn.with_body_timeout(0),
+        lambda b: b.with_drain_timeout(0),
+        lambda b: b.with_drain_timeout(float("nan")),
+        lambda b: b.with_drain_timeout(True),
+        lambda b: b.with_drain_timeout("10"),
     ],
 )
 def test_builder_refuses_bad_input_with_config_error(mistake: Any) -> None:

@@ -13,10 +13,12 @@ from isolated_api.server.server import Server
 from isolated_api.shared.codecs import Codec, PickleCodec
 from isolated_api.shared.config import (
     DEFAULT_CHILD_GC_THRESHOLD,
+    DEFAULT_DRAIN_TIMEOUT,
     ApiConfig,
     ConfigError,
     IPCConfig,
     UvicornConfig,
+    check_drain_timeout,
     check_gc_threshold,
 )
 from isolated_api.shared.cors import CorsPolicy
@@ -406,6 +408,7 @@ class ServerBuilder:
         self._cancel_notices = False
         self._codec: Codec | None = None
         self._gc_threshold: int | None = DEFAULT_CHILD_GC_THRESHOLD
+        self._drain_timeout = DEFAULT_DRAIN_TIMEOUT
         self._routes = RouteConfigurer(self)
         self._subprocess = SubprocessConfigurer(self)
         self._uvicorn = UvicornConfigurer(self)
@@ -446,6 +449,17 @@ class ServerBuilder:
     def with_timeout(self, seconds: float) -> ServerBuilder:
         """How long a request waits for the main process's reply before 504."""
         self._api = dataclasses.replace(self._api, response_timeout=seconds)
+        return self
+
+    def with_drain_timeout(self, seconds: float) -> ServerBuilder:
+        """How long requests in flight get to finish when a signal stops the server (default
+        10 s): SIGTERM or Ctrl-C to the main process once it started the server (the library then
+        runs ``stop(seconds)``: readiness and new requests get 503 at once), or a signal sent to
+        an HTTP worker itself. Requests still waiting then get 503. ``server.stop(timeout)`` called
+        by your own code uses its ``timeout``. Under Kubernetes keep
+        ``terminationGracePeriodSeconds`` above the ``preStop`` sleep + ``seconds`` + about 3 s."""
+        check_drain_timeout(seconds)
+        self._drain_timeout = float(seconds)
         return self
 
     def with_config(self, config: ApiConfig) -> ServerBuilder:
@@ -515,6 +529,7 @@ class ServerBuilder:
             restart_policy=self._restart_policy,
             cancel_notices=self._cancel_notices,
             gc_threshold=self._gc_threshold,
+            signal_drain_timeout=self._drain_timeout,
             engines=engines,
         )
         if engines is not None:

@@ -53,6 +53,16 @@ def check_gc_threshold(value: object) -> None:
     _optional_int_at_least("gc_threshold", value, 1)
 
 
+# How long requests in flight get when a signal stops the server (SIGTERM or Ctrl-C to the main
+# process, or a signal sent to an HTTP worker itself).
+DEFAULT_DRAIN_TIMEOUT = 10.0
+
+
+def check_drain_timeout(value: object) -> None:
+    """A finite number of seconds > 0."""
+    _number("drain_timeout", value, positive=True)
+
+
 KiB = 1024
 MiB = 1024 * KiB
 

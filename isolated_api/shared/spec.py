@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from isolated_api.shared.codecs import Codec, PickleCodec
-from isolated_api.shared.config import ApiConfig, IPCConfig
+from isolated_api.shared.config import DEFAULT_DRAIN_TIMEOUT, ApiConfig, IPCConfig
 from isolated_api.shared.engines import EnginesConfig
 from isolated_api.shared.recipe import AppRecipe
 from isolated_api.shared.restart_policy import RestartPolicy
@@ -31,8 +31,9 @@ class ServerSpec:
     startup_timeout: float = 30.0
     # How long a worker has to exit after SIGTERM before SIGKILL.
     kill_timeout: float = 2.0
-    # SIGTERM/SIGINT sent to an HTTP worker itself (not through stop()) drains it for this long.
-    signal_drain_timeout: float = 10.0
+    # A stop by a signal drains for this long: SIGTERM/Ctrl-C to the main process once started
+    # (``stop(signal_drain_timeout)``), or a signal sent to an HTTP worker itself.
+    signal_drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     # Remote engines (``.subprocess.with_engines``): requests go to them over ZeroMQ instead of to
     # this process's queues.
     engines: EnginesConfig | None = None

@@ -56,12 +56,14 @@ _SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         hold = int(sys.argv[1])
         request_q, response_q = multiprocessing.Queue(), multiprocessing.Queue()
-        server = (
+        builder = (
             ServerBuilder("term").with_host("127.0.0.1").with_port(0)
             .routes.with_route("/work", work).with_route("/ping", ping).done()
             .subprocess.with_ipc(request_q, response_q).done()
-            .build()
         )
+        if len(sys.argv) > 3:
+            builder.with_drain_timeout(float(sys.argv[3]))
+        server = builder.build()
         server.start_subprocess()
         print(server.port, flush=True)
         held = []
@@ -84,11 +86,13 @@ _SCRIPT = textwrap.dedent(
 
 
 @contextmanager
-def _main_process(tmp_path: Path, hold: int, stop_timeout: float) -> Iterator[subprocess.Popen[str]]:
+def _main_process(
+    tmp_path: Path, hold: int, stop_timeout: float, *drain_timeout: float
+) -> Iterator[subprocess.Popen[str]]:
     script = tmp_path / "serve.py"
     script.write_text(_SCRIPT)
     main = subprocess.Popen(
-        [sys.executable, str(script), str(hold), str(stop_timeout)],
+        [sys.executable, str(script), str(hold), str(stop_timeout), *map(str, drain_timeout)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -153,3 +157,21 @@ def test_sigterm_a_second_ctrl_c_during_stop_is_ignored(tmp_path: Path) -> None:
         assert out.split() == ["interrupted", "stopped"], (out, err)
         assert main.returncode == 0, err
         assert "Traceback" not in err and "already stopping" in err, err
+
+
+def test_sigterm_drains_for_the_configured_drain_timeout(tmp_path: Path) -> None:
+    """Steps: the script built with .with_drain_timeout(1); one request the loop never answers;
+    SIGTERM to the main process. Expect the held request to end 503 once the 1 s drain is over,
+    well before the default 10 s would have let it (8 s at most here), and the process to end as
+    usual: KeyboardInterrupt in the loop, stop(), exit 0."""
+    with _main_process(tmp_path, 2, 5.0, 1.0) as main, ThreadPoolExecutor(1) as pool:
+        assert main.stdout is not None
+        url = f"http://127.0.0.1:{int(main.stdout.readline())}"
+        held = pool.submit(_get, f"{url}/work")
+        wait_until(lambda: _pending(url) == 1, 10, "the request to reach the main process")
+        os.kill(main.pid, signal.SIGTERM)
+        assert held.result(8) == 503
+        out, err = main.communicate(timeout=30)
+        assert out.split() == ["interrupted", "stopped"], (out, err)
+        assert main.returncode == 0, err
+        assert "Traceback" not in err, err
