@@ -116,6 +116,10 @@ def test_builder_with_config_replaces_whole_configs() -> None:
         lambda b: b.with_drain_timeout(float("nan")),
         lambda b: b.with_drain_timeout(True),
         lambda b: b.with_drain_timeout("10"),
+        lambda b: b.subprocess.with_stalled_worker_limits(0),
+        lambda b: b.subprocess.with_stalled_worker_limits(True),
+        lambda b: b.subprocess.with_stalled_worker_limits(stall_timeout=0),
+        lambda b: b.subprocess.with_stalled_worker_limits(stall_timeout=float("inf")),
     ],
 )
 def test_builder_refuses_bad_input_with_config_error(mistake: Any) -> None:

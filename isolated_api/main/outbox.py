@@ -19,21 +19,12 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from isolated_api.shared.config import OutboxLimits
 
-@dataclass(frozen=True)
-class OutboxLimits:
-    """When a worker that does not read its pipe counts as dead."""
+__all__ = ["DEFAULT_LIMITS", "Outbox", "OutboxLimits"]
 
-    # Bytes queued behind what is being written. One reply larger than this still goes out to a
-    # worker that reads (it is the user's reply, and alone); a worker that does not read while
-    # more piles up is what this bounds.
-    max_bytes: int = 64 << 20
-    # Seconds the pipe may take nothing while something waits for it.
-    stall_timeout: float = 20.0
-
-
+# ``OutboxLimits`` is configuration (``.subprocess.with_stalled_worker_limits``), kept in shared/.
 DEFAULT_LIMITS = OutboxLimits()
 
 

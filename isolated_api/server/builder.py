@@ -17,6 +17,7 @@ from isolated_api.shared.config import (
     ApiConfig,
     ConfigError,
     IPCConfig,
+    OutboxLimits,
     UvicornConfig,
     check_drain_timeout,
     check_gc_threshold,
@@ -291,6 +292,19 @@ class SubprocessConfigurer:
         self._builder._gc_threshold = first
         return self
 
+    def with_stalled_worker_limits(
+        self, max_queued_bytes: int = 64 * 1024 * 1024, stall_timeout: float = 20.0
+    ) -> SubprocessConfigurer:
+        """When an HTTP worker that stopped reading its replies (a blocked event loop, SIGSTOP)
+        counts as dead: past ``max_queued_bytes`` queued for it in the main process, or after
+        ``stall_timeout`` seconds in which its pipe took nothing while replies waited. It is then
+        logged once, killed, its requests end once, and (with auto-restart) it is replaced; the
+        other workers never wait for it. Defaults: 64 MiB, 20 s. Lower them to free a stuck
+        worker's slot sooner; raise ``stall_timeout`` if a route may block its loop for longer on
+        purpose."""
+        self._builder._outbox_limits = OutboxLimits(max_bytes=max_queued_bytes, stall_timeout=stall_timeout)
+        return self
+
     def with_liveness_beat(self, timeout: float) -> SubprocessConfigurer:
         """Readiness expects proof of life from an idle main loop too: 503 when neither a reply nor
         a ``Heartbeat`` reached ``response_q`` within ``timeout`` seconds (a plain loop puts
@@ -409,6 +423,7 @@ class ServerBuilder:
         self._codec: Codec | None = None
         self._gc_threshold: int | None = DEFAULT_CHILD_GC_THRESHOLD
         self._drain_timeout = DEFAULT_DRAIN_TIMEOUT
+        self._outbox_limits: OutboxLimits | None = None
         self._routes = RouteConfigurer(self)
         self._subprocess = SubprocessConfigurer(self)
         self._uvicorn = UvicornConfigurer(self)
@@ -530,6 +545,7 @@ class ServerBuilder:
             cancel_notices=self._cancel_notices,
             gc_threshold=self._gc_threshold,
             signal_drain_timeout=self._drain_timeout,
+            outbox_limits=self._outbox_limits,
             engines=engines,
         )
         if engines is not None:

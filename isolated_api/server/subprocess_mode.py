@@ -123,6 +123,7 @@ class SubprocessMode:
             facts=self.facts,
             on_metrics=self._worker_metrics if book else None,
             render_metrics=book.render if book else None,
+            outbox=self._spec.outbox_limits,
         )
         return WorkerRecipe(self._spec, self.relay, child_main, make_args, hooks)
 

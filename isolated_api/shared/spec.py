@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from isolated_api.shared.codecs import Codec, PickleCodec
-from isolated_api.shared.config import DEFAULT_DRAIN_TIMEOUT, ApiConfig, IPCConfig
+from isolated_api.shared.config import DEFAULT_DRAIN_TIMEOUT, ApiConfig, IPCConfig, OutboxLimits
 from isolated_api.shared.engines import EnginesConfig
 from isolated_api.shared.recipe import AppRecipe
 from isolated_api.shared.restart_policy import RestartPolicy
@@ -34,6 +34,8 @@ class ServerSpec:
     # A stop by a signal drains for this long: SIGTERM/Ctrl-C to the main process once started
     # (``stop(signal_drain_timeout)``), or a signal sent to an HTTP worker itself.
     signal_drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    # When a worker that does not read its replies counts as dead (None: the library's default).
+    outbox_limits: OutboxLimits | None = None
     # Remote engines (``.subprocess.with_engines``): requests go to them over ZeroMQ instead of to
     # this process's queues.
     engines: EnginesConfig | None = None

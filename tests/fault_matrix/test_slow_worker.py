@@ -21,7 +21,6 @@ import httpx
 import pytest
 
 from isolated_api import IPC
-from isolated_api.main import outbox
 from isolated_api.testing import pid_alive, wait_until
 from tests.helpers import Done, MainLoop, Work, answer_upper, builder, new_id, upper_route
 
@@ -34,7 +33,7 @@ async def big_route(channel: IPC) -> dict[str, Any]:
     return {"size": len(reply.text), "pid": os.getpid()}
 
 
-def _server(queues: tuple[Any, Any]) -> Any:
+def _server(queues: tuple[Any, Any], stall_timeout: float = 20.0) -> Any:
     return (
         builder("slow-worker")
         .with_timeout(20)
@@ -43,6 +42,7 @@ def _server(queues: tuple[Any, Any]) -> Any:
         .done()
         .subprocess.with_ipc(*queues)
         .with_auto_restart(backoff=0.0)
+        .with_stalled_worker_limits(stall_timeout=stall_timeout)
         .done()
         .uvicorn.with_workers(2)
         .done()
@@ -120,16 +120,14 @@ def test_slow_worker_blocked_one_does_not_stall_the_other_and_stop_is_bounded(
     assert took < 1 + 1 + 2 * 2 + 2  # drain + uvicorn grace + kill_timeout (join, endpoint) + slack
 
 
-def test_slow_worker_stalled_past_its_deadline_is_killed_and_replaced(
-    monkeypatch: pytest.MonkeyPatch, queues: tuple[Any, Any]
-) -> None:
-    """Steps: the stall deadline set to 1 s (the endpoints read it when made); one of two workers
-    SIGSTOPped with 8 MB replies queued for it. Expect: it is killed (treated as dead), a
-    replacement starts in its slot, and requests are still answered."""
-    monkeypatch.setattr(outbox, "DEFAULT_LIMITS", outbox.OutboxLimits(stall_timeout=1.0))
+def test_slow_worker_stalled_past_its_deadline_is_killed_and_replaced(queues: tuple[Any, Any]) -> None:
+    """Steps: the stall deadline set to 1 s (.subprocess.with_stalled_worker_limits); one of two
+    workers SIGSTOPped with 8 MB replies queued for it. Expect: it is killed (treated as dead)
+    well before the default 20 s, a replacement starts in its slot, and requests are still
+    answered."""
     release = threading.Event()
     loop = MainLoop(*queues, behaviour=_holding_big(release)).start()
-    server = _server(queues)
+    server = _server(queues, stall_timeout=1.0)
     server.start_subprocess()
     url = f"http://127.0.0.1:{server.port}"
     stopped = 0
