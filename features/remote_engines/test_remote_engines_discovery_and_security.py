@@ -1,5 +1,6 @@
-"""Engines found by a DNS name that is resolved again (a Kubernetes headless service), CURVE
-encryption, and what the engine side hears when an API worker vanishes."""
+"""Engines found by a name (through the system's resolver, and a DNS name resolved again: a
+Kubernetes headless service), CURVE encryption, and what the engine side hears when an API worker
+vanishes."""
 
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ def test_remote_engines_follow_a_name_as_engines_join_and_leave(farm: EngineFarm
         answers = post_all(base, "/generate", [{"prompt": "c"}] * 6)
         assert [(r.status_code, r.json()["engine"]) for r in answers] == [(200, "second")] * 6
         assert engine_view(base, second.address)["state"] == "ready"
+
+
+def test_remote_engines_find_an_engine_by_name_through_the_systems_resolver(farm: EngineFarm) -> None:
+    """Steps: one engine on 127.0.0.1; an API host given ``tcp://localhost:<port>`` and no resolver
+    of its own, so the name goes through the system's resolver (getaddrinfo: /etc/hosts, then
+    DNS). Expect the engine ready under the address the name resolved to, and every request
+    answered by it."""
+    engine = farm.start("named", bind="tcp://127.0.0.1:0")
+    port = int(engine.address.rsplit(":", 1)[1])
+    with running(api_builder(f"tcp://localhost:{port}").build()) as base:
+        wait_ready(base, 1)
+        answers = post_all(base, "/generate", [{"prompt": "by name"}] * 4)
+        assert [(r.status_code, r.json()["engine"]) for r in answers] == [(200, "named")] * 4
+        assert engine_view(base, f"tcp://127.0.0.1:{port}")["state"] == "ready"
 
 
 def test_remote_engines_curve_keys_encrypt_and_keep_out_clients_without_them(farm: EngineFarm) -> None:
