@@ -7,8 +7,8 @@ process, whose threads share one GIL, spends more on messages than on tokens. Th
 ``list`` of replies as one message (each routed as if it came alone), so this class does what
 the queue's feeder thread does, except that it writes everything waiting as one message: while a
 write is in progress new replies collect, and the next write takes them all. A reply that comes
-after a quiet millisecond, or that answers the last request the server awaits, is written by the
-caller's own thread at once (no hand-off);
+after a quiet millisecond, that answers the last request the server awaits, or that is the first
+chunk of a stream, is written by the caller's own thread at once (no hand-off);
 under load, messages grow instead of queueing up. When the relay reading ``response_q`` runs in
 this process (the server was started here), "written" means handed to it: ``Relay.route_local``
 routes the replies and writes them to the worker's pipe from the writing thread, and the queue
