@@ -21,6 +21,7 @@ import statistics
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import pytest
 
 from stress.figures import Figures
+from stress.queue_floor import bare_queue_round_trip
 
 pytestmark = pytest.mark.stress
 
@@ -110,40 +112,11 @@ def _shape(relay_hop: bool) -> float:
             os.close(fd)
 
 
-def _echo_back(inbox: Any, outbox: Any) -> None:
-    while (item := inbox.get()) is not None:
-        outbox.put(item)
-
-
-def _bare_queue() -> float:
-    ctx = multiprocessing.get_context("spawn")
-    inbox, outbox = ctx.Queue(), ctx.Queue()
-    child = ctx.Process(target=_echo_back, args=(inbox, outbox), daemon=True)
-    child.start()
-    try:
-        seconds: list[float] = []
-        for i in range(ROUND_TRIPS + WARMUP):
-            started = time.perf_counter()
-            inbox.put(i)
-            outbox.get(timeout=10)
-            if i >= WARMUP:
-                seconds.append(time.perf_counter() - started)
-        inbox.put(None)
-        child.join(10)
-        return statistics.median(seconds)
-    finally:
-        if child.is_alive():
-            child.kill()
-        for q in (inbox, outbox):
-            q.cancel_join_thread()
-            q.close()
-
-
 def test_stress_what_the_shape_of_the_path_costs(figures: Figures) -> None:
-    shapes = {
+    shapes: dict[str, Callable[[], float]] = {
         "relay hop (the IPC path's shape)": lambda: _shape(relay_hop=True),
         "loop reads the worker's pipe": lambda: _shape(relay_hop=False),
-        "bare multiprocessing.Queue round trip": _bare_queue,
+        "bare multiprocessing.Queue round trip": lambda: bare_queue_round_trip(ROUND_TRIPS, WARMUP),
     }
     p50s: dict[str, list[float]] = {name: [] for name in shapes}
     for _ in range(ROUNDS):  # interleaved: a slow stretch of the machine hits every shape

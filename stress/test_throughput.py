@@ -17,11 +17,8 @@ has tokens waiting, so it writes one per send."""
 
 from __future__ import annotations
 
-import multiprocessing
 import statistics
-import time
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +27,7 @@ from isolated_api import Server
 from isolated_api.testing import wait_until
 from stress.figures import Figures
 from stress.loadgen import LoadResult, LoadSpec, percentile, run_load
+from stress.queue_floor import bare_queue_round_trip
 
 pytestmark = pytest.mark.stress
 
@@ -110,38 +108,6 @@ def _check_drained(server: Server, url: str) -> None:
     wait_until(lambda: relay.route_count == 0, 10.0, "the relay to forget every request")
 
 
-def _echo_back(inbox: Any, outbox: Any) -> None:
-    while (item := inbox.get()) is not None:
-        outbox.put(item)
-
-
-def _raw_queue_round_trip(count: int = 2000) -> float:
-    """p50 seconds of a bare ``multiprocessing.Queue`` round trip between two processes (put,
-    the other process gets it and puts it back, get): the floor the 1-connection figure is read
-    against, since each cross-process wake-up costs what it costs on the machine at hand."""
-    ctx = multiprocessing.get_context("spawn")
-    inbox, outbox = ctx.Queue(), ctx.Queue()
-    child = ctx.Process(target=_echo_back, args=(inbox, outbox), daemon=True)
-    child.start()
-    try:
-        seconds: list[float] = []
-        for i in range(count + 200):
-            started = time.perf_counter()
-            inbox.put(i)
-            outbox.get(timeout=10)
-            if i >= 200:  # the first ones warm up both processes
-                seconds.append(time.perf_counter() - started)
-        inbox.put(None)
-        child.join(10)
-        return statistics.median(seconds)
-    finally:
-        if child.is_alive():
-            child.kill()
-        for q in (inbox, outbox):
-            q.cancel_join_thread()
-            q.close()
-
-
 @pytest.mark.timeout(400)
 def test_stress_unary_ipc_vs_in_process(
     ipc: tuple[Server, str], ipc_batched: tuple[Server, str], ceiling: tuple[int, str], figures: Figures
@@ -163,7 +129,7 @@ def test_stress_unary_ipc_vs_in_process(
         row += [_ms(_pooled(runs[name], latencies, 0.99)) for name in ("inproc", "put", "batch")]
         rows.append(row)
         if concurrency == 1:
-            floor = _raw_queue_round_trip()
+            floor = bare_queue_round_trip()
             floor_rows.append([_ms(floor)])
             for name in ("put", "batch"):
                 over = _pooled(runs[name], latencies, 0.5) - base_p50

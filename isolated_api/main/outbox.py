@@ -6,7 +6,7 @@ and with it the relay's thread (replies to every other worker) and ``stop()``. S
 non-blocking: a write goes straight to the pipe when nothing is queued and the pipe takes it (the
 common case: no thread hop), and whatever the pipe refuses waits in this worker's outbox, which a
 writer thread of its own (started on first need, asleep on a condition otherwise) sends as the
-pipe drains. The outbox is bounded: past ``max_bytes`` queued behind the frame being written, or
+pipe drains. The outbox is bounded: past ``max_queued_bytes`` queued behind the frame being written, or
 when the pipe took nothing for ``stall_timeout`` seconds, the worker is declared stalled
 (``on_stalled`` once) and nothing more is queued for it; the endpoint then treats it as dead.
 """
@@ -21,11 +21,6 @@ import time
 from collections.abc import Callable
 
 from isolated_api.shared.config import OutboxLimits
-
-__all__ = ["DEFAULT_LIMITS", "Outbox", "OutboxLimits"]
-
-# ``OutboxLimits`` is configuration (``.subprocess.with_stalled_worker_limits``), kept in shared/.
-DEFAULT_LIMITS = OutboxLimits()
 
 
 class Outbox:
@@ -64,9 +59,9 @@ class Outbox:
                 if not view:
                     return True
                 self._progress_at = time.monotonic()
-            elif self._pending_bytes + len(view) > self._limits.max_bytes:
+            elif self._pending_bytes + len(view) > self._limits.max_queued_bytes:
                 stalled = f"{self._pending_bytes + len(view)} bytes waiting for it, over the bound of " + (
-                    f"{self._limits.max_bytes}"
+                    f"{self._limits.max_queued_bytes}"
                 )
                 self._close_locked()
             if stalled is None:

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from isolated_api.main import outbox as outbox_module
-from isolated_api.main.outbox import Outbox, OutboxLimits
+from isolated_api.main.outbox import Outbox
 from isolated_api.main.relay import Relay
 from isolated_api.shared import control
 from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
+from isolated_api.shared.config import OutboxLimits
 from isolated_api.shared.errors import IPCError
 from isolated_api.shared.framing import FrameDecoder, Kind, ProtocolError, frame, request_body, split_request
 
@@ -52,8 +52,7 @@ class ServerHooks:
     facts: Callable[[], dict[str, Any]] | None = None
     on_metrics: Callable[[dict[str, Any]], None] | None = None
     render_metrics: Callable[[], bytes] | None = None
-    # None: ``outbox.DEFAULT_LIMITS`` as it is when the endpoint is made.
-    outbox: OutboxLimits | None = field(default=None)
+    outbox: OutboxLimits = field(default_factory=OutboxLimits)
 
 
 LostCallback = Callable[["PipeEndpoint", list[Hashable], bool], None]
@@ -88,7 +87,7 @@ class PipeEndpoint:
         self._outbox = Outbox(
             self._down_fd,
             name=name,
-            limits=hooks.outbox or outbox_module.DEFAULT_LIMITS,
+            limits=hooks.outbox,
             on_stalled=lambda why: self.condemn(f"it stopped reading its replies: {why}"),
         )
         self._close_lock = threading.Lock()

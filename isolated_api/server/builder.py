@@ -293,7 +293,9 @@ class SubprocessConfigurer:
         return self
 
     def with_stalled_worker_limits(
-        self, max_queued_bytes: int = 64 * 1024 * 1024, stall_timeout: float = 20.0
+        self,
+        max_queued_bytes: int = OutboxLimits.max_queued_bytes,
+        stall_timeout: float = OutboxLimits.stall_timeout,
     ) -> SubprocessConfigurer:
         """When an HTTP worker that stopped reading its replies (a blocked event loop, SIGSTOP)
         counts as dead: past ``max_queued_bytes`` queued for it in the main process, or after
@@ -302,7 +304,7 @@ class SubprocessConfigurer:
         other workers never wait for it. Defaults: 64 MiB, 20 s. Lower them to free a stuck
         worker's slot sooner; raise ``stall_timeout`` if a route may block its loop for longer on
         purpose."""
-        self._builder._outbox_limits = OutboxLimits(max_bytes=max_queued_bytes, stall_timeout=stall_timeout)
+        self._builder._outbox_limits = OutboxLimits(max_queued_bytes, stall_timeout)
         return self
 
     def with_liveness_beat(self, timeout: float) -> SubprocessConfigurer:
@@ -423,7 +425,7 @@ class ServerBuilder:
         self._codec: Codec | None = None
         self._gc_threshold: int | None = DEFAULT_CHILD_GC_THRESHOLD
         self._drain_timeout = DEFAULT_DRAIN_TIMEOUT
-        self._outbox_limits: OutboxLimits | None = None
+        self._outbox_limits = OutboxLimits()
         self._routes = RouteConfigurer(self)
         self._subprocess = SubprocessConfigurer(self)
         self._uvicorn = UvicornConfigurer(self)

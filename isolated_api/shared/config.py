@@ -56,16 +56,16 @@ def check_gc_threshold(value: object) -> None:
 @dataclass(frozen=True)
 class OutboxLimits:
     """When an HTTP worker that does not read the replies sent to it counts as dead (logged once,
-    killed, its requests ended, replaced): past ``max_bytes`` queued for it in the main process
-    behind what is being written, or when its pipe took nothing for ``stall_timeout`` seconds
-    while something waited. One reply larger than ``max_bytes`` still goes out to a worker that
-    reads: what is bounded is a worker that does not read while more piles up."""
+    killed, its requests ended, replaced): past ``max_queued_bytes`` queued for it in the main
+    process behind what is being written, or when its pipe took nothing for ``stall_timeout``
+    seconds while something waited. One reply larger than ``max_queued_bytes`` still goes out to a
+    worker that reads: what is bounded is a worker that does not read while more piles up."""
 
-    max_bytes: int = 64 * 1024 * 1024
+    max_queued_bytes: int = 64 * 1024 * 1024
     stall_timeout: float = 20.0
 
     def __post_init__(self) -> None:
-        _int_at_least("max_queued_bytes", self.max_bytes, 1)
+        _int_at_least("max_queued_bytes", self.max_queued_bytes, 1)
         _number("stall_timeout", self.stall_timeout, positive=True)
 
 

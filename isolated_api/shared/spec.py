@@ -34,8 +34,8 @@ class ServerSpec:
     # A stop by a signal drains for this long: SIGTERM/Ctrl-C to the main process once started
     # (``stop(signal_drain_timeout)``), or a signal sent to an HTTP worker itself.
     signal_drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
-    # When a worker that does not read its replies counts as dead (None: the library's default).
-    outbox_limits: OutboxLimits | None = None
+    # When a worker that does not read its replies counts as dead.
+    outbox_limits: OutboxLimits = field(default_factory=OutboxLimits)
     # Remote engines (``.subprocess.with_engines``): requests go to them over ZeroMQ instead of to
     # this process's queues.
     engines: EnginesConfig | None = None

@@ -1,20 +1,20 @@
-"""Fixtures of the main-process tests."""
+"""Fixtures of the main-process tests (the request and response queues are the root conftest's
+``queues``)."""
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from isolated_api.main.relay import Relay
+
 
 @pytest.fixture
-def mp_queues() -> Iterator[tuple[Any, Any]]:
-    """A request and a response ``multiprocessing.Queue`` (spawn context), closed after the test."""
-    ctx = multiprocessing.get_context("spawn")
-    rq, sq = ctx.Queue(), ctx.Queue()
-    yield rq, sq
-    for q in (rq, sq):
-        q.cancel_join_thread()
-        q.close()
+def relay(queues: tuple[Any, Any]) -> Iterator[Relay]:
+    """A running ``Relay`` over ``queues`` (request_q, response_q), closed after the test."""
+    running = Relay(*queues, queue_timeout=0.01)
+    running.start()
+    yield running
+    running.close()

@@ -12,7 +12,7 @@ import pickle
 import struct
 import subprocess
 import sys
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,16 +54,9 @@ class Collector:
 
 
 @pytest.fixture
-def relay() -> Iterator[tuple[Relay, Any, Any]]:
-    ctx = multiprocessing.get_context("spawn")
-    rq, sq = ctx.Queue(), ctx.Queue()
-    relay = Relay(rq, sq, queue_timeout=0.01)
-    relay.start()
-    yield relay, rq, sq
-    relay.close()
-    for q in (rq, sq):
-        q.cancel_join_thread()
-        q.close()
+def relay(relay: Relay, queues: tuple[Any, Any]) -> tuple[Relay, Any, Any]:
+    """The running relay of tests/main/conftest.py, with its request and response queues."""
+    return relay, *queues
 
 
 def _endpoint(relay: Relay, lost: list[list[Hashable]], pid: int) -> tuple[PipeEndpoint, int, Any]:

@@ -23,8 +23,8 @@ def _put_from_child(response_q: Any, reply: Msg) -> None:
     response_q.put(reply)
 
 
-def test_local_put_hands_replies_to_the_relay_in_order_and_nothing_crosses_the_queue(mp_queues: Any) -> None:
-    rq, sq = mp_queues
+def test_local_put_hands_replies_to_the_relay_in_order_and_nothing_crosses_the_queue(queues: Any) -> None:
+    rq, sq = queues
     relay = Relay(rq, sq, queue_timeout=1)
     relay.start()
     try:
@@ -81,8 +81,8 @@ def test_local_put_leaves_other_processes_puts_on_the_queue(method: str) -> None
             q.close()
 
 
-def test_local_put_is_given_back_when_the_relay_stops(mp_queues: Any) -> None:
-    rq, sq = mp_queues
+def test_local_put_is_given_back_when_the_relay_stops(queues: Any) -> None:
+    rq, sq = queues
     relay = Relay(rq, sq, queue_timeout=1)
     relay.start()
     relay.close()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import threading
 
-from isolated_api.main.outbox import Outbox, OutboxLimits
+from isolated_api.main.outbox import Outbox
+from isolated_api.shared.config import OutboxLimits
 from isolated_api.testing import wait_until
 
 
@@ -69,7 +70,8 @@ def test_outbox_declares_a_peer_stalled_when_more_than_the_bound_piles_up() -> N
     user's reply), then another. Expect the second refused and on_stalled called with the bound."""
     r, w = os.pipe()
     reasons: list[str] = []
-    outbox = Outbox(w, name="t", limits=OutboxLimits(max_bytes=1 << 18, stall_timeout=30.0), on_stalled=reasons.append)
+    limits = OutboxLimits(max_queued_bytes=1 << 18, stall_timeout=30.0)
+    outbox = Outbox(w, name="t", limits=limits, on_stalled=reasons.append)
     try:
         assert outbox.write(b"a" * (1 << 20))
         assert not outbox.write(b"b" * 1024)

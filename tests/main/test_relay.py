@@ -33,61 +33,46 @@ from isolated_api.testing import wait_until
 from tests.main.relay_doubles import Collector, Msg
 
 
-def test_relay_routes_each_reply_to_the_endpoint_that_sent_the_request(mp_queues: tuple[Any, Any]) -> None:
-    rq, sq = mp_queues
-    relay = Relay(rq, sq, queue_timeout=0.01)
-    relay.start()
-    try:
-        a, b = Collector("a"), Collector("b")
-        for i in range(50):
-            relay.forward(a if i % 2 else b, f"id{i}", request=Msg(f"id{i}"))
-        assert relay.route_count == 50
-        for i in reversed(range(50)):
-            sq.put(Msg(f"id{i}", "reply"))
-        wait_until(lambda: len(a.replies) + len(b.replies) == 50, 10, "50 replies")
-        assert sorted(r.id for r in a.replies) == sorted(f"id{i}" for i in range(50) if i % 2)
-        assert sorted(r.id for r in b.replies) == sorted(f"id{i}" for i in range(50) if not i % 2)
-        assert relay.route_count == 0 and relay.dropped_replies == 0
-        received = [rq.get(timeout=5) for _ in range(50)]
-        assert {r.id for r in received} == {f"id{i}" for i in range(50)}
-    finally:
-        relay.close()
+def test_relay_routes_each_reply_to_the_endpoint_that_sent_the_request(queues: tuple[Any, Any], relay: Relay) -> None:
+    rq, sq = queues
+    a, b = Collector("a"), Collector("b")
+    for i in range(50):
+        relay.forward(a if i % 2 else b, f"id{i}", request=Msg(f"id{i}"))
+    assert relay.route_count == 50
+    for i in reversed(range(50)):
+        sq.put(Msg(f"id{i}", "reply"))
+    wait_until(lambda: len(a.replies) + len(b.replies) == 50, 10, "50 replies")
+    assert sorted(r.id for r in a.replies) == sorted(f"id{i}" for i in range(50) if i % 2)
+    assert sorted(r.id for r in b.replies) == sorted(f"id{i}" for i in range(50) if not i % 2)
+    assert relay.route_count == 0 and relay.dropped_replies == 0
+    received = [rq.get(timeout=5) for _ in range(50)]
+    assert {r.id for r in received} == {f"id{i}" for i in range(50)}
 
 
-def test_relay_drops_and_counts_unknown_duplicate_and_idless_replies(mp_queues: tuple[Any, Any]) -> None:
-    rq, sq = mp_queues
-    relay = Relay(rq, sq, queue_timeout=0.01)
-    relay.start()
-    try:
-        a = Collector("a")
-        relay.forward(a, 1, request=Msg(1))
-        for stray in (Msg(2), "no id", Msg(["unhashable"]), Msg(1, "first"), Msg(1, "second")):
-            sq.put(stray)
-        wait_until(lambda: relay.dropped_replies == 4, 10, "4 drops")
-        assert [r.body for r in a.replies] == ["first"]
-        assert relay.route_count == 0
-    finally:
-        relay.close()
+def test_relay_drops_and_counts_unknown_duplicate_and_idless_replies(queues: tuple[Any, Any], relay: Relay) -> None:
+    _, sq = queues
+    a = Collector("a")
+    relay.forward(a, 1, request=Msg(1))
+    for stray in (Msg(2), "no id", Msg(["unhashable"]), Msg(1, "first"), Msg(1, "second")):
+        sq.put(stray)
+    wait_until(lambda: relay.dropped_replies == 4, 10, "4 drops")
+    assert [r.body for r in a.replies] == ["first"]
+    assert relay.route_count == 0
 
 
-def test_relay_keeps_stream_routes_until_the_final_chunk_or_an_error(mp_queues: tuple[Any, Any]) -> None:
-    rq, sq = mp_queues
-    relay = Relay(rq, sq, queue_timeout=0.01)
-    relay.start()
-    try:
-        a = Collector("a")
-        relay.forward(a, "s1", request=Msg("s1"), streaming=True)
-        relay.forward(a, "s2", request=Msg("s2"), streaming=True)
-        for i in range(3):
-            sq.put(Msg("s1", str(i)))
-        sq.put(Msg("s1", "end", is_final=True))
-        sq.put(ErrorReply("s2", "boom"))
-        sq.put(Msg("s1", "after the end"))
-        wait_until(lambda: relay.dropped_replies == 1, 10, "the chunk after the end to be dropped")
-        assert [r.body for r in a.replies if r.id == "s1"] == ["0", "1", "2", "end"]
-        assert relay.route_count == 0
-    finally:
-        relay.close()
+def test_relay_keeps_stream_routes_until_the_final_chunk_or_an_error(queues: tuple[Any, Any], relay: Relay) -> None:
+    _, sq = queues
+    a = Collector("a")
+    relay.forward(a, "s1", request=Msg("s1"), streaming=True)
+    relay.forward(a, "s2", request=Msg("s2"), streaming=True)
+    for i in range(3):
+        sq.put(Msg("s1", str(i)))
+    sq.put(Msg("s1", "end", is_final=True))
+    sq.put(ErrorReply("s2", "boom"))
+    sq.put(Msg("s1", "after the end"))
+    wait_until(lambda: relay.dropped_replies == 1, 10, "the chunk after the end to be dropped")
+    assert [r.body for r in a.replies if r.id == "s1"] == ["0", "1", "2", "end"]
+    assert relay.route_count == 0
 
 
 def test_relay_refuses_duplicate_ids_and_full_queues() -> None:
@@ -109,8 +94,8 @@ def test_relay_refuses_duplicate_ids_and_full_queues() -> None:
         relay.forward(Collector("late"), 3, request=Msg(3))
 
 
-def test_relay_close_wakes_its_reader_and_frees_the_queue_for_another(mp_queues: tuple[Any, Any]) -> None:
-    rq, sq = mp_queues
+def test_relay_close_wakes_its_reader_and_frees_the_queue_for_another(queues: tuple[Any, Any]) -> None:
+    rq, sq = queues
     first = Relay(rq, sq, queue_timeout=0.01)
     first.start()
     second = Relay(rq, sq, queue_timeout=0.01)
@@ -128,24 +113,19 @@ def test_relay_close_wakes_its_reader_and_frees_the_queue_for_another(mp_queues:
         second.close()
 
 
-def test_relay_passes_prepickled_requests_as_the_users_objects(mp_queues: tuple[Any, Any]) -> None:
+def test_relay_passes_prepickled_requests_as_the_users_objects(queues: tuple[Any, Any], relay: Relay) -> None:
     """A child's request arrives pickled; through a multiprocessing queue it is not unpickled and
     pickled again, yet the main process gets its own object."""
-    rq, sq = mp_queues
-    relay = Relay(rq, sq, queue_timeout=0.01)
-    relay.start()
+    rq, _ = queues
+    relay.forward(Collector("a"), "p", payload=dumps(Msg("p", "payload")))
+    assert rq.get(timeout=5) == Msg("p", "payload")
+    thread_relay = Relay(queue.Queue(), queue.Queue(), queue_timeout=0.01)
+    thread_relay.start()
     try:
-        relay.forward(Collector("a"), "p", payload=dumps(Msg("p", "payload")))
-        assert rq.get(timeout=5) == Msg("p", "payload")
-        thread_relay = Relay(queue.Queue(), queue.Queue(), queue_timeout=0.01)
-        thread_relay.start()
-        try:
-            thread_relay.forward(Collector("b"), "t", payload=dumps(Msg("t", "x")))
-            assert thread_relay._request_q.get(timeout=5) == Msg("t", "x")
-        finally:
-            thread_relay.close()
+        thread_relay.forward(Collector("b"), "t", payload=dumps(Msg("t", "x")))
+        assert thread_relay._request_q.get(timeout=5) == Msg("t", "x")
     finally:
-        relay.close()
+        thread_relay.close()
 
 
 @given(
@@ -199,10 +179,10 @@ def _pipe_pair() -> tuple[Connection, Connection]:
     return multiprocessing.Pipe(duplex=False)
 
 
-def test_relay_pipe_endpoint_discards_a_torn_frame_and_reports_abandoned_ids(mp_queues: tuple[Any, Any]) -> None:
+def test_relay_pipe_endpoint_discards_a_torn_frame_and_reports_abandoned_ids(queues: tuple[Any, Any]) -> None:
     """A child killed half-way through writing a frame: the partial frame is discarded, its
     finished requests are reported abandoned, and the relay keeps serving other endpoints."""
-    rq, sq = mp_queues
+    rq, sq = queues
     relay = Relay(rq, sq, queue_timeout=0.01)
     relay.start()
     up_r, up_w = _pipe_pair()
@@ -235,43 +215,38 @@ def test_relay_pipe_endpoint_discards_a_torn_frame_and_reports_abandoned_ids(mp_
         relay.close()
 
 
-def test_relay_forwards_a_list_of_replies_for_one_endpoint_as_one_bundle(mp_queues: tuple[Any, Any]) -> None:
+def test_relay_forwards_a_list_of_replies_for_one_endpoint_as_one_bundle(queues: tuple[Any, Any], relay: Relay) -> None:
     """Steps: a list message whose replies all belong to endpoint a; then one mixing a, b, an
     unknown id and a final chunk. Expect the first reached a as one bundle entry with the message's
     bytes; the second split by owner in order, the stranger dropped and counted, routes ended."""
-    rq, sq = mp_queues
-    relay = Relay(rq, sq, queue_timeout=0.01)
-    relay.start()
-    try:
+    _, sq = queues
 
-        class Recorder(Collector):
-            def __init__(self, name: str) -> None:
-                super().__init__(name)
-                self.entries: list[tuple[Any, bytes | None]] = []
+    class Recorder(Collector):
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.entries: list[tuple[Any, bytes | None]] = []
 
-            def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
-                with self.lock:
-                    self.entries.extend(zip(replies, raws, strict=True))
+        def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
+            with self.lock:
+                self.entries.extend(zip(replies, raws, strict=True))
 
-        a, b = Recorder("a"), Recorder("b")
-        relay.forward(a, "s", request=Msg("s"), streaming=True)
-        relay.forward(a, "u", request=Msg("u"))
-        relay.forward(b, "v", request=Msg("v"))
-        # Through the queue, as another process's put arrives (this process's own put is handed
-        # over without bytes: tests/main/test_local_put.py).
-        put = type(sq).put
-        put(sq, [Msg("s", "0"), Msg("s", "1"), Msg("u", "unary")])
-        wait_until(lambda: len(a.entries) == 1, 10, "the bundle")
-        bundle, raw = a.entries[0]
-        assert type(bundle) is list and [m.body for m in bundle] == ["0", "1", "unary"]
-        assert raw is not None and loads(raw) == bundle
-        put(sq, [Msg("v", "for b"), Msg("nobody"), Msg("s", "2"), Msg("s", "end", is_final=True)])
-        wait_until(lambda: len(a.entries) == 3 and len(b.entries) == 1, 10, "the split bundle")
-        assert [m.body for m, _ in a.entries[1:]] == ["2", "end"]
-        assert [m.body for m, _ in b.entries] == ["for b"]
-        assert relay.dropped_replies == 1 and relay.route_count == 0
-    finally:
-        relay.close()
+    a, b = Recorder("a"), Recorder("b")
+    relay.forward(a, "s", request=Msg("s"), streaming=True)
+    relay.forward(a, "u", request=Msg("u"))
+    relay.forward(b, "v", request=Msg("v"))
+    # Through the queue, as another process's put arrives (this process's own put is handed
+    # over without bytes: tests/main/test_local_put.py).
+    put = type(sq).put
+    put(sq, [Msg("s", "0"), Msg("s", "1"), Msg("u", "unary")])
+    wait_until(lambda: len(a.entries) == 1, 10, "the bundle")
+    bundle, raw = a.entries[0]
+    assert type(bundle) is list and [m.body for m in bundle] == ["0", "1", "unary"]
+    assert raw is not None and loads(raw) == bundle
+    put(sq, [Msg("v", "for b"), Msg("nobody"), Msg("s", "2"), Msg("s", "end", is_final=True)])
+    wait_until(lambda: len(a.entries) == 3 and len(b.entries) == 1, 10, "the split bundle")
+    assert [m.body for m, _ in a.entries[1:]] == ["2", "end"]
+    assert [m.body for m, _ in b.entries] == ["for b"]
+    assert relay.dropped_replies == 1 and relay.route_count == 0
 
 
 def test_dumps_honours_reducers_registered_with_forking_pickler() -> None:
@@ -334,31 +309,25 @@ def test_frame_decoder_refuses_an_unknown_kind() -> None:
         decoder.feed(b"\x00\x00\x00\x01\x63x")
 
 
-def test_relay_answers_everything_only_for_the_last_awaited_unary_replies(mp_queues: tuple[Any, Any]) -> None:
+def test_relay_answers_everything_only_for_the_last_awaited_unary_replies(relay: Relay) -> None:
     """Steps: forward two unary requests and a stream; ask which reply sets end everything the
     relay awaits. Expect True only for replies to every pending request, all of them unary."""
-    rq, sq = mp_queues
-    relay = Relay(rq, sq, queue_timeout=0.01)
-    relay.start()
-    try:
-        a = Collector("a")
-        relay.forward(a, "u1", request=Msg("u1"))
-        relay.forward(a, "u2", request=Msg("u2"))
-        assert not relay.answers_everything([Msg("u1")])  # u2 still awaited
-        assert relay.answers_everything([Msg("u1"), Msg("u2")])
-        assert not relay.answers_everything([Msg("u1"), Msg("u1")])  # twice the same request
-        assert not relay.answers_everything([Msg("u1"), Msg("nobody")])
-        assert not relay.answers_everything([Msg(["unhashable"]), Msg("u2")])
-        relay.route_local([Msg("u1")])
-        assert relay.answers_everything([Msg("u2")])
-        assert not relay.answers_everything([Msg("nobody")])  # one reply, one route, not its own
-        assert not relay.answers_everything([Msg(["unhashable"])])
-        relay.forward(a, "s", request=Msg("s"), streaming=True)
-        assert not relay.answers_everything([Msg("u2"), Msg("s", is_final=True)])  # a stream may go on
-        relay.route_local([Msg("u2")])
-        assert not relay.answers_everything([Msg("s", is_final=True)])  # the only route, a stream
-    finally:
-        relay.close()
+    a = Collector("a")
+    relay.forward(a, "u1", request=Msg("u1"))
+    relay.forward(a, "u2", request=Msg("u2"))
+    assert not relay.answers_everything([Msg("u1")])  # u2 still awaited
+    assert relay.answers_everything([Msg("u1"), Msg("u2")])
+    assert not relay.answers_everything([Msg("u1"), Msg("u1")])  # twice the same request
+    assert not relay.answers_everything([Msg("u1"), Msg("nobody")])
+    assert not relay.answers_everything([Msg(["unhashable"]), Msg("u2")])
+    relay.route_local([Msg("u1")])
+    assert relay.answers_everything([Msg("u2")])
+    assert not relay.answers_everything([Msg("nobody")])  # one reply, one route, not its own
+    assert not relay.answers_everything([Msg(["unhashable"])])
+    relay.forward(a, "s", request=Msg("s"), streaming=True)
+    assert not relay.answers_everything([Msg("u2"), Msg("s", is_final=True)])  # a stream may go on
+    relay.route_local([Msg("u2")])
+    assert not relay.answers_everything([Msg("s", is_final=True)])  # the only route, a stream
 
 
 class Broken:
@@ -368,13 +337,13 @@ class Broken:
         raise RuntimeError("this endpoint is gone")
 
 
-def test_relay_route_local_hands_single_replies_over_as_the_queue_would(mp_queues: tuple[Any, Any]) -> None:
+def test_relay_route_local_hands_single_replies_over_as_the_queue_would(queues: tuple[Any, Any]) -> None:
     """Steps: hand replies made in this process to the relay one at a time (a unary reply, a
     late second one, stream chunks, one without an id, one for an endpoint that fails). Expect:
     each delivered on this thread before route_local returns, to its own endpoint only; strays
     dropped and counted; a stream's route kept until its final chunk; a failing endpoint ends
     its route without raising into the caller; one round trip observed per ended route."""
-    rq, sq = mp_queues
+    rq, sq = queues
     observed: list[float] = []
     relay = Relay(rq, sq, queue_timeout=0.01, observe_round_trip=observed.append)
     relay.start()
@@ -399,24 +368,18 @@ def test_relay_route_local_hands_single_replies_over_as_the_queue_would(mp_queue
         relay.close()
 
 
-def test_relay_starts_a_stream_only_for_a_streams_first_chunk(mp_queues: tuple[Any, Any]) -> None:
+def test_relay_starts_a_stream_only_for_a_streams_first_chunk(relay: Relay) -> None:
     """Steps: forward a unary request and two streams; ask which replies start a stream, before
     and after a chunk of one of them is routed. Expect True only while a reply belongs to a stream
     none of whose chunks was routed yet (its client is waiting for the first token)."""
-    rq, sq = mp_queues
-    relay = Relay(rq, sq, queue_timeout=0.01)
-    relay.start()
-    try:
-        a = Collector("a")
-        relay.forward(a, "u", request=Msg("u"))
-        relay.forward(a, "s", request=Msg("s"), streaming=True)
-        relay.forward(a, "t", request=Msg("t"), streaming=True)
-        assert relay.starts_a_stream([Msg("s")])
-        assert relay.starts_a_stream([Msg("u"), Msg("t")])
-        assert not relay.starts_a_stream([Msg("u")])
-        assert not relay.starts_a_stream([Msg("nobody"), Msg(["unhashable"])])
-        relay.route_local([Msg("s")])
-        assert not relay.starts_a_stream([Msg("s")])  # its first chunk is on its way
-        assert relay.starts_a_stream([Msg("s"), Msg("t")])
-    finally:
-        relay.close()
+    a = Collector("a")
+    relay.forward(a, "u", request=Msg("u"))
+    relay.forward(a, "s", request=Msg("s"), streaming=True)
+    relay.forward(a, "t", request=Msg("t"), streaming=True)
+    assert relay.starts_a_stream([Msg("s")])
+    assert relay.starts_a_stream([Msg("u"), Msg("t")])
+    assert not relay.starts_a_stream([Msg("u")])
+    assert not relay.starts_a_stream([Msg("nobody"), Msg(["unhashable"])])
+    relay.route_local([Msg("s")])
+    assert not relay.starts_a_stream([Msg("s")])  # its first chunk is on its way
+    assert relay.starts_a_stream([Msg("s"), Msg("t")])

@@ -97,7 +97,7 @@ def test_reply_batcher_put_many_is_one_message_and_a_bad_reply_fails_alone(queue
 
 
 def test_reply_batcher_writes_a_streams_first_chunk_at_once_and_batches_the_rest(
-    mp_queues: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+    queues: tuple[Any, Any], relay: Relay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Steps: a relay reading response_q in this process, two streams forwarded to a recording
     endpoint; with no write ever counted as quiet (the interval set to 1e9 s), put each stream's
@@ -105,34 +105,29 @@ def test_reply_batcher_writes_a_streams_first_chunk_at_once_and_batches_the_rest
     thread at once (delivered before put returns), the later chunks left to the writer thread,
     and every chunk delivered in put order."""
     monkeypatch.setattr(reply_batcher, "_QUIET", 1e9)
-    rq, sq = mp_queues
-    relay = Relay(rq, sq, queue_timeout=0.01)
-    relay.start()
+    _, response_q = queues
     endpoint = Collector("worker")
-    try:
-        relay.forward(endpoint, "s", request=Msg("s"), streaming=True)
-        relay.forward(endpoint, "t", request=Msg("t"), streaming=True)
-        with ReplyBatcher(sq) as batcher:
-            batcher.put(Msg("s", "0"))
-            assert [m.body for m in endpoint.replies] == ["0"] and batcher.direct_writes == 1
-            for i in range(1, 4):
-                batcher.put(Msg("s", str(i)))
-            assert batcher.flush(10)
-            assert batcher.direct_writes == 1  # the stream had started: these waited for company
-            batcher.put(Msg("t", "first"))
-            assert endpoint.replies[-1].body == "first" and batcher.direct_writes == 2
-            batcher.put(Msg("s", "4", is_final=True))
-            assert batcher.flush(10)
-        assert [(m.id, m.body) for m in endpoint.replies] == [
-            ("s", "0"),
-            ("s", "1"),
-            ("s", "2"),
-            ("s", "3"),
-            ("t", "first"),
-            ("s", "4"),
-        ]
-    finally:
-        relay.close()
+    relay.forward(endpoint, "s", request=Msg("s"), streaming=True)
+    relay.forward(endpoint, "t", request=Msg("t"), streaming=True)
+    with ReplyBatcher(response_q) as batcher:
+        batcher.put(Msg("s", "0"))
+        assert [m.body for m in endpoint.replies] == ["0"] and batcher.direct_writes == 1
+        for i in range(1, 4):
+            batcher.put(Msg("s", str(i)))
+        assert batcher.flush(10)
+        assert batcher.direct_writes == 1  # the stream had started: these waited for company
+        batcher.put(Msg("t", "first"))
+        assert endpoint.replies[-1].body == "first" and batcher.direct_writes == 2
+        batcher.put(Msg("s", "4", is_final=True))
+        assert batcher.flush(10)
+    assert [(m.id, m.body) for m in endpoint.replies] == [
+        ("s", "0"),
+        ("s", "1"),
+        ("s", "2"),
+        ("s", "3"),
+        ("t", "first"),
+        ("s", "4"),
+    ]
 
 
 def test_reply_batcher_writes_the_reply_nothing_else_waits_behind_at_once(queues: tuple[Any, Any]) -> None:
