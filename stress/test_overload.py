@@ -56,7 +56,7 @@ def test_stress_overload_burst(tmp_path: Path, figures: Figures) -> None:
     try:
         with running(server) as url:
             port = server.port
-            assert port is not None
+            assert port is not None, "a started server reports the port it bound"
             burst = LoadJob(LoadSpec(port, "/job", b'{"text": "hold"}', BURST, mode="burst"))
             try:
                 # Released only once every rejection is in: the 190 cannot have waited for the 10.

@@ -55,7 +55,7 @@ class CliProcess:
 
     def _read(self) -> None:
         stdout = self._process.stdout
-        assert stdout is not None
+        assert stdout is not None, "the process was started without stdout=PIPE"
         for line in stdout:
             self._queue.put(_ANSI.sub("", line.rstrip("\n")))
         self._queue.put(None)

@@ -43,7 +43,7 @@ def _works(main_loop: MainLoop) -> list[Work]:
 
 
 def _send_and_hang_up(port: int | None, text: str) -> socket.socket:
-    assert port is not None
+    assert port is not None, "the server is not started: it has no port to connect to"
     body = f'{{"text": "{text}"}}'.encode()
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(

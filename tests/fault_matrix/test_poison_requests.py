@@ -69,7 +69,7 @@ def test_poison_requests_ten_one_second_apart_are_all_survived(
     recovery: list[float] = []
     try:
         pid = _answers(url)
-        assert pid is not None
+        assert pid is not None, "the server answers /ping before the first poison"
         next_poison = time.monotonic()
         for _ in range(POISONS):
             # The scenario's pace (one poison a second), not a wait for a condition.

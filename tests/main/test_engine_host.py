@@ -188,7 +188,8 @@ def test_engine_host_stop_is_idempotent_and_frees_the_port(context: zmq.Context[
     engine = EngineHost(queue.Queue(), queue.Queue(), bind="tcp://127.0.0.1:0", codec=CODEC)
     engine.start()
     address = engine.address
-    assert address is not None
+    # Bound by start(): the real port, not the 0 that was asked for.
+    assert address is not None and address.startswith("tcp://127.0.0.1:") and not address.endswith(":0")
     engine.stop()
     engine.stop()
     again = EngineHost(queue.Queue(), queue.Queue(), bind=address, codec=CODEC)

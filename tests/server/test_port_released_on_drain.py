@@ -70,7 +70,7 @@ def test_stop_lets_go_of_the_port_while_the_workers_drain() -> None:
         )
         server.start_subprocess()
         port = server.port
-        assert port is not None
+        assert port is not None and port > 0, "a started server reports the port it bound"
         answers: list[httpx.Response] = []
         stopping: threading.Thread | None = None
         try:

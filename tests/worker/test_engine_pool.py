@@ -19,7 +19,7 @@ def test_engine_pool_rotates_between_idle_equal_engines() -> None:
     chosen: Counter[str] = Counter()
     for _ in range(300):
         engine = pool.choose()
-        assert engine is not None
+        assert engine is not None, "three engines are ready: one is chosen"
         chosen[engine.address] += 1
     assert chosen == {"a": 100, "b": 100, "c": 100}
 
