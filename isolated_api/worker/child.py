@@ -11,7 +11,6 @@ import socket
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
 
 from isolated_api.shared.output import configure_logging
 from isolated_api.shared.spawn_payload import PickledPayload, SpawnPayload
@@ -48,31 +47,18 @@ def _watch_lifeline(lifeline: Connection, server: DrainingServer, finished: thre
         os._exit(ORPHAN_EXIT_CODE)
 
 
-class _ReportsServing:
-    """Writes one byte into the lifeline at this worker's first HTTP response: it tells the
+def _reports_serving(lifeline: Connection) -> Callable[[], None]:
+    """Writes one byte into the lifeline when this worker's first request is done: it tells the
     supervisor that this worker, should it die, had been serving (replace it at once), not
-    crash-looping (back off). After that, requests pass straight through."""
+    crash-looping (back off)."""
 
-    def __init__(self, app: Any, lifeline: Connection) -> None:
-        self.app = app
-        self._lifeline = lifeline
-        self._raised = False
+    def mark() -> None:
+        try:
+            os.write(lifeline.fileno(), b"s")  # any byte: the main process reads one
+        except OSError:  # the main process is gone; the lifeline watcher handles that
+            pass
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self._raised or scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_marking(message: Any) -> None:
-            if message["type"] == "http.response.start" and not self._raised:
-                self._raised = True
-                try:
-                    os.write(self._lifeline.fileno(), b"s")  # any byte: the main process reads one
-                except OSError:  # the main process is gone; the lifeline watcher handles that
-                    pass
-            await send(message)
-
-        await self.app(scope, receive, send_marking)
+    return mark
 
 
 def child_main(
@@ -100,7 +86,7 @@ def child_main(
         # DEFAULT_CHILD_GC_THRESHOLD for the figures.
         gc.set_threshold(spec.gc_threshold)
     log_config = configure_logging(spec.api.uvicorn.log_level, to_file=spec.api.log_file is not None)
-    drain = DrainState()
+    drain = DrainState(on_first_done=_reports_serving(lifeline))
     server_ref: list[DrainingServer] = []
     link = PipeLink(
         uplink,
@@ -134,7 +120,6 @@ def child_main(
     app = build_app(spec.recipe, channel=channel, drain=drain, probe=probe, metrics=metrics)
     port = sock.getsockname()[1]
     config = uvicorn_config(app, spec.api, log_config)
-    config.app = _ReportsServing(app, lifeline)
     server = DrainingServer(
         config,
         drain,

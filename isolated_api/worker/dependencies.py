@@ -11,6 +11,7 @@ instead (FastAPI hands that over without its dependency machinery) and passes th
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import typing
@@ -46,6 +47,16 @@ def _asks_for_channel(annotation: Any, default: Any) -> bool:
     if typing.get_origin(annotation) is Annotated:
         marks += list(annotation.__metadata__)
     return any(isinstance(mark, fastapi_params.Depends) and mark.dependency is get_ipc_channel for mark in marks)
+
+
+def _mark_coroutine_function(function: Callable[..., Any]) -> None:
+    """Makes ``inspect.iscoroutinefunction`` (3.12+) and ``asyncio.iscoroutinefunction`` (which
+    FastAPI reads on 3.11 and 3.12) report a function that returns a coroutine as one."""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        mark(function)
+    # asyncio's legacy marker, all it recognises on 3.11.
+    function._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
 
 
 @functools.lru_cache(maxsize=64)
@@ -89,17 +100,29 @@ def direct_channel(endpoint: Callable[..., Any]) -> Callable[..., Any]:
         kept.append(inspect.Parameter(_REQUEST_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=Request))
     call: Callable[..., Awaitable[Any]] = endpoint
 
-    async def with_channel(**values: Any) -> Any:
-        request = values.pop(request_name) if own_request else values[request_name]
-        app = request.scope["app"]
-        # The usual case inline (no override, a channel): two coroutines fewer a request.
-        channel = None if app.dependency_overrides else getattr(app.state, "ipc_channel", None)
-        if channel is None:
-            channel = await _channel_for(request)
+    async def with_override(request: Request, values: dict[str, Any]) -> Any:
+        channel = await _channel_for(request)
         for name in channel_names:
             values[name] = channel
         return await call(**values)
 
+    # A plain function that returns the endpoint's coroutine for FastAPI to await (marked as a
+    # coroutine function below, so FastAPI awaits it rather than running it in a thread): the
+    # handler's awaits then suspend one frame fewer than through an ``async def`` wrapper
+    # (~2 us a request at 16 connections, the wrapper's frame entered on every suspension).
+    def with_channel(**values: Any) -> Awaitable[Any]:
+        request = values.pop(request_name) if own_request else values[request_name]
+        app = request.scope["app"]
+        # The usual case inline: no override, a channel (``State`` keeps its attributes in
+        # ``_state``; its ``__getattr__`` is a Python call per request).
+        channel = None if app.dependency_overrides else app.state._state.get("ipc_channel")
+        if channel is None:
+            return with_override(request, values)
+        for name in channel_names:
+            values[name] = channel
+        return call(**values)
+
+    _mark_coroutine_function(with_channel)
     for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
         setattr(with_channel, attribute, getattr(endpoint, attribute, None))
     # No __wrapped__: FastAPI would follow it back to the IPC parameters.

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -25,13 +26,19 @@ _HEADERS = [
 
 
 class DrainState:
-    """Counts requests inside the app and tells when the last one left after a drain began."""
+    """Counts requests inside the app and tells when the last one left after a drain began.
 
-    def __init__(self) -> None:
+    ``on_first_done()`` runs once, when the first request leaves the app (answered, or failed
+    with the 500 the error middleware then sends): a worker tells its supervisor so that it
+    had been serving. Here rather than in a middleware of its own, which would cost every
+    request a coroutine frame (~1.5 us at 16 connections)."""
+
+    def __init__(self, on_first_done: Callable[[], None] | None = None) -> None:
         self.draining = False
         self.active = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._on_first_done = on_first_done
 
     def enter(self) -> None:
         self.active += 1
@@ -41,6 +48,9 @@ class DrainState:
         self.active -= 1
         if self.active == 0:
             self._idle.set()
+        if self._on_first_done is not None:
+            first_done, self._on_first_done = self._on_first_done, None
+            first_done()
 
     async def drain(self, timeout: float) -> bool:
         """Refuses new requests from now on; waits up to ``timeout`` s for in-flight ones.
