@@ -40,7 +40,7 @@ WARMUP = 100
 # so every stage is causally ordered (the end of a write can come after the reader has begun:
 # the woken thread may run first).
 STAGES = (
-    ("child: admit, register the waiter and its deadline", "submit", "child.send>"),
+    ("child: admit (the waiter is registered after the write)", "submit", "child.send>"),
     ("child: encode, write; the relay's reader wakes", "child.send>", "feed>"),
     ("relay: decode the frame, route the request", "feed>", "main.put>"),
     ("write to request_q; your loop's get() returns", "main.put>", "got"),
