@@ -4,9 +4,9 @@ can reach it.
 
 The lifeline is a socket pair: the worker blocks reading its end to learn of this process's death
 (end-of-file), and writes one byte into it once its first HTTP request is done (answered, or
-failed with a 500), which the supervisor reads
-once the worker is dead to tell a worker that served from one caught in a crash loop. A byte
-rather than a frame on the uplink: the worker may die a moment after that response."""
+failed with a 500), which the supervisor reads once the worker is dead to tell a worker that
+served from one caught in a crash loop. A byte rather than a frame on the uplink: the worker may
+die a moment after that response."""
 
 from __future__ import annotations
 
