@@ -29,13 +29,40 @@ from isolated_api.shared.spec import ServerSpec
 ArgsFactory = Callable[[Connection, Connection, Connection, tuple[int, ...]], tuple[Any, ...]]
 
 
+class Lifeline:
+    """This process's end of one worker's lifeline. Closed by whichever thread gets there first:
+    the supervisor's when the worker dies, ``stop()``'s caller, or a start that found the server
+    stopping. The lock makes that one close: two threads inside ``Connection.close`` at once both
+    close its descriptor, and the second close fails (EBADF, seen in CI) or closes whatever file
+    was given that number in between."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._lock = threading.Lock()
+
+    def served(self) -> bool:
+        """Whether the worker wrote its byte (its first request was done); ask once it is dead
+        (this reads the byte). False once closed."""
+        with self._lock:
+            try:
+                # Readable: the byte, or only end-of-file (the dead worker's end is closed).
+                return self.conn.poll(0) and os.read(self.conn.fileno(), 1) != b""
+            except OSError:
+                return False
+
+    def close(self) -> None:
+        """Safe from any thread, and to call twice."""
+        with self._lock:
+            self.conn.close()
+
+
 @dataclass
 class Worker:
     slot: int
     incarnation: int
     manager: SubprocessManager
     endpoint: PipeEndpoint
-    lifeline: Connection
+    lifeline: Lifeline
     ready: threading.Event = field(default_factory=threading.Event)
     info: dict[str, Any] | None = None
     ready_at: float | None = None
@@ -47,12 +74,8 @@ class Worker:
     start_failure: str | None = None
 
     def served(self) -> bool:
-        """Whether the worker had sent an HTTP response; ask once it is dead (it reads the byte)."""
-        try:
-            # Readable: the byte, or only end-of-file (the dead worker's end is closed).
-            return self.lifeline.poll(0) and os.read(self.lifeline.fileno(), 1) != b""
-        except OSError:
-            return False
+        """Whether the worker had finished a request; ask once it is dead (it reads the byte)."""
+        return self.lifeline.served()
 
     @property
     def process(self) -> multiprocessing.process.BaseProcess | None:
@@ -124,7 +147,7 @@ def spawn_worker(
         pid_of=lambda: manager.pid,
         codec=recipe.spec.codec,
     )
-    worker = Worker(slot, incarnation, manager, endpoint, lifeline_w)
+    worker = Worker(slot, incarnation, manager, endpoint, Lifeline(lifeline_w))
     holder.append(worker)
     endpoint.start()
     try:
