@@ -212,13 +212,14 @@ def loopback_builder(name: str) -> ServerBuilder:
 
 @contextmanager
 def ipc_server(
-    log_dir: Path, *, max_pending: int = 4096, workers: int = 1, batched: bool = False
+    log_dir: Path, *, max_pending: int = 4096, workers: int = 1, batched: bool = False, busy_wait: float = 0.0
 ) -> Iterator[tuple[Server, str]]:
     """The IPC path: an HTTP child and, in this process, the relay and an ``Echoer`` (replying
-    through a ``ReplyBatcher`` when ``batched``)."""
+    through a ``ReplyBatcher`` when ``batched``); ``busy_wait``: ``with_reply_busy_wait``."""
     ctx = multiprocessing.get_context("spawn")
     request_q, response_q = ctx.Queue(), ctx.Queue()
     echoer = Echoer(request_q, response_q, batched=batched)
+    log_name = f"stress-ipc{'-batched' if batched else ''}{'-busy' if busy_wait else ''}-child.log"
     server = (
         loopback_builder("stress-ipc")
         .routes.with_route("/echo", echo_ipc, methods=["POST"])
@@ -230,7 +231,8 @@ def ipc_server(
         .done()
         .subprocess.with_ipc(request_q, response_q)
         .with_max_pending(max_pending)
-        .with_log_file(str(log_dir / f"stress-ipc{'-batched' if batched else ''}-child.log"))
+        .with_reply_busy_wait(busy_wait)
+        .with_log_file(str(log_dir / log_name))
         .done()
         .build()
     )

@@ -120,11 +120,22 @@ def test_builder_with_config_replaces_whole_configs() -> None:
         lambda b: b.subprocess.with_stalled_worker_limits(True),
         lambda b: b.subprocess.with_stalled_worker_limits(stall_timeout=0),
         lambda b: b.subprocess.with_stalled_worker_limits(stall_timeout=float("inf")),
+        lambda b: b.subprocess.with_reply_busy_wait(-0.001),
+        lambda b: b.subprocess.with_reply_busy_wait(0.5),
+        lambda b: b.subprocess.with_reply_busy_wait(float("nan")),
+        lambda b: b.subprocess.with_reply_busy_wait(True),
     ],
 )
 def test_builder_refuses_bad_input_with_config_error(mistake: Any) -> None:
     with pytest.raises(ConfigError):
         mistake(ServerBuilder("bad"))
+
+
+def test_builder_refuses_a_reply_busy_wait_with_remote_engines() -> None:
+    """The busy wait watches the pipes of with_ipc; with remote engines it would do nothing."""
+    builder = ServerBuilder("x").subprocess.with_engines("tcp://gpu-1:5700", allow_pickle=True)
+    with pytest.raises(BuildError, match="with_reply_busy_wait applies to the pipes of with_ipc"):
+        builder.with_reply_busy_wait(0.0003).done().build()
 
 
 def test_builder_refuses_the_same_queue_twice() -> None:

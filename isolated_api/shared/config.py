@@ -79,6 +79,21 @@ def check_drain_timeout(value: object) -> None:
     _number("drain_timeout", value, positive=True)
 
 
+# The longest reply busy wait accepted: the worker's event loop serves nothing else meanwhile.
+MAX_REPLY_BUSY_WAIT = 0.01
+
+
+def check_reply_busy_wait(value: object) -> None:
+    """0 (off) up to ``MAX_REPLY_BUSY_WAIT`` seconds."""
+    _number("reply_busy_wait", value, positive=False)
+    assert isinstance(value, int | float)  # checked by _number
+    if value > MAX_REPLY_BUSY_WAIT:
+        raise ConfigError(
+            f"reply_busy_wait must be at most {MAX_REPLY_BUSY_WAIT:g} s (the worker's event loop serves nothing "
+            f"else while it waits), got {value:g}; 0.0003 covers a reply the main process sends at once"
+        )
+
+
 KiB = 1024
 MiB = 1024 * KiB
 

@@ -36,6 +36,8 @@ class ServerSpec:
     signal_drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     # When a worker that does not read its replies counts as dead.
     outbox_limits: OutboxLimits = field(default_factory=OutboxLimits)
+    # Seconds a worker checks its pipe for the reply after sending a lone request (0: it doesn't).
+    reply_busy_wait: float = 0.0
     # Remote engines (``.subprocess.with_engines``): requests go to them over ZeroMQ instead of to
     # this process's queues.
     engines: EnginesConfig | None = None

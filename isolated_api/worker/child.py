@@ -94,6 +94,7 @@ def child_main(
         on_drain=lambda timeout: server_ref[0].request_drain(timeout),
         on_lost=lambda reason: server_ref[0].request_exit_now(),
         codec=spec.codec,
+        busy_wait=spec.reply_busy_wait,
     )
     probe: Probe = link.probe
     engine_metrics: Callable[[], bytes] | None = None

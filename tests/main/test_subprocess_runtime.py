@@ -343,3 +343,40 @@ def test_subprocess_runtime_fork_accepts_handlers_that_do_not_pickle(
     )
     with running(server) as url:
         assert httpx.get(f"{url}/closure", timeout=10).json() == {"greeting": greeting}
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+BUSY_WAIT = 0.01
+BUSY_REQUESTS = 40
+
+
+def test_subprocess_runtime_a_reply_busy_wait_reaches_the_worker(queues: tuple[Any, Any], main_loop: MainLoop) -> None:
+    """Steps: a server with with_reply_busy_wait(0.01) whose main loop answers each request 20 ms
+    after it came (simulated work); 40 requests one after another. Expect every answer right, and
+    the worker to have spent at least 0.2 s of CPU on them: after each lone request it checks its
+    pipe for the full 10 ms (0.4 s in all if nothing preempts it). Without the option the same 40
+    cost it 0.030-0.040 s (three runs with the option set to 0)."""
+    server = (
+        builder("busy-wait")
+        .routes.with_route("/upper", upper_route, methods=["POST"])
+        .done()
+        .subprocess.with_ipc(*queues)
+        .with_reply_busy_wait(BUSY_WAIT)
+        .done()
+        .build()
+    )
+    with running(server), httpx.Client(timeout=10) as client:
+        url = f"http://127.0.0.1:{server.port}/upper"
+        assert client.post(url, json={"text": "warm"}).json()["text"] == "WARM"
+        worker = server.process
+        assert worker is not None and worker.pid is not None, "a started server has its worker"
+        before = _cpu_seconds(worker.pid)
+        for i in range(BUSY_REQUESTS):
+            assert client.post(url, json={"text": f"b{i}", "delay": 0.02}).json()["text"] == f"B{i}"
+        used = _cpu_seconds(worker.pid) - before
+    assert used >= 0.2, f"the worker used {used:.3f} s of CPU for {BUSY_REQUESTS} lone requests"

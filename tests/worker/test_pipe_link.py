@@ -1,5 +1,6 @@
 """The HTTP child's end of its pipes, over real pipes on a real event loop: when a request is
-written to the main process, and that closing the link still writes what was queued."""
+written to the main process, that closing the link still writes what was queued, and the opt-in
+busy wait for a lone request's reply."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import asyncio
 import multiprocessing
 import os
 import select
+import threading
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from isolated_api.shared.codecs import PickleCodec
 from isolated_api.shared.errors import IPCError
-from isolated_api.shared.framing import FrameDecoder, Kind, split_request
+from isolated_api.shared.framing import FrameDecoder, Kind, frame, request_body, split_request
 from isolated_api.worker.pipe_link import PipeLink
 
 
@@ -130,3 +133,81 @@ def _raw_frames(fd: int, decoder: FrameDecoder) -> list[tuple[Kind, bytes]]:
             break
         frames += decoder.feed(data)
     return frames
+
+
+def _answer_first_request(up_read: Any, down_write: Any, answered: threading.Event) -> None:
+    """The main process's part: read one request frame, write a reply frame for it."""
+    codec, decoder = PickleCodec(), FrameDecoder()
+    frames: list[tuple[Kind, bytes]] = []
+    while not frames:
+        frames = decoder.feed(os.read(up_read.fileno(), 1 << 16))
+    request_id, _, _ = split_request(frames[0][1], codec.decode_id)
+    reply = frame(Kind.REPLY, request_body(request_id, codec.encode(Msg(str(request_id))), codec.encode_id))
+    os.write(down_write.fileno(), reply)
+    answered.set()
+
+
+def _busy_send(busy_wait: float, pending: int, answer: bool) -> tuple[bool, bool, float, int]:
+    """Sends one request through a link with ``busy_wait`` while ``pending`` others are pending,
+    a thread answering it when ``answer``. Returns whether the reply was readable when send()
+    returned, whether the link watched for it, how long send() took, and the calls of the wait."""
+
+    async def scenario() -> tuple[bool, bool, float, int]:
+        up_read, up_write = multiprocessing.Pipe(duplex=False)
+        down_read, down_write = multiprocessing.Pipe(duplex=False)
+        link = PipeLink(up_write, down_read, busy_wait=busy_wait)
+        sink = Sink()
+        sink.pending_count = pending
+        await link.open(sink)
+        waits = 0
+        wait = link._await_reply_busily
+
+        def counted() -> None:
+            nonlocal waits
+            waits += 1
+            wait()
+
+        link._await_reply_busily = counted  # type: ignore[method-assign]
+        answered = threading.Event()
+        responder = threading.Thread(target=_answer_first_request, args=(up_read, down_write, answered), daemon=True)
+        if answer:
+            responder.start()
+        try:
+            started = time.perf_counter()
+            link.send("r1", Msg("r1"), streaming=False)
+            took = time.perf_counter() - started
+            readable = bool(select.select([down_read.fileno()], [], [], 0)[0])
+        finally:
+            await link.close()
+            if answer:
+                responder.join(10)
+            for conn in (up_read, down_write):
+                conn.close()
+        return readable, answered.is_set(), took, waits
+
+    return asyncio.run(scenario())
+
+
+def test_pipe_link_busy_wait_returns_once_a_lone_requests_reply_is_readable() -> None:
+    """Steps: a link with a busy wait longer than the test (30 s), one request with nothing else
+    pending, a thread standing in for the main process that reads it and writes the reply. Expect
+    send() to return with the reply readable on the downlink, well before the bound."""
+    readable, answered, took, waits = _busy_send(30.0, pending=0, answer=True)
+    assert (readable, answered, waits) == (True, True, 1)
+    assert took < 29.0
+
+
+def test_pipe_link_busy_wait_is_bounded_when_no_reply_comes() -> None:
+    """Steps: a busy wait of 0.05 s, a lone request nobody answers. Expect send() to return after
+    at least the bound, with nothing to read."""
+    readable, answered, took, waits = _busy_send(0.05, pending=0, answer=False)
+    assert (readable, answered, waits) == (False, False, 1)
+    assert took >= 0.05
+
+
+def test_pipe_link_busy_wait_only_for_a_lone_request_and_only_when_asked() -> None:
+    """Steps: a request sent while another is pending, with a busy wait; then a lone request with
+    no busy wait (the default). Expect neither to wait: the loop keeps serving the other clients,
+    and without the option nothing polls."""
+    assert _busy_send(30.0, pending=1, answer=False)[3] == 0
+    assert _busy_send(0.0, pending=0, answer=False)[3] == 0
