@@ -28,6 +28,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Hashable
@@ -98,6 +99,14 @@ class KillWorker:
 
     id: str
     pid: int
+
+
+def say(line: str) -> None:
+    """Prints ``line`` in one write. Generation threads print while the library logs to stderr on
+    the same terminal; ``print()`` writes a line and its newline apart when output is unbuffered
+    (``PYTHONUNBUFFERED``), and a log line could land between the two."""
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
 
 
 # --- HTTP side (runs in the child) ---
@@ -180,7 +189,7 @@ async def kill_worker(channel: IPC) -> JSONResponse:
         try:
             await channel.submit(KillWorker(uuid.uuid4().hex, pid))
         except IPCError as error:  # refused (not one of the server's workers), or no main process
-            print(f"worker {pid}: kill refused: {error}", flush=True)
+            say(f"worker {pid}: kill refused: {error}")
 
     body = {"pid": pid, "detail": f"the main process will SIGKILL HTTP worker {pid}"}
     return JSONResponse(body, status_code=202, background=BackgroundTask(ask_main_to_kill))
@@ -219,7 +228,7 @@ def run_generate(
     texts = [word if index == 0 else f" {word}" for index, word in enumerate(words)]
     for index, text in enumerate(texts):
         if index and cancelled.wait(token_delay):  # the pacing, cut short when the client went away
-            print(f"main: request {request.id} cancelled after {index} of {len(texts)} tokens", flush=True)
+            say(f"main: request {request.id} cancelled after {index} of {len(texts)} tokens")
             return
         counter.add()
         if request.stream:
@@ -233,7 +242,7 @@ def kill_worker_for(request: KillWorker, response_q: Any, worker_pids: Callable[
     if request.pid not in worker_pids():
         response_q.put(ErrorReply(request.id, f"{request.pid} is not an HTTP worker of this server", 409))
         return
-    print(f"main: SIGKILL to HTTP worker {request.pid}, as the page asked", flush=True)
+    say(f"main: SIGKILL to HTTP worker {request.pid}, as the page asked")
     os.kill(request.pid, signal.SIGKILL)
 
 
@@ -264,10 +273,9 @@ def serve(
 
 def worker_exited(counter: TokenCounter) -> Callable[[int | None, list[Hashable]], None]:
     def say_so(exitcode: int | None, abandoned: list[Hashable]) -> None:
-        print(
+        say(
             f"main: HTTP worker exited with code {exitcode}, abandoning {len(abandoned)} request(s); "
-            f"{counter.total} tokens generated so far, and counting",
-            flush=True,
+            f"{counter.total} tokens generated so far, and counting"
         )
 
     return say_so
@@ -294,12 +302,12 @@ def smoke(url: str, request_q: Any) -> None:
     try:
         body = {"prompt": SAMPLE_PROMPT}
         with _post(f"{url}/v1/generate", body) as response:
-            print(f"POST /v1/generate -> {response.status} {response.read().decode()}", flush=True)
+            say(f"POST /v1/generate -> {response.status} {response.read().decode()}")
         with _post(f"{url}/v1/generate/stream", body) as response:
             frames = [line[len(b"data: ") :].decode().strip() for line in response if line.startswith(b"data: ")]
-            print(f"POST /v1/generate/stream -> {response.status} [{', '.join(frames)}]", flush=True)
+            say(f"POST /v1/generate/stream -> {response.status} [{', '.join(frames)}]")
         with build_opener(ProxyHandler({})).open(f"{url}/v1/stats", timeout=30) as response:
-            print(f"GET /v1/stats -> {response.status} {response.read().decode()}", flush=True)
+            say(f"GET /v1/stats -> {response.status} {response.read().decode()}")
     finally:
         request_q.put(None)  # ends the main loop
 
@@ -342,19 +350,19 @@ def main() -> None:
     process = server.start_subprocess()
     try:
         url = f"http://127.0.0.1:{server.port}"
-        print(f"HTTP child {process.pid} serving {url} (docs: {url}/docs); main process {os.getpid()}")
-        print(f"open {url}/ in a browser to watch the tokens arrive, or try:")
+        say(f"HTTP child {process.pid} serving {url} (docs: {url}/docs); main process {os.getpid()}")
+        say(f"open {url}/ in a browser to watch the tokens arrive, or try:")
         for command in curl_commands(url):
-            print(f"  {command}")
-        print("Ctrl-C to stop", flush=True)
+            say(f"  {command}")
+        say("Ctrl-C to stop")
         if args.smoke:
             threading.Thread(target=smoke, args=(url, request_q)).start()
         serve(request_q, response_q, args.token_delay, counter, lambda: {p.pid for p in server.processes if p.pid})
     except KeyboardInterrupt:
-        print("\nstopping", flush=True)
+        say("\nstopping")
     finally:
         server.stop(timeout=5)
-    print("stopped", flush=True)
+    say("stopped")
 
 
 if __name__ == "__main__":
