@@ -100,11 +100,13 @@ def direct_channel(endpoint: Callable[..., Any]) -> Callable[..., Any]:
         kept.append(inspect.Parameter(_REQUEST_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=Request))
     call: Callable[..., Awaitable[Any]] = endpoint
 
-    async def with_override(request: Request, values: dict[str, Any]) -> Any:
-        channel = await _channel_for(request)
+    def call_with(channel: Any, values: dict[str, Any]) -> Awaitable[Any]:
         for name in channel_names:
             values[name] = channel
-        return await call(**values)
+        return call(**values)
+
+    async def with_override(request: Request, values: dict[str, Any]) -> Any:
+        return await call_with(await _channel_for(request), values)
 
     # A plain function that returns the endpoint's coroutine for FastAPI to await (marked as a
     # coroutine function below, so FastAPI awaits it rather than running it in a thread): the
@@ -123,9 +125,7 @@ def direct_channel(endpoint: Callable[..., Any]) -> Callable[..., Any]:
                 channel = getattr(app.state, "ipc_channel", None)
         if channel is None:
             return with_override(request, values)
-        for name in channel_names:
-            values[name] = channel
-        return call(**values)
+        return call_with(channel, values)
 
     _mark_coroutine_function(with_channel)
     for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
