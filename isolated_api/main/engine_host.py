@@ -383,6 +383,8 @@ class EngineHost:
             last_reply_age=facts["last_reply_age"],
             unanswered_age=facts["unanswered_age"],
             dropped_replies=self.relay.dropped_replies,
+            unread=facts["unread"],
+            unread_age=facts["unread_age"],
         )
         self._send_now([identity, remote_wire.PONG, remote_wire.encode_pong(pong)])
 

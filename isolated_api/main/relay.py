@@ -9,10 +9,12 @@ One thread blocks on ``response_q.get()``: no polling, and a burst of replies is
 to each endpoint in one batch (at most ``_BATCH_WINDOW`` after its first reply was read, so the
 first token of a fast stream is not held back until the whole burst is read).
 
-Proof of life: any reply shows the main loop runs (``facts()["last_reply_age"]``), and so does a
-``Heartbeat`` (dropped here, not counted as a stray reply). A request that timed out with no reply
-at all since it was forwarded marks the main loop *unanswering* (``facts()["unanswered_age"]``)
-until the next reply or beat: readiness stays 503 after the stuck requests are gone.
+Proof of life: the main loop takes requests while it reads ``request_q``: ``facts()["unread"]``
+and ``["unread_age"]`` say how many of the messages put here wait unread, and since when the oldest
+(``unread_watch.py``; None for a queue that can't count). Replies show it too: any reply
+(``facts()["last_reply_age"]``), and a ``Heartbeat`` (dropped here, not counted as a stray reply).
+A request that timed out with no reply at all since it was forwarded marks the main loop
+*unanswering* (``facts()["unanswered_age"]``) until the next reply or beat.
 
 A message on ``response_q`` may also be a ``list`` of replies (``ReplyBatcher`` sends them so):
 each is routed as if it had come alone, and when all go to the same endpoint the message's bytes
@@ -33,6 +35,7 @@ from typing import Any, Protocol
 from isolated_api.main.local_put import LocalPut, give_back_put, take_over_put
 from isolated_api.main.queue_access import ReplyReader, RequestWriter
 from isolated_api.main.queue_readers import claim, release
+from isolated_api.main.unread_watch import UnreadWatch
 from isolated_api.shared.codecs import Codec
 from isolated_api.shared.errors import ChannelClosedError, DuplicateRequestIdError, OverloadedError, QueueFullError
 from isolated_api.shared.heartbeat import Heartbeat
@@ -123,6 +126,7 @@ class Relay:
         self._observe_round_trip = observe_round_trip
         self._codec = codec
         self._writer = RequestWriter(request_q, queue_timeout, codec)
+        self._unread = UnreadWatch(request_q)
         self._lock = threading.Lock()
         self._routes: dict[Hashable, _Route] = {}
         self._reader: threading.Thread | None = None
@@ -238,7 +242,7 @@ class Relay:
                 )
             self._routes[request_id] = _Route(endpoint, streaming, time.monotonic(), origin)
         try:
-            self._writer.put(request, payload)
+            self._put(request, payload)
         except queue.Full:
             self.queue_full += 1
             self._forget(request_id, endpoint)
@@ -249,6 +253,17 @@ class Relay:
             self._forget(request_id, endpoint)
             raise ChannelClosedError(f"the request queue is closed: {exc}") from None
         self.forwarded += 1
+
+    def _put(self, request: Any, payload: bytes | None) -> None:
+        # Every message this relay puts on request_q is noted, so readiness can tell whether the
+        # main process reads them (unread_watch.py).
+        self._unread.starting()
+        try:
+            self._writer.put(request, payload)
+        except BaseException:
+            self._unread.failed()
+            raise
+        self._unread.done()
 
     def abandon(self, endpoint: Endpoint, request_id: Hashable, reason: str = "cancelled") -> bool:
         """The endpoint gave up on ``request_id`` (timeout, client gone). Later replies are dropped."""
@@ -289,7 +304,7 @@ class Relay:
             return
         for request_id in ids:
             try:
-                self._writer.put(CancelRequest(request_id, reason), None)
+                self._put(CancelRequest(request_id, reason), None)
                 self.cancel_notices_sent += 1
             except (queue.Full, ValueError, OSError):
                 logger.warning("could not tell the main process that request %r was cancelled", request_id)
@@ -301,11 +316,15 @@ class Relay:
             oldest = min((route.created for route in self._routes.values()), default=None)
             pending = len(self._routes)
             unanswered = self._unanswered_since
+        unread = self._unread.unread()
         return {
             "pending": pending,
             "oldest_pending_age": 0.0 if oldest is None else now - oldest,
             "last_reply_age": now - self._last_reply_at,
             "unanswered_age": 0.0 if unanswered is None else now - unanswered,
+            # None when request_q can't count what it holds (readiness then judges replies).
+            "unread": None if unread is None else unread[0],
+            "unread_age": None if unread is None else unread[1],
             "beats": self.beats,
             "forwarded": self.forwarded,
             "dropped": self.dropped_replies,

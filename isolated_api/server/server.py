@@ -19,7 +19,7 @@ from isolated_api.server.stop_signals import SigtermStop
 from isolated_api.server.subprocess_mode import ChildExitCallback, SubprocessMode
 from isolated_api.shared.codecs import Codec
 from isolated_api.shared.config import ApiConfig
-from isolated_api.shared.readiness import main_process_stalled
+from isolated_api.shared.readiness import HealthSettings, readiness_problem
 from isolated_api.shared.spec import ServerSpec
 from isolated_api.worker.app import build_app
 from isolated_api.worker.drain import DrainState
@@ -148,10 +148,16 @@ class Server:
         if mode is not None:
             facts.update(mode.facts())
             facts["max_pending"] = self._spec.ipc.max_pending
-            health = self._spec.recipe.health
+            # The rules /health/ready applies to the same facts, so the two never disagree.
+            health = self._spec.recipe.health or HealthSettings()
             problem = None if running else facts.get("gave_up") or "not running"
-            if problem is None and main_process_stalled(facts, health.deadline if health else 1.0):
-                problem = f"the main process has not answered for {facts['last_reply_age']:.1f} s"
+            if problem is None:
+                problem = readiness_problem(
+                    facts,
+                    channel_open=not mode.relay.is_closed,
+                    deadline=health.deadline,
+                    beat_timeout=health.beat_timeout,
+                )
             facts.update(ready=problem is None, problem=problem)
         else:
             facts.update(ready=running, problem=None if running else "not running")

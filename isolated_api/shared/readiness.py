@@ -1,13 +1,20 @@
 """When is the server ready? When the main process answers a probe within the deadline, the
-channel is open, and the main process is not sitting on requests: if some are pending, the oldest
-for longer than the deadline, and no reply at all came within the deadline, its loop has stopped
-reading ``request_q`` (or is stuck) and new requests would only time out.
+channel is open, and the main process reads ``request_q``: nothing the relay put there has waited
+unread for longer than the deadline. A loop busy with one long request is ready; one that stopped
+reading while requests wait is not (``unread_age`` in the relay's facts). Answering is not asked
+within the deadline: a generation may take minutes.
 
-Sticky: once a request timed out after waiting past the deadline with no reply at all since it
-was forwarded, the server stays not ready until the main process replies to something again
-(``unanswered_age`` in the relay's facts), even with nothing pending any more. With a liveness
-beat (``beat_timeout``) an idle loop must prove itself too: a reply or a ``Heartbeat`` within
-that many seconds, or not ready."""
+A queue that can't count what it holds (``unread_age`` None) leaves replies to judge: if requests
+are pending, the oldest for longer than the deadline, and no reply at all came within it, the loop
+has stopped reading (or is stuck).
+
+Sticky: once a request timed out with no reply at all since it was forwarded, the server stays not
+ready until the main process replies to something again (``unanswered_age``), even with nothing
+pending any more. With a liveness beat (``beat_timeout``) an idle loop must prove itself too: a
+reply or a ``Heartbeat`` within that many seconds, or not ready.
+
+The same rules judge a remote engine (its pong carries its relay's facts) and ``Server.health()``.
+"""
 
 from __future__ import annotations
 
@@ -42,11 +49,36 @@ class HealthSettings:
 
 
 def main_process_stalled(facts: dict[str, Any], deadline: float) -> bool:
+    """The rule for a queue that can't count: requests wait, and no reply came for the deadline."""
     return bool(
         facts.get("pending", 0) > 0
         and facts.get("oldest_pending_age", 0.0) > deadline
         and facts.get("last_reply_age", 0.0) > deadline
     )
+
+
+def main_loop_problem(facts: dict[str, Any], deadline: float, beat_timeout: float | None = None) -> str | None:
+    """Why the main loop behind a relay with these ``facts`` takes no requests; None if it does."""
+    unread_age = facts.get("unread_age")
+    if unread_age is not None:
+        if unread_age > deadline:
+            return (
+                f"the main process is not reading request_q: {facts.get('unread', 0)} request(s) waiting "
+                f"unread, the oldest for {unread_age:.1f} s"
+            )
+    elif main_process_stalled(facts, deadline):
+        return (
+            f"the main process has not answered for {facts['last_reply_age']:.1f} s "
+            f"with {facts['pending']} request(s) pending"
+        )
+    if facts.get("unanswered_age", 0.0) > deadline:
+        return (
+            f"a request timed out unanswered and the main process has not replied since "
+            f"({facts.get('last_reply_age', 0.0):.1f} s ago)"
+        )
+    if beat_timeout is not None and facts.get("last_reply_age", 0.0) > beat_timeout:
+        return f"no reply or heartbeat from the main process for {facts['last_reply_age']:.1f} s"
+    return None
 
 
 def readiness_problem(
@@ -58,18 +90,6 @@ def readiness_problem(
     if facts is None:
         return f"the main process did not answer a probe within {deadline:g} s"
     if facts.get("engine_problem"):
-        # Remote engines: ready while at least one answers its pings and takes requests.
+        # Remote engines: ready while at least one answers its pings and reads its requests.
         return str(facts["engine_problem"])
-    if main_process_stalled(facts, deadline):
-        return (
-            f"the main process has not answered for {facts['last_reply_age']:.1f} s "
-            f"with {facts['pending']} request(s) pending"
-        )
-    if facts.get("unanswered_age", 0.0) > deadline:
-        return (
-            f"a request timed out unanswered and the main process has not replied since "
-            f"({facts['last_reply_age']:.1f} s ago)"
-        )
-    if beat_timeout is not None and facts.get("last_reply_age", 0.0) > beat_timeout:
-        return f"no reply or heartbeat from the main process for {facts['last_reply_age']:.1f} s"
-    return None
+    return main_loop_problem(facts, deadline, beat_timeout)

@@ -144,6 +144,10 @@ class Pong:
     # whose API worker vanished): with the API side's late replies, where a lost engine's
     # answers went.
     dropped_replies: int = 0
+    # Requests waiting unread on the host's request_q, and the oldest one's age: whether its loop
+    # reads (None: a queue that can't count, or a host from before these fields).
+    unread: int | None = None
+    unread_age: float | None = None
 
     def facts(self) -> dict[str, Any]:
         return {
@@ -151,6 +155,8 @@ class Pong:
             "oldest_pending_age": self.oldest_pending_age,
             "last_reply_age": self.last_reply_age,
             "unanswered_age": self.unanswered_age,
+            "unread": self.unread,
+            "unread_age": self.unread_age,
         }
 
 
@@ -165,6 +171,11 @@ def encode_pong(pong: Pong) -> bytes:
             "last_reply_age": round(pong.last_reply_age, 4),
             "unanswered_age": round(pong.unanswered_age, 4),
             "dropped_replies": pong.dropped_replies,
+            **(
+                {}
+                if pong.unread is None or pong.unread_age is None
+                else {"unread": pong.unread, "unread_age": round(pong.unread_age, 4)}
+            ),
         }
     )
 
@@ -183,6 +194,8 @@ def decode_pong(data: bytes) -> Pong:
         last_reply_age=_number(obj, "last_reply_age", "pong"),
         unanswered_age=_number(obj, "unanswered_age", "pong"),
         dropped_replies=int(_number(obj, "dropped_replies", "pong")) if "dropped_replies" in obj else 0,
+        unread=int(_number(obj, "unread", "pong")) if "unread" in obj else None,
+        unread_age=_number(obj, "unread_age", "pong") if "unread_age" in obj else None,
     )
 
 

@@ -37,7 +37,7 @@ from isolated_api.shared.codecs import Codec, CodecError
 from isolated_api.shared.engines import EnginesConfig, parse_address
 from isolated_api.shared.link import Link, LinkSink
 from isolated_api.shared.messages import ErrorReply
-from isolated_api.shared.readiness import main_process_stalled
+from isolated_api.shared.readiness import main_loop_problem
 from isolated_api.worker.engine_pool import CONNECTING, LEAVING, LOST, READY, STALLED, EnginePool, EngineState
 from isolated_api.worker.request_origin import current_origin
 
@@ -362,13 +362,14 @@ class EngineLink:
         engine.mine_at_pong = engine.in_flight
         engine.capacity = pong.capacity
         engine.engine_dropped_replies = pong.dropped_replies
-        deadline = self._config.ping_timeout
-        facts = pong.facts()
-        if main_process_stalled(facts, deadline) or pong.unanswered_age > deadline:
+        # Judged by what its loop does with requests (it reads request_q), as a local main process
+        # is: the pong itself comes from the host's I/O thread, whatever the loop does.
+        problem = main_loop_problem(pong.facts(), self._config.ping_timeout)
+        if problem is not None:
             if engine.state != STALLED:
-                logger.warning("engine %s answers pings but its main loop takes no requests", engine.address)
+                logger.warning("engine %s answers pings, but %s", engine.address, problem)
             engine.state = STALLED
-            engine.problem = "its main loop takes no requests"
+            engine.problem = f"its main loop takes no requests: {problem}"
             return
         if engine.state != READY:
             logger.info("engine %s ready (boot %s)", engine.address, pong.boot[:8])

@@ -24,7 +24,8 @@ def _ready(url: str) -> httpx.Response:
 def test_readiness_stall_stays_unready_after_the_stuck_request_timed_out(queues: tuple[Any, Any]) -> None:
     """Steps: nobody reads request_q; POST (1 s timeout) -> 504; readiness asked twice after it
     with nothing pending; then a main loop starts and a request is answered. Expect 503 both
-    times (pending 0), then 200 once the main process replied."""
+    times (pending 0: the request that timed out still waits unread on request_q), and
+    server.health() not ready either; then 200 once the main process read it and replied."""
     server = (
         builder("stall")
         .with_timeout(1.0)
@@ -41,12 +42,14 @@ def test_readiness_stall_stays_unready_after_the_stuck_request_timed_out(queues:
         for _ in range(2):
             answer = _ready(url)
             assert answer.status_code == 503 and answer.json()["pending"] == 0, answer.json()
-            assert "timed out unanswered" in answer.json()["problem"]
+            assert "not reading request_q" in answer.json()["problem"]
+        assert not server.health()["ready"] and "not reading request_q" in server.health()["problem"]
         loop = MainLoop(*queues).start()
         try:
             # The stuck request is still on request_q: the loop answers it (dropped) and this one.
             assert httpx.post(f"{url}/upper", json={"text": "b"}, timeout=10).status_code == 200
             assert _ready(url).status_code == 200
+            assert server.health()["ready"]
         finally:
             loop.stop()
 
