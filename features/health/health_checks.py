@@ -1,8 +1,9 @@
 """Health checks as a user gets them: the built-in routes are on by default (``/health/live``,
 ``/health/ready``; ``.routes.with_health(...)`` moves them or changes the readiness deadline,
 ``.without_health()`` drops them). Liveness says the HTTP worker is up; readiness says the main
-process answers, so a load balancer stops sending traffic when it stalls. ``server.health()``
-gives the same facts in the main process.
+process reads its requests (none waits unread past the deadline; a long one being served is
+fine), so a load balancer stops sending traffic when it stalls. ``server.health()`` gives the
+same facts, and the same verdict, in the main process.
 
 The app's own routes below ask the main process for work; the child imports them by name under
 ``spawn``, so they live at module level."""

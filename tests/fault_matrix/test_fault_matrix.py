@@ -107,7 +107,8 @@ def test_fault_matrix_worker_sigkill_mid_unary(queues: tuple[Any, Any], main_loo
 
 def test_fault_matrix_main_stops_reading_request_q(queues: tuple[Any, Any]) -> None:
     """Nobody reads request_q. Client: 504 after the timeout. Left: readiness 503 (requests
-    pending past the deadline, no replies), and nothing pending once the requests timed out."""
+    waiting unread on request_q past the deadline), and nothing pending once the requests timed
+    out."""
     server = _server(queues, timeout=1.0)
     with running(server) as url, ThreadPoolExecutor(4) as pool:
         clients = [pool.submit(_post, url, str(i)) for i in range(4)]
