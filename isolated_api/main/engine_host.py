@@ -385,6 +385,7 @@ class EngineHost:
             dropped_replies=self.relay.dropped_replies,
             unread=facts["unread"],
             unread_age=facts["unread_age"],
+            read_quiet_age=facts["read_quiet_age"],
         )
         self._send_now([identity, remote_wire.PONG, remote_wire.encode_pong(pong)])
 

@@ -10,8 +10,9 @@ to each endpoint in one batch (at most ``_BATCH_WINDOW`` after its first reply w
 first token of a fast stream is not held back until the whole burst is read).
 
 Proof of life: the main loop takes requests while it reads ``request_q``: ``facts()["unread"]``
-and ``["unread_age"]`` say how many of the messages put here wait unread, and since when the oldest
-(``unread_watch.py``; None for a queue that can't count). Replies show it too: any reply
+and ``["unread_age"]`` say how many of the messages put here wait unread, and since when the
+oldest; ``["read_quiet_age"]`` for how long surely nothing was read (``unread_watch.py``; None for
+a queue that can't count). Replies show it too: any reply
 (``facts()["last_reply_age"]``), and a ``Heartbeat`` (dropped here, not counted as a stray reply).
 A request that timed out with no reply at all since it was forwarded marks the main loop
 *unanswering* (``facts()["unanswered_age"]``) until the next reply or beat.
@@ -323,8 +324,9 @@ class Relay:
             "last_reply_age": now - self._last_reply_at,
             "unanswered_age": 0.0 if unanswered is None else now - unanswered,
             # None when request_q can't count what it holds (readiness then judges replies).
-            "unread": None if unread is None else unread[0],
-            "unread_age": None if unread is None else unread[1],
+            "unread": None if unread is None else unread.count,
+            "unread_age": None if unread is None else unread.oldest_age,
+            "read_quiet_age": None if unread is None else unread.quiet_age,
             "beats": self.beats,
             "forwarded": self.forwarded,
             "dropped": self.dropped_replies,

@@ -1,8 +1,10 @@
 """When is the server ready? When the main process answers a probe within the deadline, the
-channel is open, and the main process reads ``request_q``: nothing the relay put there has waited
-unread for longer than the deadline. A loop busy with one long request is ready; one that stopped
-reading while requests wait is not (``unread_age`` in the relay's facts). Answering is not asked
-within the deadline: a generation may take minutes.
+channel is open, and the main process reads ``request_q``: not ready when a request has waited
+unread there for longer than the deadline *and* nothing at all was read from it for as long
+(``unread_age``, ``read_quiet_age`` in the relay's facts). A loop busy with one long request is
+ready, and so is one working through a backlog; one that stopped reading while requests wait is
+not. Answering within the deadline is not asked: a generation may take minutes. (Readiness is not
+load shedding: pulling every busy replica would leave the balancer none; ``max_pending`` sheds.)
 
 A queue that can't count what it holds (``unread_age`` None) leaves replies to judge: if requests
 are pending, the oldest for longer than the deadline, and no reply at all came within it, the loop
@@ -61,10 +63,12 @@ def main_loop_problem(facts: dict[str, Any], deadline: float, beat_timeout: floa
     """Why the main loop behind a relay with these ``facts`` takes no requests; None if it does."""
     unread_age = facts.get("unread_age")
     if unread_age is not None:
-        if unread_age > deadline:
+        quiet = facts.get("read_quiet_age")
+        quiet = unread_age if quiet is None else quiet
+        if unread_age > deadline and quiet > deadline:
             return (
                 f"the main process is not reading request_q: {facts.get('unread', 0)} request(s) waiting "
-                f"unread, the oldest for {unread_age:.1f} s"
+                f"unread, the oldest for {unread_age:.1f} s, none read for {quiet:.1f} s"
             )
     elif main_process_stalled(facts, deadline):
         return (

@@ -148,6 +148,7 @@ class Pong:
     # reads (None: a queue that can't count, or a host from before these fields).
     unread: int | None = None
     unread_age: float | None = None
+    read_quiet_age: float | None = None
 
     def facts(self) -> dict[str, Any]:
         return {
@@ -157,6 +158,7 @@ class Pong:
             "unanswered_age": self.unanswered_age,
             "unread": self.unread,
             "unread_age": self.unread_age,
+            "read_quiet_age": self.read_quiet_age,
         }
 
 
@@ -173,8 +175,12 @@ def encode_pong(pong: Pong) -> bytes:
             "dropped_replies": pong.dropped_replies,
             **(
                 {}
-                if pong.unread is None or pong.unread_age is None
-                else {"unread": pong.unread, "unread_age": round(pong.unread_age, 4)}
+                if pong.unread is None or pong.unread_age is None or pong.read_quiet_age is None
+                else {
+                    "unread": pong.unread,
+                    "unread_age": round(pong.unread_age, 4),
+                    "read_quiet_age": round(pong.read_quiet_age, 4),
+                }
             ),
         }
     )
@@ -196,6 +202,7 @@ def decode_pong(data: bytes) -> Pong:
         dropped_replies=int(_number(obj, "dropped_replies", "pong")) if "dropped_replies" in obj else 0,
         unread=int(_number(obj, "unread", "pong")) if "unread" in obj else None,
         unread_age=_number(obj, "unread_age", "pong") if "unread_age" in obj else None,
+        read_quiet_age=_number(obj, "read_quiet_age", "pong") if "read_quiet_age" in obj else None,
     )
 
 

@@ -1,7 +1,7 @@
 """``GET /health/live`` (this HTTP process is up) and ``GET /health/ready`` (it can serve: the
-main process answers the probe and reads its requests; ``shared/readiness.py``). Both answer from the HTTP process itself; the readiness probe travels on
-the worker's private pipe to the relay, so it never waits behind user requests and never counts
-against ``max_pending``."""
+main process answers the probe and reads its requests, by the rules of ``shared/readiness.py``).
+Both answer from the HTTP process itself; the readiness probe travels on the worker's private pipe
+to the relay, so it never waits behind user requests and never counts against ``max_pending``."""
 
 from __future__ import annotations
 

@@ -24,3 +24,18 @@ def test_readiness_settings_and_rules() -> None:
     assert readiness_problem(busy_but_answering, channel_open=True, deadline=1.0) is None
     assert "did not answer" in str(readiness_problem(None, channel_open=True, deadline=1.0))
     assert "closed" in str(readiness_problem(fresh, channel_open=False, deadline=1.0))
+
+
+def test_readiness_judges_a_queue_that_counts_by_its_reads_not_by_replies() -> None:
+    long_job = {"pending": 1, "oldest_pending_age": 9.0, "last_reply_age": 9.0, "unread": 0, "unread_age": 0.0}
+    assert readiness_problem({**long_job, "read_quiet_age": 9.0}, channel_open=True, deadline=1.0) is None
+    # A backlog worked through: the oldest waited past the deadline, but reads go on.
+    backlog = {**long_job, "unread": 40, "unread_age": 5.0, "read_quiet_age": 0.2}
+    assert readiness_problem(backlog, channel_open=True, deadline=1.0) is None
+    stopped = {**backlog, "read_quiet_age": 5.0}
+    assert "not reading request_q: 40 request(s)" in str(readiness_problem(stopped, channel_open=True, deadline=1.0))
+    timed_out = {**long_job, "read_quiet_age": 9.0, "unanswered_age": 2.0}
+    assert "timed out unanswered" in str(readiness_problem(timed_out, channel_open=True, deadline=1.0))
+    # A queue that can't count: replies judge, so a long job does look stalled.
+    cannot_count = {**long_job, "unread": None, "unread_age": None, "read_quiet_age": None}
+    assert "has not answered" in str(readiness_problem(cannot_count, channel_open=True, deadline=1.0))
