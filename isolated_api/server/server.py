@@ -139,9 +139,11 @@ class Server:
 
     def health(self) -> dict[str, Any]:
         """The server's health as the main process sees it: ``running``, ``ready`` (and why
-        not), ``workers_alive``, ``pending``, ``max_pending``, ``rejected``, ``dropped``,
-        ``forwarded``, ``restarts``, ``uptime``, ``last_error``, and ``gave_up`` (why the
-        supervisor gave up on a worker that kept failing to start, or None)."""
+        not, by the rules ``/health/ready`` applies), ``workers_alive``, ``pending``,
+        ``max_pending``, ``unread`` (requests waiting unread on request_q; None if it can't
+        count), ``rejected``, ``dropped``, ``forwarded``, ``restarts``, ``uptime``,
+        ``last_error``, and ``gave_up`` (why the supervisor gave up on a worker that kept failing
+        to start, or None)."""
         running = self.is_running
         facts: dict[str, Any] = {"running": running, "mode": "subprocess" if self._subprocess else "direct"}
         mode = self._subprocess
