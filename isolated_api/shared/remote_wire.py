@@ -144,8 +144,9 @@ class Pong:
     # whose API worker vanished): with the API side's late replies, where a lost engine's
     # answers went.
     dropped_replies: int = 0
-    # Requests waiting unread on the host's request_q, and the oldest one's age: whether its loop
-    # reads (None: a queue that can't count, or a host from before these fields).
+    # Whether the host's loop reads its request_q: requests waiting unread there, the oldest
+    # one's age, and for how long nothing was read (None: a queue that can't count, or a host
+    # from before these fields; readiness then judges by replies).
     unread: int | None = None
     unread_age: float | None = None
     read_quiet_age: float | None = None
