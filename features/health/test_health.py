@@ -137,6 +137,12 @@ def test_health_route_and_server_health_agree_when_requests_go_unanswered(queues
     server = _server(queues, timeout=1.0)
     with _plain_loop(queues, None), running(server) as url:
         assert _post(url, "lost").status_code == 504
+
+        def ready_status() -> int:
+            return httpx.get(f"{url}/health/ready", timeout=10).status_code
+
+        # The worker tells the relay of the timeout right after its 504, not before.
+        wait_until(lambda: ready_status() == 503, 10, "readiness to turn 503")
         answer = httpx.get(f"{url}/health/ready", timeout=10)
         assert answer.status_code == 503 and "timed out unanswered" in answer.json()["problem"]
         facts = server.health()
