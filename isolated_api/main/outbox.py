@@ -6,9 +6,12 @@ and with it the relay's thread (replies to every other worker) and ``stop()``. S
 non-blocking: a write goes straight to the pipe when nothing is queued and the pipe takes it (the
 common case: no thread hop), and whatever the pipe refuses waits in this worker's outbox, which a
 writer thread of its own (started on first need, asleep on a condition otherwise) sends as the
-pipe drains. The outbox is bounded: past ``max_queued_bytes`` queued behind the frame being written, or
-when the pipe took nothing for ``stall_timeout`` seconds, the worker is declared stalled
-(``on_stalled`` once) and nothing more is queued for it; the endpoint then treats it as dead.
+pipe drains. The outbox is bounded: when a write finds more than ``max_queued_bytes`` already
+queued behind the write in progress, or when the pipe took nothing for ``stall_timeout`` seconds,
+the worker is declared stalled (``on_stalled`` once) and nothing more is queued for it; the
+endpoint then treats it as dead. A single write is never judged by its size (a reply may be
+larger than the bound): what this process holds for one worker is at most the write in progress,
+the bound, and the one write that passed it.
 """
 
 from __future__ import annotations
@@ -59,11 +62,17 @@ class Outbox:
                 if not view:
                     return True
                 self._progress_at = time.monotonic()
-            elif self._pending_bytes + len(view) > self._limits.max_queued_bytes:
-                stalled = f"{self._pending_bytes + len(view)} bytes waiting for it, over the bound of " + (
-                    f"{self._limits.max_queued_bytes}"
-                )
-                self._close_locked()
+            else:
+                # What waits behind the write in progress, before this one: a reply of any size
+                # goes out to a worker that reads it, as the write in progress or queued behind
+                # it; only writes that keep piling up behind one that does not move are a stall.
+                behind = self._pending_bytes - len(self._pending[0])
+                if behind > self._limits.max_queued_bytes:
+                    stalled = (
+                        f"{behind} bytes waiting for it behind the write in progress, over the bound of "
+                        f"{self._limits.max_queued_bytes}"
+                    )
+                    self._close_locked()
             if stalled is None:
                 self._pending.append(view)
                 self._pending_bytes += len(view)

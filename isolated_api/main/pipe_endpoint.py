@@ -28,8 +28,8 @@ from isolated_api.main.outbox import Outbox
 from isolated_api.main.relay import Relay
 from isolated_api.shared import control
 from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
-from isolated_api.shared.config import OutboxLimits
-from isolated_api.shared.errors import IPCError
+from isolated_api.shared.config import DEFAULT_MAX_MESSAGE_SIZE, OutboxLimits
+from isolated_api.shared.errors import IPCError, ReplyTooLargeError
 from isolated_api.shared.framing import FrameDecoder, Kind, ProtocolError, frame, request_body, split_request
 
 logger = logging.getLogger("isolated_api.relay")
@@ -37,9 +37,6 @@ logger = logging.getLogger("isolated_api.relay")
 # What a pipe holds by default on Linux. os.read allocates the full size asked for on every call:
 # asking for 1 MiB cost ~18 us more per read than 64 KiB here, for the same few hundred bytes.
 _READ_SIZE = 1 << 16
-# The largest frame a worker may send: a request with its body. A header claiming more is refused
-# before a byte of its body is buffered.
-MAX_UPLINK_FRAME = 64 << 20
 
 ReadyCallback = Callable[["PipeEndpoint", Any], None]
 
@@ -53,6 +50,11 @@ class ServerHooks:
     on_metrics: Callable[[dict[str, Any]], None] | None = None
     render_metrics: Callable[[], bytes] | None = None
     outbox: OutboxLimits = field(default_factory=OutboxLimits)
+    # The largest frame body either way (``max_message_size``). From a worker, a header claiming
+    # more is refused before a byte of its body is buffered (the worker checks its own requests
+    # first: a 413). A worker accepts no larger reply, so one is refused here, before writing,
+    # and fails its request alone.
+    max_frame: int = DEFAULT_MAX_MESSAGE_SIZE
 
 
 LostCallback = Callable[["PipeEndpoint", list[Hashable], bool], None]
@@ -84,6 +86,7 @@ class PipeEndpoint:
         self._facts = hooks.facts or relay.facts
         self._on_metrics = hooks.on_metrics
         self._render_metrics = hooks.render_metrics
+        self._max_frame = hooks.max_frame
         self._outbox = Outbox(
             self._down_fd,
             name=name,
@@ -120,9 +123,17 @@ class PipeEndpoint:
         request_id = reply.id
         try:
             payload = raw if raw is not None else codec.encode(reply)
-            return frame(Kind.REPLY, request_body(request_id, payload, codec.encode_id))
+            body = request_body(request_id, payload, codec.encode_id)
         except CodecError as exc:  # a reply that was never encoded before (a thread queue, route_local)
             return self._reject_frame(request_id, IPCError(f"the reply could not be sent: {exc}"))
+        if len(body) > self._max_frame:
+            # Checked here, not by the worker: a frame it would refuse is never written to it.
+            error = ReplyTooLargeError(
+                f"the reply is {len(body)} bytes once encoded, over max_message_size ({self._max_frame} bytes), "
+                "the largest a worker accepts"
+            )
+            return self._reject_frame(request_id, error)
+        return frame(Kind.REPLY, body)
 
     def _bundle_frame(self, replies: list[Any], raw: bytes | None) -> bytes:
         # The ids travel beside the bundle so that, should the worker fail to decode it, each of
@@ -131,10 +142,14 @@ class PipeEndpoint:
         ids = tuple(reply.id for reply in replies)
         try:
             payload = raw if raw is not None else codec.encode(replies)
-            return frame(Kind.REPLIES, request_body(ids, payload, codec.encode_control))
+            body = request_body(ids, payload, codec.encode_control)
         except CodecError:
-            # One reply that can't be encoded must not fail the others: one frame each.
+            body = None
+        if body is None or len(body) > self._max_frame:
+            # One reply that can't be encoded, or a bundle over the cap, must not fail the others:
+            # one frame each, and only a reply over the cap by itself fails.
             return b"".join(self._reply_frame(reply, None) for reply in replies)
+        return frame(Kind.REPLIES, body)
 
     def send_drain(self, timeout: float) -> None:
         self._write(frame(Kind.DRAIN, self._codec.encode_control(timeout)))
@@ -173,7 +188,7 @@ class PipeEndpoint:
     # -- child -> main ---------------------------------------------------------------------
 
     def _read_uplink(self) -> None:
-        decoder = FrameDecoder(MAX_UPLINK_FRAME)
+        decoder = FrameDecoder(self._max_frame)
         fd = self._uplink.fileno()
         try:
             while self.condemned is None:

@@ -15,7 +15,15 @@ from typing import Any, cast
 
 from isolated_api.shared import control, errors
 from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
-from isolated_api.shared.framing import FrameDecoder, Kind, frame, request_frame, split_request_body
+from isolated_api.shared.config import DEFAULT_MAX_MESSAGE_SIZE
+from isolated_api.shared.framing import (
+    HEADER_SIZE,
+    FrameDecoder,
+    Kind,
+    frame,
+    request_frame,
+    split_request_body,
+)
 from isolated_api.shared.link import LinkSink
 from isolated_api.worker.request_origin import current_origin
 
@@ -27,6 +35,7 @@ _REJECTIONS: dict[str, type[errors.IPCError]] = {
         errors.ChannelClosedError,
         errors.OverloadedError,
         errors.RemoteError,
+        errors.ReplyTooLargeError,
     )
 }
 
@@ -103,8 +112,12 @@ class PipeLink:
         on_lost: Callable[[str], None] = lambda reason: None,
         codec: Codec | None = None,
         busy_wait: float = 0.0,
+        max_frame: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self.codec: Codec = codec or PickleCodec()
+        # The main process treats a larger frame as a protocol fault and kills this worker with
+        # every request it holds: a request that would pass it is refused here, before writing.
+        self._max_frame = max_frame
         # Seconds to check the downlink for the reply after a lone request (with_reply_busy_wait).
         self._busy_wait = busy_wait
         self._reply_ready: select.poll | None = None
@@ -135,6 +148,11 @@ class PipeLink:
         kind = Kind.STREAM_REQUEST if streaming else Kind.REQUEST
         codec = self.codec
         data = request_frame(kind, request_id, current_origin(), codec.encode(request), codec.encode_id)
+        if len(data) - HEADER_SIZE > self._max_frame:
+            raise errors.MessageTooLargeError(
+                f"the request is {len(data) - HEADER_SIZE} bytes once encoded, over max_message_size "
+                f"({self._max_frame} bytes), the largest a worker may send to the main process"
+            )
         if not self._outbox and self._sink is not None and self._sink.pending_count == 0:
             # Nothing else awaits the main process, so no other request is likely to share this
             # write: it leaves now instead of after the loop's turn, and the main process starts
