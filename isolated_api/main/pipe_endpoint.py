@@ -30,7 +30,17 @@ from isolated_api.shared import control
 from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
 from isolated_api.shared.config import DEFAULT_MAX_MESSAGE_SIZE, OutboxLimits
 from isolated_api.shared.errors import IPCError, ReplyTooLargeError
-from isolated_api.shared.framing import FrameDecoder, Kind, ProtocolError, frame, request_body, split_request
+from isolated_api.shared.framing import (
+    SIZED_FRAME,
+    Body,
+    FrameDecoder,
+    Kind,
+    ProtocolError,
+    frame,
+    frame_head,
+    request_body_head,
+    split_request,
+)
 
 logger = logging.getLogger("isolated_api.relay")
 
@@ -39,6 +49,24 @@ logger = logging.getLogger("isolated_api.relay")
 _READ_SIZE = 1 << 16
 
 ReadyCallback = Callable[["PipeEndpoint", Any], None]
+
+
+def _coalesced(parts: list[Body]) -> list[Body]:
+    """One write's buffers: runs of small ones joined (one copy of a few bytes beats a buffer
+    each in ``writev``), large payloads left where they are, never copied."""
+    out: list[Body] = []
+    run: list[Body] = []
+    for part in parts:
+        if len(part) < SIZED_FRAME:
+            run.append(part)
+            continue
+        if run:
+            out.append(b"".join(run))
+            run = []
+        out.append(part)
+    if run:
+        out.append(b"".join(run) if len(run) > 1 else run[0])
+    return out
 
 
 @dataclass(frozen=True)
@@ -113,43 +141,44 @@ class PipeEndpoint:
     # -- main -> child ---------------------------------------------------------------------
 
     def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
-        chunks: list[bytes] = []
+        parts: list[Body] = []
         for reply, raw in zip(replies, raws, strict=True):
-            chunks.append(self._bundle_frame(reply, raw) if type(reply) is list else self._reply_frame(reply, raw))
-        self._write(b"".join(chunks))
+            parts += self._bundle_parts(reply, raw) if type(reply) is list else self._reply_parts(reply, raw)
+        self._outbox.write(*_coalesced(parts))
 
-    def _reply_frame(self, reply: Any, raw: bytes | None) -> bytes:
+    def _reply_parts(self, reply: Any, raw: bytes | None) -> list[Body]:
         codec = self._codec
         request_id = reply.id
         try:
             payload = raw if raw is not None else codec.encode(reply)
-            body = request_body(request_id, payload, codec.encode_id)
+            head = request_body_head(request_id, codec.encode_id)
         except CodecError as exc:  # a reply that was never encoded before (a thread queue, route_local)
-            return self._reject_frame(request_id, IPCError(f"the reply could not be sent: {exc}"))
-        if len(body) > self._max_frame:
+            return [self._reject_frame(request_id, IPCError(f"the reply could not be sent: {exc}"))]
+        size = len(head) + len(payload)
+        if size > self._max_frame:
             # Checked here, not by the worker: a frame it would refuse is never written to it.
             error = ReplyTooLargeError(
-                f"the reply is {len(body)} bytes once encoded, over max_message_size ({self._max_frame} bytes), "
+                f"the reply is {size} bytes once encoded, over max_message_size ({self._max_frame} bytes), "
                 "the largest a worker accepts"
             )
-            return self._reject_frame(request_id, error)
-        return frame(Kind.REPLY, body)
+            return [self._reject_frame(request_id, error)]
+        return [frame_head(Kind.REPLY, head, len(payload)), payload]
 
-    def _bundle_frame(self, replies: list[Any], raw: bytes | None) -> bytes:
+    def _bundle_parts(self, replies: list[Any], raw: bytes | None) -> list[Body]:
         # The ids travel beside the bundle so that, should the worker fail to decode it, each of
         # its requests fails with the reason instead of timing out.
         codec = self._codec
         ids = tuple(reply.id for reply in replies)
         try:
             payload = raw if raw is not None else codec.encode(replies)
-            body = request_body(ids, payload, codec.encode_control)
+            head = request_body_head(ids, codec.encode_control)
         except CodecError:
-            body = None
-        if body is None or len(body) > self._max_frame:
+            payload = head = b""
+        if not head or len(head) + len(payload) > self._max_frame:
             # One reply that can't be encoded, or a bundle over the cap, must not fail the others:
             # one frame each, and only a reply over the cap by itself fails.
-            return b"".join(self._reply_frame(reply, None) for reply in replies)
-        return frame(Kind.REPLIES, body)
+            return [part for reply in replies for part in self._reply_parts(reply, None)]
+        return [frame_head(Kind.REPLIES, head, len(payload)), payload]
 
     def send_drain(self, timeout: float) -> None:
         self._write(frame(Kind.DRAIN, self._codec.encode_control(timeout)))
@@ -192,14 +221,22 @@ class PipeEndpoint:
         fd = self._uplink.fileno()
         try:
             while self.condemned is None:
+                # The rest of a large frame is read straight into the one buffer of its size.
+                unfilled = decoder.unfilled()
                 try:
-                    data = os.read(fd, _READ_SIZE)
+                    if unfilled is not None:
+                        count = os.readv(fd, [unfilled])
+                        unfilled.release()
+                        data = b""
+                    else:
+                        data = os.read(fd, _READ_SIZE)
+                        count = len(data)
                 except OSError:
                     break
-                if not data:
+                if not count:
                     break
                 try:
-                    for kind, body in decoder.feed(data):
+                    for kind, body in decoder.filled(count) if unfilled is not None else decoder.feed(data):
                         self._handle(kind, body)
                 except ProtocolError as exc:
                     self.condemn(f"it broke the frame protocol: {exc}")
@@ -211,7 +248,7 @@ class PipeEndpoint:
             self._uplink.close()
             self._on_lost(self, abandoned, decoder.has_partial_frame)
 
-    def _handle(self, kind: Kind, body: bytes) -> None:
+    def _handle(self, kind: Kind, body: bytes | bytearray) -> None:
         if kind is Kind.REQUEST or kind is Kind.STREAM_REQUEST:
             try:
                 request_id, origin, payload = split_request(body, self._codec.decode_id)
@@ -226,7 +263,10 @@ class PipeEndpoint:
                 )
             except IPCError as exc:
                 self._write(self._reject_frame(request_id, exc))
-        elif kind is Kind.CANCEL:
+            return
+        if type(body) is not bytes:  # a control frame over SIZED_FRAME: its schema check refuses it
+            body = bytes(body)
+        if kind is Kind.CANCEL:
             request_id, reason = control.decode_cancel(body, self._codec.decode_id)
             self._relay.abandon(self, request_id, reason)
         elif kind is Kind.PROBE:

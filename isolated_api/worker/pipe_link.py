@@ -14,14 +14,16 @@ from multiprocessing.connection import Connection
 from typing import Any, cast
 
 from isolated_api.shared import control, errors
-from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
+from isolated_api.shared.codecs import Codec, CodecError, PickleCodec, view_decoder
 from isolated_api.shared.config import DEFAULT_MAX_MESSAGE_SIZE
 from isolated_api.shared.framing import (
     HEADER_SIZE,
+    SIZED_FRAME,
     FrameDecoder,
     Kind,
     frame,
     request_frame,
+    request_frame_head,
     split_request_body,
 )
 from isolated_api.shared.link import LinkSink
@@ -54,21 +56,25 @@ class _Downlink(asyncio.Protocol):
         self._link = link
         self._sink = sink
         self._decoder = FrameDecoder()
+        self._decode = view_decoder(link.codec)
 
     def data_received(self, data: bytes) -> None:
         codec = self._link.codec
+        decode = self._decode
         replies: list[Any] = []
         for kind, body in self._decoder.feed(data):
             if kind is Kind.REPLY:
+                # The payload is a view of the frame read: decoded from where it lies.
                 request_id, payload = split_request_body(body, codec.decode_id)
                 try:
-                    replies.append(codec.decode(payload))
+                    replies.append(decode(payload))
                 except CodecError as exc:
                     self._sink.on_failure(request_id, errors.RemoteError(f"the reply could not be decoded: {exc}", 500))
-            elif kind is Kind.REPLIES:
+                continue
+            if kind is Kind.REPLIES:
                 ids, payload = split_request_body(body, codec.decode_control)
                 try:
-                    bundle = codec.decode(payload)
+                    bundle = decode(payload)
                     if type(bundle) is not list:
                         raise CodecError(f"expected a list of replies, got {type(bundle).__name__}")
                     replies.extend(bundle)
@@ -76,7 +82,10 @@ class _Downlink(asyncio.Protocol):
                     message = f"the reply could not be decoded: {exc}"
                     for request_id in cast(tuple[Hashable, ...], ids):
                         self._sink.on_failure(request_id, errors.RemoteError(message, 500))
-            elif kind is Kind.REJECT:
+                continue
+            if type(body) is not bytes:  # a control frame over SIZED_FRAME (a long metrics text)
+                body = bytes(body)
+            if kind is Kind.REJECT:
                 request_id, name, message, status, headers = codec.decode_control(body)
                 self._sink.on_failure(request_id, _rejection(name, message, status, headers))
             elif kind is Kind.DRAIN:
@@ -147,12 +156,14 @@ class PipeLink:
             raise errors.ChannelClosedError("the IPC link to the main process is closed")
         kind = Kind.STREAM_REQUEST if streaming else Kind.REQUEST
         codec = self.codec
-        data = request_frame(kind, request_id, current_origin(), codec.encode(request), codec.encode_id)
-        if len(data) - HEADER_SIZE > self._max_frame:
-            raise errors.MessageTooLargeError(
-                f"the request is {len(data) - HEADER_SIZE} bytes once encoded, over max_message_size "
-                f"({self._max_frame} bytes), the largest a worker may send to the main process"
-            )
+        payload = codec.encode(request)
+        if len(payload) < SIZED_FRAME:
+            # Small: one joined frame, the cheapest to build and to write with others.
+            data = request_frame(kind, request_id, current_origin(), payload, codec.encode_id)
+            self._check_size(len(data) - HEADER_SIZE)
+        else:
+            self._send_large(kind, request_id, payload)
+            return
         if not self._outbox and self._sink is not None and self._sink.pending_count == 0:
             # Nothing else awaits the main process, so no other request is likely to share this
             # write: it leaves now instead of after the loop's turn, and the main process starts
@@ -162,6 +173,23 @@ class PipeLink:
                 self._await_reply_busily()
             return
         self._write(data)
+
+    def _check_size(self, size: int) -> None:
+        if size > self._max_frame:
+            raise errors.MessageTooLargeError(
+                f"the request is {size} bytes once encoded, over max_message_size "
+                f"({self._max_frame} bytes), the largest a worker may send to the main process"
+            )
+
+    def _send_large(self, kind: Kind, request_id: Hashable, payload: bytes) -> None:
+        head = request_frame_head(kind, request_id, current_origin(), len(payload), self.codec.encode_id)
+        self._check_size(len(head) - HEADER_SIZE + len(payload))
+        # The payload is never copied into a joined frame. What this turn queued goes first, so
+        # frames keep their order.
+        assert self._writer is not None
+        self._flush()
+        self._writer.write(head)
+        self._writer.write(payload)
 
     def _await_reply_busily(self) -> None:
         # Opt-in (with_reply_busy_wait): an event loop that sleeps until the reply comes leaves
