@@ -1,7 +1,8 @@
 """The HTTP child's end of its private pipes, driven by the child's event loop.
 
-Both pipes are asyncio pipe transports: reading never blocks the loop, writing buffers instead
-of blocking, and end-of-file on the downlink means the main process is gone.
+The uplink is an asyncio pipe transport: writing buffers instead of blocking. The downlink is read
+by a ``DownlinkReader`` on the same loop (``downlink.py``); end-of-file there means the main
+process is gone.
 """
 
 from __future__ import annotations
@@ -11,96 +12,22 @@ import select
 import time
 from collections.abc import Callable, Hashable
 from multiprocessing.connection import Connection
-from typing import Any, cast
+from typing import Any
 
 from isolated_api.shared import control, errors
-from isolated_api.shared.codecs import Codec, CodecError, PickleCodec, view_decoder
+from isolated_api.shared.codecs import Codec, PickleCodec
 from isolated_api.shared.config import DEFAULT_MAX_MESSAGE_SIZE
 from isolated_api.shared.framing import (
     HEADER_SIZE,
     SIZED_FRAME,
-    FrameDecoder,
     Kind,
     frame,
     request_frame,
     request_frame_head,
-    split_request_body,
 )
 from isolated_api.shared.link import LinkSink
+from isolated_api.worker.downlink import DownlinkReader
 from isolated_api.worker.request_origin import current_origin
-
-_REJECTIONS: dict[str, type[errors.IPCError]] = {
-    cls.__name__: cls
-    for cls in (
-        errors.DuplicateRequestIdError,
-        errors.QueueFullError,
-        errors.ChannelClosedError,
-        errors.OverloadedError,
-        errors.RemoteError,
-        errors.ReplyTooLargeError,
-    )
-}
-
-
-def _rejection(name: str, message: str, status: int, headers: dict[str, str]) -> errors.IPCError:
-    # Built without the subclass's __init__ (signatures differ): same class, message, status, headers.
-    cls = _REJECTIONS.get(name, errors.IPCError)
-    error = cls.__new__(cls)
-    errors.IPCError.__init__(error, message, headers=headers)
-    error.status_code = status
-    return error
-
-
-class _Downlink(asyncio.Protocol):
-    def __init__(self, link: PipeLink, sink: LinkSink) -> None:
-        self._link = link
-        self._sink = sink
-        self._decoder = FrameDecoder()
-        self._decode = view_decoder(link.codec)
-
-    def data_received(self, data: bytes) -> None:
-        codec = self._link.codec
-        decode = self._decode
-        replies: list[Any] = []
-        for kind, body in self._decoder.feed(data):
-            if kind is Kind.REPLY:
-                # The payload is a view of the frame read: decoded from where it lies.
-                request_id, payload = split_request_body(body, codec.decode_id)
-                try:
-                    replies.append(decode(payload))
-                except CodecError as exc:
-                    self._sink.on_failure(request_id, errors.RemoteError(f"the reply could not be decoded: {exc}", 500))
-                continue
-            if kind is Kind.REPLIES:
-                ids, payload = split_request_body(body, codec.decode_control)
-                try:
-                    bundle = decode(payload)
-                    if type(bundle) is not list:
-                        raise CodecError(f"expected a list of replies, got {type(bundle).__name__}")
-                    replies.extend(bundle)
-                except CodecError as exc:
-                    message = f"the reply could not be decoded: {exc}"
-                    for request_id in cast(tuple[Hashable, ...], ids):
-                        self._sink.on_failure(request_id, errors.RemoteError(message, 500))
-                continue
-            if type(body) is not bytes:  # a control frame over SIZED_FRAME (a long metrics text)
-                body = bytes(body)
-            if kind is Kind.REJECT:
-                request_id, name, message, status, headers = codec.decode_control(body)
-                self._sink.on_failure(request_id, _rejection(name, message, status, headers))
-            elif kind is Kind.DRAIN:
-                self._link.on_drain(codec.decode_control(body))
-            elif kind is Kind.PONG:
-                self._link.on_pong(*codec.decode_control(body))
-        if replies:
-            self._sink.on_replies(replies)
-
-    def eof_received(self) -> bool | None:
-        self._link.lost("the main process closed the IPC link")
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._link.lost("the main process closed the IPC link")
 
 
 class _Uplink(asyncio.BaseProtocol):
@@ -136,7 +63,7 @@ class PipeLink:
         self._on_lost = on_lost
         self._sink: LinkSink | None = None
         self._writer: asyncio.WriteTransport | None = None
-        self._reader: asyncio.BaseTransport | None = None
+        self._reader: DownlinkReader | None = None
         self._lost = False
         self._probe_seq = 0
         self._outbox: list[bytes] = []
@@ -146,7 +73,8 @@ class PipeLink:
         loop = asyncio.get_running_loop()
         self._sink = sink
         self._writer, _ = await loop.connect_write_pipe(lambda: _Uplink(self), self._uplink)
-        self._reader, _ = await loop.connect_read_pipe(lambda: _Downlink(self, sink), self._downlink)
+        self._reader = DownlinkReader(self, sink, self._downlink)
+        self._reader.start()
         if self._busy_wait > 0:
             self._reply_ready = select.poll()
             self._reply_ready.register(self._downlink.fileno(), select.POLLIN)
@@ -275,7 +203,9 @@ class PipeLink:
     async def close(self) -> None:
         self._flush()  # what was queued this turn (the last metrics report) still leaves
         self._lost = True
-        for transport in (self._writer, self._reader):
-            if transport is not None:
-                transport.close()
-        self._writer = self._reader = None
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader is not None:
+            self._reader.close()
+        self._writer = None
+        self._reader = None

@@ -7,11 +7,13 @@ Real pipes, a real relay and a real process reading ``request_q``; sizes of 16 M
 |--------------------------------------------------|--------------------------------|--------------------|
 | request frame read from the uplink (main)        | 3 copies alive (4 made)        | 1 buffer, read in  |
 | reply written to the downlink (main)             | 2 copies (id join, frame join) | 0: header + writev |
-| reply frame fed to the decoder in chunks (worker)| 2-3 copies alive               | 1 buffer           |
+| reply frame fed to the decoder in chunks         | 3 copies alive (4 made)        | 1 buffer           |
+| reply read by the worker, decoded (worker)       | 3.1 payloads at the peak       | 2: buffer, reply   |
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import multiprocessing
 import os
@@ -27,16 +29,19 @@ from hypothesis import strategies as st
 from isolated_api.main.pipe_endpoint import PipeEndpoint
 from isolated_api.main.pipe_size import PIPE_SIZE, grow_pipe, pipe_size
 from isolated_api.main.relay import Relay
-from isolated_api.shared.codecs import PickleCodec
+from isolated_api.shared.codecs import Codec, PickleCodec
 from isolated_api.shared.framing import (
     SIZED_FRAME,
     FrameDecoder,
     Kind,
     dumps,
     frame,
+    frame_head,
+    request_body_head,
     request_frame_head,
     split_request_body,
 )
+from isolated_api.worker.downlink import DownlinkReader
 
 MiB = 1 << 20
 SIZE = 16 * MiB
@@ -171,6 +176,66 @@ def test_large_frames_decoder_gathers_a_chunked_frame_into_one_buffer() -> None:
     assert len(frames) == 1 and frames[0][1] == data[5:] and type(frames[0][1]) is bytearray
     print(f"\nreply frame decoded from 256 KiB reads: peak {peak / SIZE:.2f} x the payload")
     assert peak < 1.25 * SIZE
+
+
+class _Sink:
+    """What the worker's channel would be given."""
+
+    def __init__(self) -> None:
+        self.replies: list[Any] = []
+        self.pending_count = 0
+
+    def on_replies(self, replies: list[Any]) -> None:
+        self.replies.extend(replies)
+
+    def on_failure(self, request_id: Hashable, error: Exception) -> None:
+        raise AssertionError(f"{request_id!r} failed: {error}")
+
+    def on_link_lost(self, reason: str) -> None:
+        pass
+
+
+def test_large_frames_worker_reads_a_reply_straight_into_one_buffer() -> None:
+    """The worker's side, its real reader on an event loop: a 16 MiB reply frame written to the
+    downlink. Expect the reply decoded intact, and at most the frame's buffer and the decoded
+    reply held at the peak, ~2 payloads (before, through an asyncio pipe transport: 3.1)."""
+    codec = PickleCodec()
+    body = os.urandom(SIZE)
+    payload = codec.encode(Msg("r1", body))
+    head = frame_head(Kind.REPLY, request_body_head("r1", codec.encode_id), len(payload))
+    down_r, down_w = multiprocessing.Pipe(duplex=False)
+    sink = _Sink()
+
+    class Owner:
+        def __init__(self) -> None:
+            self.codec: Codec = codec
+            self.on_drain: Callable[[float], None] = lambda timeout: None
+
+        def on_pong(self, token: int, answer: Any) -> None:
+            pass
+
+        def lost(self, reason: str) -> None:
+            pass
+
+    async def read_one() -> None:
+        reader = DownlinkReader(Owner(), sink, down_r)
+        reader.start()
+        writer = threading.Thread(target=_write_all, args=(down_w.fileno(), head, payload))
+        writer.start()
+        for _ in range(6000):  # up to 60 s, on the loop's own clock
+            if sink.replies:
+                break
+            await asyncio.sleep(0.01)
+        writer.join(10)
+        reader.close()
+
+    try:
+        peak = _peak_during(lambda: asyncio.run(read_one()))
+        assert len(sink.replies) == 1 and sink.replies[0].body == body
+        print(f"\nreply read by the worker: peak {peak / SIZE:.2f} x the payload (the buffer and the reply)")
+        assert peak < 2.25 * SIZE
+    finally:
+        down_w.close()
 
 
 _SIZES = st.sampled_from([0, 1, 100, SIZED_FRAME - 6, SIZED_FRAME - 1, SIZED_FRAME, SIZED_FRAME + 1, 200_000])
