@@ -25,7 +25,7 @@ import httpx
 import pytest
 from fastapi import Request
 
-from isolated_api import IPC, ConfigError, Server
+from isolated_api import IPC, ConfigError, Server, sse_response
 from isolated_api.testing import pid_alive, running, spawn_queues, wait_until
 from tests.helpers import Done, MainLoop, Work, builder, new_id, upper_route
 
@@ -46,6 +46,19 @@ async def upload_route(request: Request, channel: IPC) -> dict[str, Any]:
     return {"size": int(reply.text), "pid": os.getpid()}
 
 
+@dataclass
+class Chunk:
+    id: str
+    text: str
+    is_final: bool
+
+
+async def stream_route(request: Request, size: int, channel: IPC) -> Any:
+    """A stream whose first chunk is ``size`` characters, then one small final chunk."""
+    stream = channel.submit_streaming(Work(new_id(), f"stream:{size}"))
+    return await sse_response(stream, lambda chunk: str(len(chunk.text)), request=request)
+
+
 async def sized_reply_route(size: int, channel: IPC, wait: bool = False) -> dict[str, Any]:
     """Asks the main process for a reply of ``size`` characters (``wait``: once it is told to go)."""
     reply = await channel.submit(Work(new_id(), f"{'wait' if wait else 'sized'}:{size}"))
@@ -59,11 +72,15 @@ class _Behaviour:
         self.release = threading.Event()
         self.go = threading.Event()
         self.blobs = 0
+        self.streams: queue.Queue[Work] = queue.Queue()
 
     def __call__(self, request: Any) -> Any:
         if isinstance(request, Blob):
             self.blobs += 1
             return Done(request.id, str(len(request.data)))
+        if request.text.startswith("stream:"):
+            self.streams.put(request)
+            return None
         if request.text.startswith("wait:"):
             self.go.wait(60)
         if request.text.startswith(("sized:", "wait:")):
@@ -79,6 +96,7 @@ def _server(queues: tuple[Any, Any], *, cap: int | None, max_queued: int | None 
         .with_timeout(30)
         .routes.with_route("/upload", upload_route, methods=["POST"])
         .with_route("/sized/{size}", sized_reply_route)
+        .with_route("/stream/{size}", stream_route)
         .with_route("/upper", upper_route, methods=["POST"])
         .done()
         .uvicorn.with_max_body_size(None)
@@ -202,6 +220,43 @@ def test_message_cap_reply_over_the_cap_fails_that_request_alone_with_502(
                 assert within.status_code == 200 and within.json() == {"size": SMALL_CAP // 2, "pid": pid}
                 assert _one_worker_pid(server) == pid
         finally:
+            loop.stop()
+
+
+def test_message_cap_stream_chunk_over_the_cap_is_502_before_the_stream_starts(
+    held: tuple[_Behaviour, ThreadPoolExecutor],
+) -> None:
+    """Steps: max_message_size 1 MiB; three requests held; a stream whose first chunk is 2 MiB.
+    Expect: 502 naming max_message_size (the 200 waits for the first chunk), the held requests
+    answered, a stream within the cap served by the same worker pid."""
+    behaviour, pool = held
+    with spawn_queues() as queues:
+        loop = MainLoop(*queues, behaviour).start()
+        server = _server(queues, cap=SMALL_CAP)
+
+        def answer_streams() -> None:
+            for _ in range(2):
+                request = behaviour.streams.get(timeout=30)
+                size = int(request.text.split(":")[1])
+                queues[1].put(Chunk(request.id, "x" * size, False))
+                queues[1].put(Chunk(request.id, "end", True))
+
+        streamer = threading.Thread(target=answer_streams, daemon=True)
+        streamer.start()
+        try:
+            with running(server) as url:
+                pid = _one_worker_pid(server)
+                futures = _hold(url, pool, loop)
+                refused = httpx.get(f"{url}/stream/{2 * MiB}", timeout=30)
+                assert refused.status_code == 502, refused.text
+                assert "max_message_size" in refused.json()["detail"]
+                behaviour.release.set()
+                _check_held_answered(futures)
+                served = httpx.get(f"{url}/stream/1000", timeout=30)
+                assert served.status_code == 200 and "data: 1000" in served.text and "data: 3" in served.text
+                assert _one_worker_pid(server) == pid
+        finally:
+            streamer.join(10)
             loop.stop()
 
 
