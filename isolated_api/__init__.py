@@ -25,9 +25,11 @@ from isolated_api.shared.errors import (
     DuplicateRequestIdError,
     IPCError,
     IPCTimeoutError,
+    MessageTooLargeError,
     OverloadedError,
     QueueFullError,
     RemoteError,
+    ReplyTooLargeError,
     StreamOverflowError,
 )
 from isolated_api.shared.heartbeat import Heartbeat
@@ -93,6 +95,7 @@ __all__ = [
     "IPCConfig",
     "IPCError",
     "IPCTimeoutError",
+    "MessageTooLargeError",
     "MsgspecCodec",
     "OverloadedError",
     "PickleCodec",
@@ -100,6 +103,7 @@ __all__ = [
     "QueueFullError",
     "RemoteError",
     "ReplyBatcher",
+    "ReplyTooLargeError",
     "RequestContext",
     "RequestLimits",
     "Result",

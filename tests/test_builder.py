@@ -124,6 +124,9 @@ def test_builder_with_config_replaces_whole_configs() -> None:
         lambda b: b.subprocess.with_reply_busy_wait(0.5),
         lambda b: b.subprocess.with_reply_busy_wait(float("nan")),
         lambda b: b.subprocess.with_reply_busy_wait(True),
+        lambda b: b.subprocess.with_max_message_size(1024),
+        lambda b: b.subprocess.with_max_message_size(True),
+        lambda b: b.subprocess.with_max_message_size(2.0**20),
     ],
 )
 def test_builder_refuses_bad_input_with_config_error(mistake: Any) -> None:

@@ -28,20 +28,45 @@ from isolated_api.main.outbox import Outbox
 from isolated_api.main.relay import Relay
 from isolated_api.shared import control
 from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
-from isolated_api.shared.config import OutboxLimits
-from isolated_api.shared.errors import IPCError
-from isolated_api.shared.framing import FrameDecoder, Kind, ProtocolError, frame, request_body, split_request
+from isolated_api.shared.config import DEFAULT_MAX_MESSAGE_SIZE, OutboxLimits
+from isolated_api.shared.errors import IPCError, ReplyTooLargeError
+from isolated_api.shared.framing import (
+    SIZED_FRAME,
+    Body,
+    FrameDecoder,
+    Kind,
+    ProtocolError,
+    frame,
+    frame_head,
+    request_body_head,
+    split_request,
+)
 
 logger = logging.getLogger("isolated_api.relay")
 
 # What a pipe holds by default on Linux. os.read allocates the full size asked for on every call:
 # asking for 1 MiB cost ~18 us more per read than 64 KiB here, for the same few hundred bytes.
 _READ_SIZE = 1 << 16
-# The largest frame a worker may send: a request with its body. A header claiming more is refused
-# before a byte of its body is buffered.
-MAX_UPLINK_FRAME = 64 << 20
 
 ReadyCallback = Callable[["PipeEndpoint", Any], None]
+
+
+def _coalesced(parts: list[Body]) -> list[Body]:
+    """One write's buffers: runs of small ones joined (one copy of a few bytes beats a buffer
+    each in ``writev``), large payloads left where they are, never copied."""
+    out: list[Body] = []
+    run: list[Body] = []
+    for part in parts:
+        if len(part) < SIZED_FRAME:
+            run.append(part)
+            continue
+        if run:
+            out.append(b"".join(run))
+            run = []
+        out.append(part)
+    if run:
+        out.append(b"".join(run) if len(run) > 1 else run[0])
+    return out
 
 
 @dataclass(frozen=True)
@@ -53,6 +78,11 @@ class ServerHooks:
     on_metrics: Callable[[dict[str, Any]], None] | None = None
     render_metrics: Callable[[], bytes] | None = None
     outbox: OutboxLimits = field(default_factory=OutboxLimits)
+    # The largest frame body either way (``max_message_size``). From a worker, a header claiming
+    # more is refused before a byte of its body is buffered (the worker checks its own requests
+    # first: a 413). A worker accepts no larger reply, so one is refused here, before writing,
+    # and fails its request alone.
+    max_frame: int = DEFAULT_MAX_MESSAGE_SIZE
 
 
 LostCallback = Callable[["PipeEndpoint", list[Hashable], bool], None]
@@ -84,6 +114,7 @@ class PipeEndpoint:
         self._facts = hooks.facts or relay.facts
         self._on_metrics = hooks.on_metrics
         self._render_metrics = hooks.render_metrics
+        self._max_frame = hooks.max_frame
         self._outbox = Outbox(
             self._down_fd,
             name=name,
@@ -110,31 +141,44 @@ class PipeEndpoint:
     # -- main -> child ---------------------------------------------------------------------
 
     def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
-        chunks: list[bytes] = []
+        parts: list[Body] = []
         for reply, raw in zip(replies, raws, strict=True):
-            chunks.append(self._bundle_frame(reply, raw) if type(reply) is list else self._reply_frame(reply, raw))
-        self._write(b"".join(chunks))
+            parts += self._bundle_parts(reply, raw) if type(reply) is list else self._reply_parts(reply, raw)
+        self._outbox.write(*_coalesced(parts))
 
-    def _reply_frame(self, reply: Any, raw: bytes | None) -> bytes:
+    def _reply_parts(self, reply: Any, raw: bytes | None) -> list[Body]:
         codec = self._codec
         request_id = reply.id
         try:
             payload = raw if raw is not None else codec.encode(reply)
-            return frame(Kind.REPLY, request_body(request_id, payload, codec.encode_id))
+            head = request_body_head(request_id, codec.encode_id)
         except CodecError as exc:  # a reply that was never encoded before (a thread queue, route_local)
-            return self._reject_frame(request_id, IPCError(f"the reply could not be sent: {exc}"))
+            return [self._reject_frame(request_id, IPCError(f"the reply could not be sent: {exc}"))]
+        size = len(head) + len(payload)
+        if size > self._max_frame:
+            # Checked here, not by the worker: a frame it would refuse is never written to it.
+            error = ReplyTooLargeError(
+                f"the reply is {size} bytes once encoded, over max_message_size ({self._max_frame} bytes), "
+                "the largest a worker accepts"
+            )
+            return [self._reject_frame(request_id, error)]
+        return [frame_head(Kind.REPLY, head, len(payload)), payload]
 
-    def _bundle_frame(self, replies: list[Any], raw: bytes | None) -> bytes:
+    def _bundle_parts(self, replies: list[Any], raw: bytes | None) -> list[Body]:
         # The ids travel beside the bundle so that, should the worker fail to decode it, each of
         # its requests fails with the reason instead of timing out.
         codec = self._codec
         ids = tuple(reply.id for reply in replies)
         try:
             payload = raw if raw is not None else codec.encode(replies)
-            return frame(Kind.REPLIES, request_body(ids, payload, codec.encode_control))
+            head = request_body_head(ids, codec.encode_control)
         except CodecError:
-            # One reply that can't be encoded must not fail the others: one frame each.
-            return b"".join(self._reply_frame(reply, None) for reply in replies)
+            payload = head = b""
+        if not head or len(head) + len(payload) > self._max_frame:
+            # One reply that can't be encoded, or a bundle over the cap, must not fail the others:
+            # one frame each, and only a reply over the cap by itself fails.
+            return [part for reply in replies for part in self._reply_parts(reply, None)]
+        return [frame_head(Kind.REPLIES, head, len(payload)), payload]
 
     def send_drain(self, timeout: float) -> None:
         self._write(frame(Kind.DRAIN, self._codec.encode_control(timeout)))
@@ -173,18 +217,26 @@ class PipeEndpoint:
     # -- child -> main ---------------------------------------------------------------------
 
     def _read_uplink(self) -> None:
-        decoder = FrameDecoder(MAX_UPLINK_FRAME)
+        decoder = FrameDecoder(self._max_frame)
         fd = self._uplink.fileno()
         try:
             while self.condemned is None:
+                # The rest of a large frame is read straight into the one buffer of its size.
+                unfilled = decoder.unfilled()
                 try:
-                    data = os.read(fd, _READ_SIZE)
+                    if unfilled is not None:
+                        count = os.readv(fd, [unfilled])
+                        unfilled.release()
+                        data = b""
+                    else:
+                        data = os.read(fd, _READ_SIZE)
+                        count = len(data)
                 except OSError:
                     break
-                if not data:
+                if not count:
                     break
                 try:
-                    for kind, body in decoder.feed(data):
+                    for kind, body in decoder.filled(count) if unfilled is not None else decoder.feed(data):
                         self._handle(kind, body)
                 except ProtocolError as exc:
                     self.condemn(f"it broke the frame protocol: {exc}")
@@ -196,7 +248,7 @@ class PipeEndpoint:
             self._uplink.close()
             self._on_lost(self, abandoned, decoder.has_partial_frame)
 
-    def _handle(self, kind: Kind, body: bytes) -> None:
+    def _handle(self, kind: Kind, body: bytes | bytearray) -> None:
         if kind is Kind.REQUEST or kind is Kind.STREAM_REQUEST:
             try:
                 request_id, origin, payload = split_request(body, self._codec.decode_id)
@@ -211,7 +263,10 @@ class PipeEndpoint:
                 )
             except IPCError as exc:
                 self._write(self._reject_frame(request_id, exc))
-        elif kind is Kind.CANCEL:
+            return
+        if type(body) is not bytes:  # a control frame over SIZED_FRAME: its schema check refuses it
+            body = bytes(body)
+        if kind is Kind.CANCEL:
             request_id, reason = control.decode_cancel(body, self._codec.decode_id)
             self._relay.abandon(self, request_id, reason)
         elif kind is Kind.PROBE:

@@ -54,12 +54,15 @@ class RequestWriter:
         self._simple = isinstance(q, multiprocessing.queues.SimpleQueue)
         self._pickles = isinstance(q, multiprocessing.queues.Queue | multiprocessing.queues.SimpleQueue)
 
-    def put(self, obj: Any, payload: bytes | None) -> None:
+    def put(self, obj: Any, payload: bytes | memoryview | None) -> None:
         """Puts ``obj`` (or the object ``payload`` pickles). Raises ``queue.Full`` if a bounded
-        queue stays full for the timeout, ``ValueError``/``OSError`` if it is closed."""
+        queue stays full for the timeout, ``ValueError``/``OSError`` if it is closed. ``payload``
+        may be a view of the frame it came in: written from there when the queue carries pickles
+        as they are; made ``bytes`` only where an object must hold it."""
         q = self._q
         if self._codec is not None:
-            obj = payload if payload is not None else self._codec.encode(obj)
+            # The main loop receives the encoded bytes themselves (bytes() of bytes is no copy).
+            obj = bytes(payload) if payload is not None else self._codec.encode(obj)
             payload = None
         if self._direct:
             if q._closed:
@@ -71,7 +74,7 @@ class RequestWriter:
                 q._writer.send_bytes(data)
             return
         if payload is not None:
-            obj = _Prepickled(payload) if self._pickles else loads(payload)
+            obj = _Prepickled(bytes(payload)) if self._pickles else loads(payload)
         if self._simple:
             q.put(obj)
         else:

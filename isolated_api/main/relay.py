@@ -222,7 +222,7 @@ class Relay:
         request_id: Hashable,
         *,
         request: Any = None,
-        payload: bytes | None = None,
+        payload: bytes | memoryview | None = None,
         streaming: bool = False,
         origin: str = "",
     ) -> None:

@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from isolated_api.main.pipe_endpoint import PipeEndpoint, ServerHooks
+from isolated_api.main.pipe_size import grow_pipe
 from isolated_api.main.relay import Relay
 from isolated_api.main.subprocess_manager import SubprocessManager
 from isolated_api.shared.spec import ServerSpec
@@ -106,6 +107,8 @@ def spawn_worker(
     uplink_r, uplink_w = multiprocessing.Pipe(duplex=False)
     downlink_r, downlink_w = multiprocessing.Pipe(duplex=False)
     lifeline_r, lifeline_w = multiprocessing.Pipe(duplex=True)
+    for conn in (uplink_w, downlink_w):
+        grow_pipe(conn.fileno())
     # Under fork the child inherits our ends too and must close them, or it would never see EOF.
     parent_fds = (
         (uplink_r.fileno(), downlink_w.fileno(), lifeline_w.fileno()) if recipe.spec.start_method == "fork" else ()

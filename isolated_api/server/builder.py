@@ -14,6 +14,7 @@ from isolated_api.shared.codecs import Codec, PickleCodec
 from isolated_api.shared.config import (
     DEFAULT_CHILD_GC_THRESHOLD,
     DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
     ApiConfig,
     ConfigError,
     IPCConfig,
@@ -21,6 +22,7 @@ from isolated_api.shared.config import (
     UvicornConfig,
     check_drain_timeout,
     check_gc_threshold,
+    check_max_message_size,
     check_reply_busy_wait,
 )
 from isolated_api.shared.cors import CorsPolicy
@@ -299,13 +301,25 @@ class SubprocessConfigurer:
         stall_timeout: float = OutboxLimits.stall_timeout,
     ) -> SubprocessConfigurer:
         """When an HTTP worker that stopped reading its replies (a blocked event loop, SIGSTOP)
-        counts as dead: past ``max_queued_bytes`` queued for it in the main process, or after
-        ``stall_timeout`` seconds in which its pipe took nothing while replies waited. It is then
+        counts as dead: when a reply finds more than ``max_queued_bytes`` already queued for it in
+        the main process behind the write in progress (one reply, whatever its size, is never a
+        stall), or after ``stall_timeout`` seconds in which its pipe took nothing while replies
+        waited. It is then
         logged once, killed, its requests end once, and (with auto-restart) it is replaced; the
         other workers never wait for it. Defaults: 64 MiB, 20 s. Lower them to free a stuck
         worker's slot sooner; raise ``stall_timeout`` if a route may block its loop for longer on
         purpose."""
         self._builder._outbox_limits = OutboxLimits(max_queued_bytes, stall_timeout)
+        return self
+
+    def with_max_message_size(self, size: int) -> SubprocessConfigurer:
+        """The largest request or reply, in bytes once encoded, that crosses between an HTTP worker
+        and the main process (64 MiB by default, at least 64 KiB). A request over it is answered
+        413 before it is sent; a reply over it fails its request alone with 502; the worker and
+        its other requests go on. ``.uvicorn.with_max_body_size`` may not be set above it
+        (``build()`` says so): raise both for larger uploads."""
+        check_max_message_size(size)
+        self._builder._max_message_size = size
         return self
 
     def with_reply_busy_wait(self, seconds: float) -> SubprocessConfigurer:
@@ -442,6 +456,7 @@ class ServerBuilder:
         self._gc_threshold: int | None = DEFAULT_CHILD_GC_THRESHOLD
         self._drain_timeout = DEFAULT_DRAIN_TIMEOUT
         self._outbox_limits = OutboxLimits()
+        self._max_message_size = DEFAULT_MAX_MESSAGE_SIZE
         self._reply_busy_wait = 0.0
         self._routes = RouteConfigurer(self)
         self._subprocess = SubprocessConfigurer(self)
@@ -545,6 +560,15 @@ class ServerBuilder:
                 "log_file isolates the HTTP child's output; it needs subprocess mode (.subprocess.with_ipc). "
                 "In direct mode uvicorn logs through this process's logging"
             )
+        body_limit = api.uvicorn.limits.max_body_size
+        if subprocess_mode and body_limit is not None and body_limit > self._max_message_size:
+            # A body the worker lets in but could never send: refused here rather than with a 413
+            # that contradicts the configured limit.
+            raise ConfigError(
+                f"max_body_size ({body_limit} bytes) is over max_message_size ({self._max_message_size} bytes), the "
+                "largest request a worker may send to the main process: raise it too, "
+                ".subprocess.with_max_message_size(...), or lower the body limit"
+            )
         recipe = dataclasses.replace(
             self._recipe,
             title=api.title,
@@ -570,6 +594,7 @@ class ServerBuilder:
             gc_threshold=self._gc_threshold,
             signal_drain_timeout=self._drain_timeout,
             outbox_limits=self._outbox_limits,
+            max_message_size=self._max_message_size,
             reply_busy_wait=self._reply_busy_wait,
             engines=engines,
         )

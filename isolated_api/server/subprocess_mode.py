@@ -124,6 +124,7 @@ class SubprocessMode:
             on_metrics=self._worker_metrics if book else None,
             render_metrics=book.render if book else None,
             outbox=self._spec.outbox_limits,
+            max_frame=self._spec.max_message_size,
         )
         return WorkerRecipe(self._spec, self.relay, child_main, make_args, hooks)
 

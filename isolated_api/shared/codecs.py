@@ -15,7 +15,7 @@ side faces the internet.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol, Union
 
 from isolated_api.shared.config import ConfigError
@@ -56,6 +56,19 @@ class Codec(Protocol):
         request can fail with the reason instead of timing out)."""
 
 
+def view_decoder(codec: Codec) -> Callable[[bytes | bytearray | memoryview], Any]:
+    """``codec.decode`` for a message handed on as a view of the bytes read (no copy). The
+    library's codecs take views as they are (pickle and msgspec read any buffer); a codec of the
+    user's own was written for ``bytes`` and gets them."""
+    if type(codec) is PickleCodec or type(codec) is MsgspecCodec:
+        return codec.decode
+
+    def decode(data: bytes | bytearray | memoryview) -> Any:
+        return codec.decode(data if type(data) is bytes else bytes(data))
+
+    return decode
+
+
 class PickleCodec:
     """The default: ``multiprocessing``'s pickler, so anything a ``multiprocessing.Queue`` can
     carry crosses."""
@@ -69,7 +82,7 @@ class PickleCodec:
         except Exception as exc:
             raise CodecError(f"{type(obj).__name__} could not be pickled: {exc}") from exc
 
-    def decode(self, data: bytes) -> Any:
+    def decode(self, data: bytes | bytearray | memoryview) -> Any:
         try:
             return pickle.loads(data)
         except Exception as exc:
@@ -164,7 +177,7 @@ class MsgspecCodec:
         except self._errors as exc:
             raise CodecError(f"{type(obj).__name__} could not be encoded as MessagePack: {exc}") from exc
 
-    def decode(self, data: bytes) -> Any:
+    def decode(self, data: bytes | bytearray | memoryview) -> Any:
         try:
             obj = self._decoder.decode(data)
         except self._errors as exc:

@@ -57,9 +57,10 @@ def check_gc_threshold(value: object) -> None:
 class OutboxLimits:
     """When an HTTP worker that does not read the replies sent to it counts as dead (logged once,
     killed, its requests ended, replaced): past ``max_queued_bytes`` queued for it in the main
-    process behind what is being written, or when its pipe took nothing for ``stall_timeout``
-    seconds while something waited. One reply larger than ``max_queued_bytes`` still goes out to a
-    worker that reads: what is bounded is a worker that does not read while more piles up."""
+    process behind the write in progress, or when its pipe took nothing for ``stall_timeout``
+    seconds while something waited. The bound is checked against what already waits when a new
+    write comes, so no single reply, whatever its size (up to ``max_message_size``), is ever taken
+    for a stall: what is bounded is a worker that does not read while more piles up."""
 
     max_queued_bytes: int = 64 * 1024 * 1024
     stall_timeout: float = 20.0
@@ -67,6 +68,19 @@ class OutboxLimits:
     def __post_init__(self) -> None:
         _int_at_least("max_queued_bytes", self.max_queued_bytes, 1)
         _number("stall_timeout", self.stall_timeout, positive=True)
+
+
+# The largest frame (a request with its body, or a reply) that crosses a worker's private pipes.
+# The main process refuses a larger one from a worker as a protocol fault before buffering it, so
+# each side checks its own frames before writing: a request over it is a 413, a reply a 502.
+DEFAULT_MAX_MESSAGE_SIZE = 64 << 20
+# Below this, the worker's own control frames (metrics reports) might not fit.
+MIN_MAX_MESSAGE_SIZE = 64 << 10
+
+
+def check_max_message_size(value: object) -> None:
+    """An integer of bytes >= ``MIN_MAX_MESSAGE_SIZE``."""
+    _int_at_least("max_message_size", value, MIN_MAX_MESSAGE_SIZE)
 
 
 # How long requests in flight get when a signal stops the server (SIGTERM or Ctrl-C to the main

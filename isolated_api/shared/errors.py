@@ -53,6 +53,20 @@ class DuplicateRequestIdError(IPCError):
     status_code = 409
 
 
+class MessageTooLargeError(IPCError):
+    """A request that, encoded, is larger than the worker may send to the main process
+    (``max_message_size``): refused before it is written."""
+
+    status_code = 413
+
+
+class ReplyTooLargeError(IPCError):
+    """The main process's reply, encoded, is larger than a worker accepts (``max_message_size``):
+    that request fails, the worker and its other requests go on."""
+
+    status_code = 502
+
+
 class RemoteError(IPCError):
     """The main process answered with an ``ErrorReply``."""
 

@@ -7,7 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from isolated_api.shared.codecs import Codec, PickleCodec
-from isolated_api.shared.config import DEFAULT_DRAIN_TIMEOUT, ApiConfig, IPCConfig, OutboxLimits
+from isolated_api.shared.config import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ApiConfig,
+    IPCConfig,
+    OutboxLimits,
+)
 from isolated_api.shared.engines import EnginesConfig
 from isolated_api.shared.recipe import AppRecipe
 from isolated_api.shared.restart_policy import RestartPolicy
@@ -36,6 +42,8 @@ class ServerSpec:
     signal_drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     # When a worker that does not read its replies counts as dead.
     outbox_limits: OutboxLimits = field(default_factory=OutboxLimits)
+    # The largest frame, request or reply, on a worker's private pipes (bytes).
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     # Seconds a worker checks its pipe for the reply after sending a lone request (0: it doesn't).
     reply_busy_wait: float = 0.0
     # Remote engines (``.subprocess.with_engines``): requests go to them over ZeroMQ instead of to

@@ -95,6 +95,7 @@ def child_main(
         on_lost=lambda reason: server_ref[0].request_exit_now(),
         codec=spec.codec,
         busy_wait=spec.reply_busy_wait,
+        max_frame=spec.max_message_size,
     )
     probe: Probe = link.probe
     engine_metrics: Callable[[], bytes] | None = None

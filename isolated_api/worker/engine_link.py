@@ -299,6 +299,13 @@ class EngineLink:
             message = remote_wire.encode_request(
                 entry.streaming, engine.boot, entry.id_bytes, entry.origin, entry.payload
             )
+            if len(message) > remote_wire.MAX_MESSAGE:
+                # An engine host drops the connection of a peer that sends more, and with it
+                # every request of this worker on that engine: refused here instead.
+                raise errors.MessageTooLargeError(
+                    f"the request is {len(message)} bytes once encoded, over the {remote_wire.MAX_MESSAGE} bytes an "
+                    "engine accepts"
+                )
             try:
                 engine.sock.send(message, zmq.NOBLOCK, copy=len(message) < 65536)
             except zmq.ZMQError:  # not connected (IMMEDIATE): try the next one

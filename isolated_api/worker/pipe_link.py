@@ -1,7 +1,8 @@
 """The HTTP child's end of its private pipes, driven by the child's event loop.
 
-Both pipes are asyncio pipe transports: reading never blocks the loop, writing buffers instead
-of blocking, and end-of-file on the downlink means the main process is gone.
+The uplink is an asyncio pipe transport: writing buffers instead of blocking. The downlink is read
+by a ``DownlinkReader`` on the same loop (``downlink.py``); end-of-file there means the main
+process is gone.
 """
 
 from __future__ import annotations
@@ -11,78 +12,22 @@ import select
 import time
 from collections.abc import Callable, Hashable
 from multiprocessing.connection import Connection
-from typing import Any, cast
+from typing import Any
 
 from isolated_api.shared import control, errors
-from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
-from isolated_api.shared.framing import FrameDecoder, Kind, frame, request_frame, split_request_body
+from isolated_api.shared.codecs import Codec, PickleCodec
+from isolated_api.shared.config import DEFAULT_MAX_MESSAGE_SIZE
+from isolated_api.shared.framing import (
+    HEADER_SIZE,
+    SIZED_FRAME,
+    Kind,
+    frame,
+    request_frame,
+    request_frame_head,
+)
 from isolated_api.shared.link import LinkSink
+from isolated_api.worker.downlink import DownlinkReader
 from isolated_api.worker.request_origin import current_origin
-
-_REJECTIONS: dict[str, type[errors.IPCError]] = {
-    cls.__name__: cls
-    for cls in (
-        errors.DuplicateRequestIdError,
-        errors.QueueFullError,
-        errors.ChannelClosedError,
-        errors.OverloadedError,
-        errors.RemoteError,
-    )
-}
-
-
-def _rejection(name: str, message: str, status: int, headers: dict[str, str]) -> errors.IPCError:
-    # Built without the subclass's __init__ (signatures differ): same class, message, status, headers.
-    cls = _REJECTIONS.get(name, errors.IPCError)
-    error = cls.__new__(cls)
-    errors.IPCError.__init__(error, message, headers=headers)
-    error.status_code = status
-    return error
-
-
-class _Downlink(asyncio.Protocol):
-    def __init__(self, link: PipeLink, sink: LinkSink) -> None:
-        self._link = link
-        self._sink = sink
-        self._decoder = FrameDecoder()
-
-    def data_received(self, data: bytes) -> None:
-        codec = self._link.codec
-        replies: list[Any] = []
-        for kind, body in self._decoder.feed(data):
-            if kind is Kind.REPLY:
-                request_id, payload = split_request_body(body, codec.decode_id)
-                try:
-                    replies.append(codec.decode(payload))
-                except CodecError as exc:
-                    self._sink.on_failure(request_id, errors.RemoteError(f"the reply could not be decoded: {exc}", 500))
-            elif kind is Kind.REPLIES:
-                ids, payload = split_request_body(body, codec.decode_control)
-                try:
-                    bundle = codec.decode(payload)
-                    if type(bundle) is not list:
-                        raise CodecError(f"expected a list of replies, got {type(bundle).__name__}")
-                    replies.extend(bundle)
-                except CodecError as exc:
-                    message = f"the reply could not be decoded: {exc}"
-                    for request_id in cast(tuple[Hashable, ...], ids):
-                        self._sink.on_failure(request_id, errors.RemoteError(message, 500))
-            elif kind is Kind.REJECT:
-                request_id, name, message, status, headers = codec.decode_control(body)
-                self._sink.on_failure(request_id, _rejection(name, message, status, headers))
-            elif kind is Kind.DRAIN:
-                self._link.on_drain(codec.decode_control(body))
-            elif kind is Kind.PONG:
-                self._link.on_pong(*codec.decode_control(body))
-        if replies:
-            self._sink.on_replies(replies)
-
-    def eof_received(self) -> bool | None:
-        self._link.lost("the main process closed the IPC link")
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._link.lost("the main process closed the IPC link")
 
 
 class _Uplink(asyncio.BaseProtocol):
@@ -103,8 +48,12 @@ class PipeLink:
         on_lost: Callable[[str], None] = lambda reason: None,
         codec: Codec | None = None,
         busy_wait: float = 0.0,
+        max_frame: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self.codec: Codec = codec or PickleCodec()
+        # The main process treats a larger frame as a protocol fault and kills this worker with
+        # every request it holds: a request that would pass it is refused here, before writing.
+        self._max_frame = max_frame
         # Seconds to check the downlink for the reply after a lone request (with_reply_busy_wait).
         self._busy_wait = busy_wait
         self._reply_ready: select.poll | None = None
@@ -114,7 +63,7 @@ class PipeLink:
         self._on_lost = on_lost
         self._sink: LinkSink | None = None
         self._writer: asyncio.WriteTransport | None = None
-        self._reader: asyncio.BaseTransport | None = None
+        self._reader: DownlinkReader | None = None
         self._lost = False
         self._probe_seq = 0
         self._outbox: list[bytes] = []
@@ -124,7 +73,8 @@ class PipeLink:
         loop = asyncio.get_running_loop()
         self._sink = sink
         self._writer, _ = await loop.connect_write_pipe(lambda: _Uplink(self), self._uplink)
-        self._reader, _ = await loop.connect_read_pipe(lambda: _Downlink(self, sink), self._downlink)
+        self._reader = DownlinkReader(self, sink, self._downlink)
+        self._reader.start()
         if self._busy_wait > 0:
             self._reply_ready = select.poll()
             self._reply_ready.register(self._downlink.fileno(), select.POLLIN)
@@ -134,7 +84,14 @@ class PipeLink:
             raise errors.ChannelClosedError("the IPC link to the main process is closed")
         kind = Kind.STREAM_REQUEST if streaming else Kind.REQUEST
         codec = self.codec
-        data = request_frame(kind, request_id, current_origin(), codec.encode(request), codec.encode_id)
+        payload = codec.encode(request)
+        if len(payload) < SIZED_FRAME:
+            # Small: one joined frame, the cheapest to build and to write with others.
+            data = request_frame(kind, request_id, current_origin(), payload, codec.encode_id)
+            self._check_size(len(data) - HEADER_SIZE)
+        else:
+            self._send_large(kind, request_id, payload)
+            return
         if not self._outbox and self._sink is not None and self._sink.pending_count == 0:
             # Nothing else awaits the main process, so no other request is likely to share this
             # write: it leaves now instead of after the loop's turn, and the main process starts
@@ -144,6 +101,23 @@ class PipeLink:
                 self._await_reply_busily()
             return
         self._write(data)
+
+    def _check_size(self, size: int) -> None:
+        if size > self._max_frame:
+            raise errors.MessageTooLargeError(
+                f"the request is {size} bytes once encoded, over max_message_size "
+                f"({self._max_frame} bytes), the largest a worker may send to the main process"
+            )
+
+    def _send_large(self, kind: Kind, request_id: Hashable, payload: bytes) -> None:
+        head = request_frame_head(kind, request_id, current_origin(), len(payload), self.codec.encode_id)
+        self._check_size(len(head) - HEADER_SIZE + len(payload))
+        # The payload is never copied into a joined frame. What this turn queued goes first, so
+        # frames keep their order.
+        assert self._writer is not None
+        self._flush()
+        self._writer.write(head)
+        self._writer.write(payload)
 
     def _await_reply_busily(self) -> None:
         # Opt-in (with_reply_busy_wait): an event loop that sleeps until the reply comes leaves
@@ -229,7 +203,9 @@ class PipeLink:
     async def close(self) -> None:
         self._flush()  # what was queued this turn (the last metrics report) still leaves
         self._lost = True
-        for transport in (self._writer, self._reader):
-            if transport is not None:
-                transport.close()
-        self._writer = self._reader = None
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader is not None:
+            self._reader.close()
+        self._writer = None
+        self._reader = None

@@ -66,16 +66,43 @@ def test_outbox_declares_a_peer_that_reads_nothing_stalled_once_after_the_deadli
 
 
 def test_outbox_declares_a_peer_stalled_when_more_than_the_bound_piles_up() -> None:
-    """Steps: bound 256 KiB; a peer that never reads; one 1 MiB write (accepted: alone, it is the
-    user's reply), then another. Expect the second refused and on_stalled called with the bound."""
+    """Steps: bound 256 KiB; a peer that never reads; a 1 MiB write (the write in progress), a
+    second 1 MiB write behind it (accepted: nothing waited behind the first), then 1 KiB. Expect
+    the last refused and on_stalled called once with the bound."""
     r, w = os.pipe()
     reasons: list[str] = []
     limits = OutboxLimits(max_queued_bytes=1 << 18, stall_timeout=30.0)
     outbox = Outbox(w, name="t", limits=limits, on_stalled=reasons.append)
     try:
         assert outbox.write(b"a" * (1 << 20))
-        assert not outbox.write(b"b" * 1024)
+        assert outbox.write(b"b" * (1 << 20))
+        assert not outbox.write(b"c" * 1024)
         assert len(reasons) == 1 and "over the bound" in reasons[0]
+    finally:
+        outbox.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_outbox_one_write_larger_than_the_bound_is_not_a_stall_of_a_reading_peer() -> None:
+    """Issue 28: a reply larger than the bound, with small replies written behind it while it
+    drains, goes out whole to a peer that reads. Steps: bound 256 KiB; an 8 MiB write, then 20
+    small writes while nothing was read yet; then read everything. Expect: every write accepted,
+    the bytes in order, no stall (before: "8323072 bytes waiting ... over the bound")."""
+    r, w = os.pipe()
+    reasons: list[str] = []
+    limits = OutboxLimits(max_queued_bytes=1 << 18, stall_timeout=30.0)
+    outbox = Outbox(w, name="t", limits=limits, on_stalled=reasons.append)
+    try:
+        big = b"B" * (8 << 20)
+        smalls = [bytes([i]) * 100 for i in range(20)]
+        assert outbox.write(big)
+        for small in smalls:
+            assert outbox.write(small)
+        expected = big + b"".join(smalls)
+        assert _read_all(r, len(expected)) == expected
+        wait_until(lambda: outbox.pending_bytes == 0, 10, "the outbox to empty")
+        assert reasons == []
     finally:
         outbox.close()
         os.close(r)

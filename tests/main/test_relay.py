@@ -136,7 +136,7 @@ def test_relay_passes_prepickled_requests_as_the_users_objects(queues: tuple[Any
 def test_relay_frames_survive_any_split(ids: list[Hashable], cuts: list[int]) -> None:
     stream = b"".join(frame(Kind.REQUEST, request_body(i, dumps(("payload", i)))) for i in ids)
     decoder = FrameDecoder()
-    frames: list[tuple[Kind, bytes]] = []
+    frames: list[tuple[Kind, bytes | bytearray]] = []
     last = 0
     for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
         frames += decoder.feed(stream[last:cut])

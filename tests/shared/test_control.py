@@ -72,6 +72,7 @@ def test_request_frames_carry_id_origin_and_payload() -> None:
     data = request_frame(Kind.REQUEST, "id-1", b"POST /upper", b"payload", codec.encode_id)
     [(kind, body)] = FrameDecoder().feed(data)
     assert kind is Kind.REQUEST
-    assert split_request(body, codec.decode_id) == ("id-1", "POST /upper", b"payload")
+    request_id, origin, payload = split_request(body, codec.decode_id)
+    assert (request_id, origin, bytes(payload)) == ("id-1", "POST /upper", b"payload")
     with pytest.raises(ProtocolError):
         split_request(body[:8], codec.decode_id)

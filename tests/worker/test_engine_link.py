@@ -8,9 +8,10 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import msgspec
+import pytest
 import zmq
 
-from isolated_api import ChannelClosedError, IPCError, MsgspecCodec
+from isolated_api import ChannelClosedError, IPCError, MessageTooLargeError, MsgspecCodec
 from isolated_api.shared import remote_wire
 from isolated_api.shared.engines import EnginesConfig
 from isolated_api.worker.engine_link import EngineLink
@@ -141,6 +142,31 @@ def test_engine_link_never_hands_on_a_reply_for_a_request_the_engine_does_not_ho
         engine.reply(identity, Answer("mine", "X"))
         await eventually(lambda: bool(sink.replies), "the reply handed on")
         assert sink.replies == [Answer("mine", "X")] and link.late_replies == 1
+        await link.close()
+        engine.close()
+
+    asyncio.run(scenario())
+
+
+def test_engine_link_refuses_a_request_over_the_engines_cap_with_413_and_keeps_the_connection() -> None:
+    """Issue 28: an engine host drops the connection of a peer whose message passes
+    ``MAX_MESSAGE``, and with it every request of that worker on the engine. Steps: a request whose
+    message would pass the cap, then a small one. Expect: the first refused with 413
+    (``MessageTooLargeError``) before anything is sent; the second reaches the engine and is
+    answered."""
+
+    async def scenario() -> None:
+        engine, sink = HandEngine(), Sink()
+        link = await _ready_link(engine, sink)
+        with pytest.raises(MessageTooLargeError) as refused:
+            link.send("big", Ask("big", "x" * remote_wire.MAX_MESSAGE), streaming=False)
+        assert refused.value.status_code == 413 and "engine accepts" in refused.value.message
+        link.send("small", Ask("small", "hi"), streaming=False)
+        identity, request = await engine.next_request()
+        assert request == Ask("small", "hi")
+        engine.reply(identity, Answer("small", "HI"))
+        await eventually(lambda: bool(sink.replies), "the reply handed on")
+        assert sink.replies == [Answer("small", "HI")] and sink.failures == {}
         await link.close()
         engine.close()
 

@@ -46,7 +46,7 @@ def _sent_ids(fd: int, decoder: FrameDecoder) -> list[tuple[Kind, Hashable]]:
     sent: list[tuple[Kind, Hashable]] = []
     while select.select([fd], [], [], 0)[0]:
         for kind, body in decoder.feed(os.read(fd, 1 << 16)):
-            what = body if kind is Kind.CANCEL else split_request(body, PickleCodec().decode_id)[0]
+            what = bytes(body) if kind is Kind.CANCEL else split_request(body, PickleCodec().decode_id)[0]
             sent.append((kind, what))
     return sent
 
@@ -125,8 +125,8 @@ def test_pipe_link_close_writes_what_this_loop_turn_queued() -> None:
     assert later == []
 
 
-def _raw_frames(fd: int, decoder: FrameDecoder) -> list[tuple[Kind, bytes]]:
-    frames: list[tuple[Kind, bytes]] = []
+def _raw_frames(fd: int, decoder: FrameDecoder) -> list[tuple[Kind, bytes | bytearray]]:
+    frames: list[tuple[Kind, bytes | bytearray]] = []
     while select.select([fd], [], [], 0)[0]:
         data = os.read(fd, 1 << 16)
         if not data:  # end of file: the link closed its end
@@ -138,7 +138,7 @@ def _raw_frames(fd: int, decoder: FrameDecoder) -> list[tuple[Kind, bytes]]:
 def _answer_first_request(up_read: Any, down_write: Any, answered: threading.Event) -> None:
     """The main process's part: read one request frame, write a reply frame for it."""
     codec, decoder = PickleCodec(), FrameDecoder()
-    frames: list[tuple[Kind, bytes]] = []
+    frames: list[tuple[Kind, bytes | bytearray]] = []
     while not frames:
         frames = decoder.feed(os.read(up_read.fileno(), 1 << 16))
     request_id, _, _ = split_request(frames[0][1], codec.decode_id)

@@ -1,0 +1,85 @@
+"""A 16 MiB request body and a 16 MiB reply cross the default path intact (sha256), with the pickle
+and the msgspec codec: the frames read into one buffer and written in parts (issue 28 item 2)
+carry every byte, in order, beside small requests in flight on the same worker."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from fastapi import Request
+
+from isolated_api import IPC, Codec, MsgspecCodec, PickleCodec
+from isolated_api.testing import MainLoop, loopback_builder, running, spawn_queues
+
+SIZE = 16 << 20
+
+
+@dataclass
+class Upload:
+    id: str
+    data: bytes
+
+
+class WireUpload(msgspec.Struct, tag=True):
+    id: str
+    data: bytes
+
+
+async def _echo(request: Request, channel: IPC, message: type[Upload] | type[WireUpload]) -> dict[str, Any]:
+    """The body goes to the main process as bytes and comes back reversed."""
+    reply = await channel.submit(message(os.urandom(8).hex(), await request.body()))
+    return {"size": len(reply.data), "sha256": hashlib.sha256(reply.data).hexdigest()}
+
+
+async def echo_pickle_route(request: Request, channel: IPC) -> dict[str, Any]:
+    return await _echo(request, channel, Upload)
+
+
+async def echo_msgspec_route(request: Request, channel: IPC) -> dict[str, Any]:
+    return await _echo(request, channel, WireUpload)
+
+
+def _behaviour(codec: Codec) -> Any:
+    def answer(request: Any) -> Any:
+        if isinstance(codec, MsgspecCodec):
+            message = codec.decode(request)
+            return codec.encode(WireUpload(message.id, message.data[::-1]))
+        return Upload(request.id, request.data[::-1])
+
+    return answer
+
+
+@pytest.mark.parametrize("msgspec_codec", [False, True], ids=["pickle", "msgspec"])
+def test_large_round_trip_16_mib_both_ways_arrive_intact(msgspec_codec: bool) -> None:
+    """Steps: a 32 MiB body limit; four 16 MiB uploads at once, each answered with its bytes
+    reversed. Expect each reply's sha256 to be that of its body reversed."""
+    codec: Codec = MsgspecCodec(WireUpload) if msgspec_codec else PickleCodec()
+    bodies = [os.urandom(SIZE) for _ in range(4)]
+    with spawn_queues() as queues:
+        loop = MainLoop(*queues, _behaviour(codec)).start()
+        server = (
+            loopback_builder("large-round-trip", 30)
+            .routes.with_route("/echo", echo_msgspec_route if msgspec_codec else echo_pickle_route, methods=["POST"])
+            .done()
+            .uvicorn.with_max_body_size(32 << 20)
+            .done()
+            .subprocess.with_ipc(*queues)
+            .with_codec(codec)
+            .done()
+            .build()
+        )
+        try:
+            with running(server) as url, ThreadPoolExecutor(len(bodies)) as pool:
+                answers = list(pool.map(lambda body: httpx.post(f"{url}/echo", content=body, timeout=60), bodies))
+            for body, answer in zip(bodies, answers, strict=True):
+                assert answer.status_code == 200, answer.text
+                assert answer.json() == {"size": SIZE, "sha256": hashlib.sha256(body[::-1]).hexdigest()}
+        finally:
+            loop.stop()
