@@ -31,6 +31,7 @@ from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
 from isolated_api.shared.config import OutboxLimits
 from isolated_api.shared.errors import IPCError
 from isolated_api.shared.framing import FrameDecoder, Kind, ProtocolError, frame, request_body, split_request
+from isolated_api.shared.messages import internal_error
 
 logger = logging.getLogger("isolated_api.relay")
 
@@ -122,7 +123,18 @@ class PipeEndpoint:
             payload = raw if raw is not None else codec.encode(reply)
             return frame(Kind.REPLY, request_body(request_id, payload, codec.encode_id))
         except CodecError as exc:  # a reply that was never encoded before (a thread queue, route_local)
-            return self._reject_frame(request_id, IPCError(f"the reply could not be sent: {exc}"))
+            # The codec's error names the user's objects: logged here, the client gets the id only.
+            failure, error_id = internal_error(request_id)
+            logger.error(
+                "a %s for %r could not be sent to %s (error id %s): %s",
+                type(reply).__name__,
+                request_id,
+                self.name,
+                error_id,
+                exc,
+                exc_info=exc,
+            )
+            return self._reject_frame(request_id, IPCError(failure.message))
 
     def _bundle_frame(self, replies: list[Any], raw: bytes | None) -> bytes:
         # The ids travel beside the bundle so that, should the worker fail to decode it, each of
