@@ -37,9 +37,10 @@ from isolated_api.shared.messages import CancelRequest, ErrorReply
 from isolated_api.shared.recipe import BuildError
 from isolated_api.shared.request_ids import new_request_id
 from isolated_api.worker.channel import IPCChannel
-from isolated_api.worker.chunk_stream import ChunkStream, merge_text
+from isolated_api.worker.chunk_stream import ChunkStream
 from isolated_api.worker.dependencies import IPC, get_ipc_channel
 from isolated_api.worker.sse import sse_response
+from isolated_api.worker.text_merge import TextMerge, merge_text
 
 if TYPE_CHECKING:
     from isolated_api.engine.wire import ENGINE_WIRE_TYPES as ENGINE_WIRE_TYPES
@@ -115,6 +116,7 @@ __all__ = [
     "StreamOverflowError",
     "SubprocessConfigurer",
     "SubprocessManager",
+    "TextMerge",
     "UnguardedMainError",
     "UvicornConfig",
     "UvicornConfigurer",

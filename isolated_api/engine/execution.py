@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import secrets
 from collections.abc import AsyncGenerator, Generator
 from concurrent.futures import Executor
 from typing import Any
@@ -26,7 +25,7 @@ from isolated_api.engine.errors import EngineError
 from isolated_api.engine.handlers import Handler, Kind
 from isolated_api.engine.job import Job
 from isolated_api.engine.messages import Result, StreamChunk
-from isolated_api.shared.messages import ErrorReply
+from isolated_api.shared.messages import ErrorReply, internal_error
 
 logger = logging.getLogger("isolated_api.engine")
 
@@ -34,9 +33,9 @@ logger = logging.getLogger("isolated_api.engine")
 def error_reply(job: Job, handler: Handler, exc: BaseException) -> ErrorReply:
     if isinstance(exc, EngineError):
         return ErrorReply(job.id, exc.message, exc.status_code)
-    error_id = secrets.token_hex(6)
+    reply, error_id = internal_error(job.id)
     logger.error("handler %s failed on request %r (error id %s)", handler.name, job.id, error_id, exc_info=exc)
-    return ErrorReply(job.id, f"internal error (error id {error_id})", 500)
+    return reply
 
 
 def _call(handler: Handler, job: Job) -> Any:

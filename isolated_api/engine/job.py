@@ -14,7 +14,7 @@ from typing import Any
 from isolated_api.engine.context import RequestContext
 from isolated_api.main.queue_access import put_now
 from isolated_api.main.reply_batcher import ReplyBatcher
-from isolated_api.shared.messages import ErrorReply
+from isolated_api.shared.messages import ErrorReply, internal_error
 
 logger = logging.getLogger("isolated_api.engine")
 
@@ -98,17 +98,22 @@ class Job:
 
 
 def put(response_q: Any, message: Any, encode: Encode = None) -> bool:
-    """Puts ``message``; False when it could not be encoded and an ``ErrorReply`` (500) saying so
-    went out in its place, failing that one request."""
+    """Puts ``message``; False when it could not be encoded and an ``ErrorReply`` (500, with an
+    error id; the codec's error logged here under it) went out in its place, failing that one request."""
     item = message
     if encode is not None:
         try:
             item = encode(message)
         except Exception as exc:
             request_id = getattr(message, "id", None)
-            logger.error("could not encode a %s for %r: %s", type(message).__name__, request_id, exc)
-            if type(message) is not ErrorReply:
-                put(response_q, ErrorReply(request_id, f"the reply could not be encoded: {exc}", 500), encode)
+            if type(message) is ErrorReply:
+                logger.error("could not encode an ErrorReply for %r: %s", request_id, exc)
+                return False
+            failure, error_id = internal_error(request_id)
+            logger.error(
+                "could not encode a %s for %r (error id %s): %s", type(message).__name__, request_id, error_id, exc
+            )
+            put(response_q, failure, encode)
             return False
     try:
         # Written from this thread (no feeder-thread hop per chunk) when response_q allows it.

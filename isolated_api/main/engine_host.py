@@ -49,6 +49,7 @@ from isolated_api.shared.errors import (
     QueueFullError,
 )
 from isolated_api.shared.framing import ProtocolError
+from isolated_api.shared.messages import internal_error
 
 logger = logging.getLogger("isolated_api.engine_host")
 
@@ -86,8 +87,11 @@ class _Peer:
             try:
                 payload = raw if raw is not None else codec.encode(reply)
             except CodecError as exc:
+                # The codec's error names the user's objects: logged here, the client gets the id only.
                 for member in reply if bundle else [reply]:
-                    self._host.send_reject(self.identity, member.id, "bad", f"the reply could not be sent: {exc}", 500)
+                    failure, error_id = internal_error(member.id)
+                    logger.error("a reply for %r could not be sent (error id %s): %s", member.id, error_id, exc)
+                    self._host.send_reject(self.identity, member.id, "bad", failure.message, 500)
                 continue
             self._host.send_out([self.identity, remote_wire.REPLIES if bundle else remote_wire.REPLY, payload])
 

@@ -41,6 +41,7 @@ from isolated_api.shared.framing import (
     request_body_head,
     split_request,
 )
+from isolated_api.shared.messages import internal_error
 
 logger = logging.getLogger("isolated_api.relay")
 
@@ -153,7 +154,18 @@ class PipeEndpoint:
             payload = raw if raw is not None else codec.encode(reply)
             head = request_body_head(request_id, codec.encode_id)
         except CodecError as exc:  # a reply that was never encoded before (a thread queue, route_local)
-            return [self._reject_frame(request_id, IPCError(f"the reply could not be sent: {exc}"))]
+            # The codec's error names the user's objects: logged here, the client gets the id only.
+            failure, error_id = internal_error(request_id)
+            logger.error(
+                "a %s for %r could not be sent to %s (error id %s): %s",
+                type(reply).__name__,
+                request_id,
+                self.name,
+                error_id,
+                exc,
+                exc_info=exc,
+            )
+            return [self._reject_frame(request_id, IPCError(failure.message))]
         size = len(head) + len(payload)
         if size > self._max_frame:
             # Checked here, not by the worker: a frame it would refuse is never written to it.

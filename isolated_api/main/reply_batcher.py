@@ -16,7 +16,8 @@ is not used at all.
 
 Order is kept: one write token, replies in ``put`` order. Nothing is lost: ``close()`` writes
 what is waiting before it returns, and a reply that can't be pickled fails its own request (an
-``ErrorReply`` 500 in its place) without taking the rest of its batch with it.
+``ErrorReply`` 500 in its place, "internal error (error id ...)", the pickling error logged here
+under that id) without taking the rest of its batch with it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from isolated_api.main.queue_access import put_now
 from isolated_api.main.queue_readers import relay_reading
-from isolated_api.shared.messages import ErrorReply
+from isolated_api.shared.messages import ErrorReply, internal_error
 
 if TYPE_CHECKING:
     from isolated_api.main.relay import Relay
@@ -223,11 +224,18 @@ class ReplyBatcher:
             self._q.put(item)
 
     def _fail(self, reply: Any, exc: Exception, relay: Relay | None) -> None:
+        # The pickling error names the user's objects ("Can't pickle local object 'MainLoop.run.
+        # <locals>.<lambda>'"): it is logged here, and the client gets only the id to find it by.
         self.failed += 1
         request_id = getattr(reply, "id", None)
-        logger.error("a %s for %r could not be sent: %r", type(reply).__name__, request_id, exc)
-        if type(reply) is not ErrorReply and request_id is not None:
-            try:
-                self._send(ErrorReply(request_id, f"the reply could not be sent: {exc}", 500), relay)
-            except Exception:
-                logger.exception("could not fail request %r either", request_id)
+        if type(reply) is ErrorReply or request_id is None:
+            logger.error("a %s for %r could not be sent", type(reply).__name__, request_id, exc_info=exc)
+            return
+        failure, error_id = internal_error(request_id)
+        logger.error(
+            "a %s for %r could not be sent (error id %s)", type(reply).__name__, request_id, error_id, exc_info=exc
+        )
+        try:
+            self._send(failure, relay)
+        except Exception:
+            logger.exception("could not fail request %r either", request_id)

@@ -581,7 +581,7 @@ class ServerBuilder:
             limits=api.uvicorn.limits,
         )
         if subprocess_mode and self._start_method != "fork":
-            recipe.prepare_for_spawn()
+            recipe.prepare_for_spawn(self._start_method)
         spec = ServerSpec(
             name=self.name,
             recipe=recipe,

@@ -77,6 +77,6 @@ class RemoteError(IPCError):
 
 class StreamOverflowError(IPCError):
     """A stream's client read more slowly than the main process wrote, its buffer filled, and
-    no ``merge`` function was given to fold chunks together."""
+    no ``merge`` function was given to fold chunks together (or ``merge_text``'s bound was passed)."""
 
     status_code = 503

@@ -3,6 +3,7 @@ picklable objects; these are only for what the framework itself has to say."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -20,6 +21,14 @@ class ErrorReply:
     def http_status(self) -> int:
         code = self.status_code
         return code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 500
+
+
+def internal_error(request_id: Hashable) -> tuple[ErrorReply, str]:
+    """A 500 for ``request_id`` that tells the client only an error id, and that id: log the
+    detail under it. What failed (an exception's text: a path, a key, a local object's name) is
+    for the operator, never for the client."""
+    error_id = secrets.token_hex(6)
+    return ErrorReply(request_id, f"internal error (error id {error_id})", 500), error_id
 
 
 # The message a handler task is cancelled with when its client went away; the channel reads it to

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from isolated_api.shared.config import RequestLimits
+from isolated_api.shared.context_objects import factory_name, find_wrong_context
 from isolated_api.shared.cors import CorsPolicy
 from isolated_api.shared.readiness import HealthSettings
 from isolated_api.shared.spawn_payload import check_sendable
@@ -107,9 +108,10 @@ class AppRecipe:
             named.append((f"lifespan {_name(self.lifespan)!r}", self.lifespan))
         return named
 
-    def prepare_for_spawn(self) -> None:
-        """Under ``spawn`` the recipe crosses to the child by pickle: routers go by name, and
-        anything else that can't be pickled fails now, naming the part."""
+    def prepare_for_spawn(self, start_method: str = "spawn") -> None:
+        """Under ``spawn`` (or ``forkserver``, the ``start_method``) the recipe crosses to the child
+        by pickle: routers go by name, and anything else that can't be pickled fails now, naming
+        the part and what to do."""
         for index, spec in enumerate(self.routers):
             try:
                 check_sendable(spec.router)
@@ -125,10 +127,22 @@ class AppRecipe:
             try:
                 check_sendable(part)
             except Exception as exc:
-                raise BuildError(f"{what} cannot be sent to the HTTP child process: {exc}. {_fix_for(exc)}") from exc
+                # multiprocessing's own messages end with a period; the fix follows as a new sentence.
+                cause = str(exc).rstrip(".")
+                fix = _fix_for(exc, part, start_method)
+                raise BuildError(f"{what} cannot be sent to the HTTP child process: {cause}. {fix}") from exc
 
 
-def _fix_for(exc: Exception) -> str:
+def _fix_for(exc: Exception, part: object, start_method: str) -> str:
+    wrong = find_wrong_context(part)
+    if wrong is not None:
+        kind = factory_name(wrong)
+        return (
+            f"It holds a multiprocessing {kind} made by another start method's context (multiprocessing.{kind}() "
+            f"uses the platform's default), and the workers start with {start_method!r}: create it with "
+            f"multiprocessing.get_context({start_method!r}).{kind}(), or start workers with "
+            ".subprocess.with_start_method('fork')."
+        )
     # Functions pickle by name: only a lambda, closure or nested function is "local". Anything else
     # is an object the part holds that can't be pickled (a lock of threading, an open file, a client).
     if "local object" in str(exc) or "<lambda>" in str(exc):

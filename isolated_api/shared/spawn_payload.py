@@ -11,6 +11,8 @@ pickled and ``load()`` returns the object itself.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.context import get_spawning_popen, set_spawning_popen
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
@@ -58,12 +60,19 @@ class _CheckOnly:
         return _SharedFd(fd)
 
 
-def check_sendable(obj: object) -> None:
-    """Pickles ``obj`` as multiprocessing will when it starts a worker, and throws the result away:
-    raises what that pickling raises (objects shared by inheritance pass, as they will then)."""
+@contextmanager
+def as_if_spawning() -> Iterator[None]:
+    """Within it, pickling behaves as while multiprocessing starts a worker."""
     outer = get_spawning_popen()
     set_spawning_popen(_CheckOnly())  # type: ignore[arg-type]  # duck-typed, as multiprocessing uses it
     try:
-        ForkingPickler.dumps(obj)
+        yield
     finally:
         set_spawning_popen(outer)
+
+
+def check_sendable(obj: object) -> None:
+    """Pickles ``obj`` as multiprocessing will when it starts a worker, and throws the result away:
+    raises what that pickling raises (objects shared by inheritance pass, as they will then)."""
+    with as_if_spawning():
+        ForkingPickler.dumps(obj)

@@ -218,8 +218,9 @@ class IPCChannel:
         Admission happens now (``OverloadedError`` / ``ChannelClosedError`` raise here, before any
         response is started). ``timeout`` is the idle limit between chunks (default: the response
         timeout). At most ``buffer_size`` chunks wait for a slow reader; then ``merge(older,
-        newer)`` folds them (see ``merge_text``), or without it the stream fails with
-        ``StreamOverflowError``. An ``ErrorReply`` chunk raises ``RemoteError``.
+        newer)`` folds them (see ``merge_text``, which also ends the stream past its ``max_chars``),
+        or without it the stream fails with ``StreamOverflowError``. An ``ErrorReply`` chunk raises
+        ``RemoteError``.
         ``first_chunk_timeout`` (default: ``timeout``) bounds the wait for the first chunk, which
         for a model includes reading the prompt and is often longer than the gaps between tokens.
         """

@@ -3,22 +3,24 @@ the async iterator the route reads them from (``ChunkStream``).
 
 A slow client must not grow memory without bound: at most ``limit`` chunks wait; past that a
 ``merge(older, newer)`` folds the newer chunk into the last waiting one (``merge_text`` for token
-streams: the texts are concatenated, nothing is lost), and without a merge the stream fails with
-``StreamOverflowError``. A final chunk or an ``ErrorReply`` is never merged away.
+streams: the texts are concatenated, nothing is lost, up to its ``max_chars``), and without a
+merge the stream fails with ``StreamOverflowError``. A final chunk or an ``ErrorReply`` is never
+merged away. A ``TextMerge`` (``merge_text``) folds through a ``TextFold`` kept in the buffer's
+last slot, so a client that never reads costs linear time (see ``text_merge``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 import logging
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any
 
 from isolated_api.shared.errors import IPCTimeoutError, RemoteError, StreamOverflowError
 from isolated_api.shared.messages import ErrorReply
+from isolated_api.worker.text_merge import TextFold, TextMerge
 
 logger = logging.getLogger("isolated_api.channel")
 
@@ -26,7 +28,6 @@ logger = logging.getLogger("isolated_api.channel")
 Settle = Callable[[Hashable, "StreamWaiter", str], None]
 
 Merge = Callable[[Any, Any], Any]
-T = TypeVar("T")
 
 
 class StreamWaiter:
@@ -64,11 +65,15 @@ class StreamWaiter:
             self.buffer.append(chunk)
         elif self.merge is not None and type(self.buffer[-1]) is not ErrorReply:
             try:
-                self.buffer[-1] = self.merge(self.buffer[-1], chunk)
+                refused = self._merge(chunk)
             except Exception as exc:
                 logger.exception("merge() failed on a full stream buffer")
                 self.discarded = True
                 self.fail(StreamOverflowError(f"stream buffer of {self.limit} chunks full and merge() failed: {exc!r}"))
+                return True
+            if refused:
+                self.discarded = True
+                self.fail(StreamOverflowError(f"stream buffer of {self.limit} chunks full and {refused}"))
                 return True
         else:
             self.discarded = True
@@ -78,6 +83,23 @@ class StreamWaiter:
             self.complete = True
         self._wake()
         return final
+
+    def _merge(self, chunk: Any) -> str | None:
+        """Folds ``chunk`` into the last buffered one; says why not when a merge's bound refuses it."""
+        last, merge = self.buffer[-1], self.merge
+        if isinstance(merge, TextMerge):
+            if type(last) is not TextFold:
+                last = self.buffer[-1] = merge.fold(last)
+            if not last.add(chunk):
+                return f"its merged text past {merge.max_chars} characters overflowed: the client is too slow"
+        elif merge is not None:
+            self.buffer[-1] = merge(last, chunk)
+        return None
+
+    def take(self) -> Any:
+        """The oldest waiting chunk, out of the buffer (a fold becomes the chunk it stands for)."""
+        chunk = self.buffer.popleft()
+        return chunk.result() if type(chunk) is TextFold else chunk
 
     def fail(self, error: BaseException) -> None:
         if self.error is None:
@@ -103,12 +125,6 @@ class StreamSignal(enum.Enum):
 
 IDLE = StreamSignal.IDLE
 END = StreamSignal.END
-
-
-def merge_text(older: T, newer: T) -> T:
-    """A ``merge`` for chunks with a ``text`` field (dataclasses): the newer chunk carrying both
-    texts. Keeps the newer chunk's other fields, ``is_final`` included."""
-    return dataclasses.replace(newer, text=older.text + newer.text)  # type: ignore[attr-defined,type-var]
 
 
 class ChunkStream:
@@ -167,7 +183,11 @@ class ChunkStream:
             if self._finished:
                 return END
             if waiter.buffer:
-                chunk = waiter.buffer.popleft()
+                try:
+                    chunk = waiter.take()
+                except BaseException:
+                    self._finish()  # a user's chunk class refused the merged text: the stream is over
+                    raise
                 self._deadline = None
                 self._next_timeout = self._idle_timeout
                 if type(chunk) is ErrorReply:

@@ -24,10 +24,12 @@ Slow client: uvicorn stops taking body frames once its socket's write buffer is 
 stops pulling chunks, and they collect in the stream's bounded buffer (``submit_streaming(...,
 buffer_size=256)``). When it is full:
 - with ``merge=merge_text`` (token streams), each new chunk is folded into the last buffered one:
-  the text stays complete, the client just gets fewer, bigger frames;
+  the text stays complete, the client just gets fewer, bigger frames, until the merged chunk would
+  pass ``max_chars`` (``TextMerge``): then the stream fails as below;
 - without a merge, the stream fails with ``StreamOverflowError``: the client gets the chunks already
   buffered, then an ``event: error`` frame, and later chunks are dropped and counted.
-Memory per stream is thus bounded by ``buffer_size`` chunks (plus the socket buffers).
+Memory per stream is thus bounded by ``buffer_size`` chunks (one of them holding at most ``max_chars``
+of merged text), plus the socket buffers.
 The same rule meets a fast client when an engine bursts: the relay hands replies over in batches
 (what it reads within 0.2 ms, up to 512 messages, each of which may be a ``ReplyBatcher`` bundle),
 so a burst longer than ``buffer_size`` can be merged (or overflow) before any consumer can run.

@@ -3,7 +3,9 @@ messages, admission, stale boots, peers that go silent, and what a hostile peer 
 
 from __future__ import annotations
 
+import logging
 import queue
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -100,6 +102,29 @@ def test_engine_host_carries_a_request_and_its_reply(host: Any, context: zmq.Con
     kind, payload = peer.recv()
     assert kind == remote_wire.REPLY and CODEC.decode(payload) == Answer("r1", "HI")
     peer.sock.close(0)
+
+
+def test_engine_host_a_reply_it_cannot_encode_is_a_500_with_an_error_id(
+    host: Any, context: zmq.Context[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Steps: a request, answered with a reply MessagePack can't carry (a lambda). Expected: a
+    REJECT 500 whose message is only an error id; the codec's error logged here under that id."""
+    caplog.set_level(logging.ERROR, logger="isolated_api.engine_host")
+    engine, request_q, response_q = host
+    peer = Peer(context, engine.address)
+    try:
+        peer.request(engine.boot_id, "r1", "hi")
+        assert _next_request(request_q) == Ask("r1", "hi")
+        response_q.put(Answer("r1", lambda: None))  # type: ignore[arg-type]  # what MessagePack can't encode
+        kind, id_bytes, body = peer.recv()
+        reject = remote_wire.decode_reject(body)
+        assert kind == remote_wire.REJECT and CODEC.decode_id(id_bytes) == "r1" and reject.status == 500
+        found = re.fullmatch(r"internal error \(error id ([0-9a-f]+)\)", reject.message)
+        assert found is not None, reject.message
+        logged = [r.getMessage() for r in caplog.records if found.group(1) in r.getMessage()]
+        assert any("MessagePack" in message for message in logged), caplog.text
+    finally:
+        peer.sock.close(0)  # before the context's term(), even when an assertion failed
 
 
 def test_engine_host_refuses_a_request_for_an_earlier_boot_unrun(host: Any, context: zmq.Context[Any]) -> None:

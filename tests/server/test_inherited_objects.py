@@ -102,3 +102,34 @@ def test_inherited_objects_what_cannot_be_sent_is_named_with_its_cause(queues: t
         builder.build()
     assert "lambda" not in str(refused.value)
     assert "inside the worker" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "kind", "method"),
+    [
+        (lambda ctx: ctx.Event(), "Event", "spawn"),
+        (lambda ctx: ctx.Value("i", 0), "Value", "forkserver"),
+        (lambda ctx: ctx.Queue(), "Queue", "spawn"),
+    ],
+)
+def test_inherited_objects_of_the_fork_context_name_the_factory_to_use(
+    queues: tuple[Any, Any], make: Any, kind: str, method: str
+) -> None:
+    """Steps: a lifespan holding a multiprocessing object made by the fork context (what
+    ``multiprocessing.Event()`` gives on Linux); build with workers started by ``method``.
+    Expected: build() names the object's kind and the factory of the workers' context, in
+    sentences that end once each."""
+    builder = (
+        loopback_builder("inherit-fork-context")
+        .routes.with_lifespan(partial(set_flag, flag=make(multiprocessing.get_context("fork"))))
+        .done()
+        .subprocess.with_ipc(*queues)
+        .with_start_method(method)
+        .done()
+    )
+    with pytest.raises(BuildError) as refused:
+        builder.build()
+    message = str(refused.value)
+    assert f"multiprocessing {kind} made by another start method's context" in message, message
+    assert f"multiprocessing.get_context({method!r}).{kind}()" in message, message
+    assert ".." not in message, message

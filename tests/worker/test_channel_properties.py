@@ -32,7 +32,8 @@ from isolated_api.shared.link import LinkSink
 from isolated_api.shared.messages import ErrorReply
 from isolated_api.testing import run_virtual
 from isolated_api.worker.channel import IPCChannel
-from isolated_api.worker.chunk_stream import ChunkStream, merge_text
+from isolated_api.worker.chunk_stream import ChunkStream
+from isolated_api.worker.text_merge import merge_text
 
 # -- messages and the fake link ------------------------------------------------------------------
 

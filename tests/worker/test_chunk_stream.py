@@ -5,6 +5,7 @@ read through the channel's private link). Moved from the streaming slice, which 
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import random
 import threading
@@ -20,7 +21,8 @@ from isolated_api.shared.link import LinkSink
 from isolated_api.shared.messages import ErrorReply
 from isolated_api.testing import wait_until
 from isolated_api.worker.channel import IPCChannel
-from isolated_api.worker.chunk_stream import END, IDLE, merge_text
+from isolated_api.worker.chunk_stream import END, IDLE
+from isolated_api.worker.text_merge import TextMerge, merge_text
 
 
 @dataclass
@@ -246,6 +248,43 @@ def test_chunk_stream_merges_on_overflow() -> None:
         assert got[-1].is_final and channel.dropped_count == 0 and channel.pending_count == 0
 
     asyncio.run(go())
+
+
+def test_chunk_stream_text_merge_past_its_bound_ends_the_stream() -> None:
+    """Steps: buffer of 2 with TextMerge(max_chars=6); 10 tokens of 2 characters arrive at once.
+    Expect "0 ", then "1 2 3 " (the merged chunk at its bound), then StreamOverflowError; the stream
+    left the registry and the link heard of it, as an unmerged stream's overflow does."""
+
+    async def go() -> None:
+        channel, link = await fake_channel()
+        stream = channel.submit_streaming(Ask("s"), buffer_size=2, merge=TextMerge(max_chars=6))
+        link.deliver(*(tok("s", i, final=i == 9) for i in range(10)))
+        assert channel.pending_count == 0 and link.cancelled == ["s"]
+        got = []
+        with pytest.raises(StreamOverflowError, match="merged text past 6 characters"):
+            async for chunk in stream:
+                got.append((chunk.index, chunk.text))
+        assert got == [(0, "0 "), (3, "1 2 3 ")]
+
+    asyncio.run(go())
+
+
+def test_chunk_stream_text_merge_folds_as_pairwise_merging_would() -> None:
+    """merge_text(older, newer) is still the newer chunk with both texts; a buffer folding 1,000
+    tokens (str or bytes) into one chunk gives that same chunk; a bool bound or mixed texts are refused."""
+    tokens = [tok("s", i, final=i == 999) for i in range(1000)]
+    pairwise = functools.reduce(merge_text, tokens)
+    assert pairwise == Token("s", 999, "".join(f"{i} " for i in range(1000)), True)
+    fold = merge_text.fold(tokens[0])
+    assert all(fold.add(t) for t in tokens[1:])
+    assert fold.result() == pairwise
+    raw = [Answer("b", f"{i}".encode()) for i in range(3)]  # type: ignore[arg-type]  # bytes texts merge too
+    fold = merge_text.fold(raw[0])
+    assert fold.add(raw[1]) and fold.add(raw[2]) and fold.result() == Answer("b", b"012")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        fold.add(Answer("b", "3"))
+    with pytest.raises(ValueError):
+        TextMerge(max_chars=True)
 
 
 def test_chunk_stream_overflow_without_merge_ends_the_stream() -> None:
