@@ -8,6 +8,7 @@ each part runs in: ``worker`` (the HTTP worker), ``main`` (the main process), ``
 
 from typing import TYPE_CHECKING, Any
 
+from isolated_api.engine.collect import collect
 from isolated_api.engine.context import RequestContext
 from isolated_api.engine.engine import Engine
 from isolated_api.engine.errors import EngineError
@@ -114,6 +115,7 @@ __all__ = [
     "UnguardedMainError",
     "UvicornConfig",
     "UvicornConfigurer",
+    "collect",
     "get_ipc_channel",
     "merge_text",
     "new_request_id",
