@@ -95,6 +95,7 @@ def _ours_unary(mode: UnaryMode, log_dir: Path) -> Serve:
     def serve(gpu: FakeGPU) -> Iterator[tuple[int, list[int]]]:
         with unary_server(mode, gpu, log_dir) as server:
             # This process hosts the relay and the engine (and nothing else runs here meanwhile).
+            assert server.port is not None
             yield server.port, [os.getpid(), *(p.pid for p in server.processes if p.pid is not None)]
 
     return serve
@@ -228,6 +229,7 @@ def test_stress_batching_streams(stress_logs: Path, figures: Figures) -> None:
             gpu = FakeGPU.create(CALL_SECONDS, STEP_ITEM_SECONDS)
             try:
                 with stream_server(mode, gpu, stress_logs) as server:
+                    assert server.port is not None
                     books = gpu.books()
                     wave = run_wave(WaveSpec(server.port, lengths, GAP))
                     used = gpu.books().since(books)

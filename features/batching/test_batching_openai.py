@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -163,7 +164,7 @@ def test_batching_wrong_or_missing_api_key_is_a_401_in_openais_shape(served: Mod
 def test_batching_unknown_model_is_a_404_in_openais_shape(client: openai.OpenAI) -> None:
     """Expect the openai client's NotFoundError with code "model_not_found", for embeddings and
     for chat completions streamed and not (the stream's status comes before its first chunk)."""
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: client.embeddings.create(model="no-such-model", input="hi"),
         lambda: client.chat.completions.create(model="fake-embed", messages=[{"role": "user", "content": "hi"}]),
         lambda: list(
