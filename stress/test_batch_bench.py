@@ -11,9 +11,10 @@ so at the few thousand req/s measured here it is not what caps a server).
 
 - req/s, p50 and p99 latency (ms) at the client;
 - mean batch: requests per model call, from the model's own books; model busy: the share of the
-  measurement (warm-up included) the model spent in calls;
-- CPU/req: CPU of every process of the server (HTTP workers, relay and engine; for LitServe its
-  whole process group) per request, in ms.
+  measured window the model spent in calls (the warm-up is a load run of its own, before it);
+- CPU/req: CPU of every process of the server per request, in ms: the HTTP workers, and the relay
+  and engine (this process's threads but its main one, which runs the test); for LitServe its
+  whole process group (API servers, inference worker, and its loops' polling between requests).
 
 Streams: step = 5 ms + 0.05 ms per active stream; 32 streams of 16-256 tokens (fixed seed), sent
 20 ms apart; tokens/s over the wave and time to first token. ``steps()`` (continuous batching)
@@ -33,6 +34,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -42,7 +44,7 @@ import httpx
 import pytest
 
 from stress.batch_bench_servers import StreamMode, UnaryMode, stream_server, unary_server
-from stress.fake_gpu import CALL_SECONDS, ITEM_SECONDS, MAX_BATCH, STEP_ITEM_SECONDS, FakeGPU
+from stress.fake_gpu import CALL_SECONDS, ITEM_SECONDS, MAX_BATCH, STEP_ITEM_SECONDS, WORKERS, FakeGPU
 from stress.figures import Figures
 from stress.loadgen import LoadSpec, percentile, run_load
 from stress.servers import cpu_seconds
@@ -67,13 +69,29 @@ def _ms(seconds: float) -> str:
 
 
 def _process_cpu(pids: list[int]) -> float:
+    """CPU seconds used so far by ``pids``; for this process, by its threads other than the main
+    one (the relay's and the engine's: the main thread runs this test, spawning load generators)."""
     total = 0.0
     for pid in pids:
         try:
-            total += cpu_seconds(pid)
-        except (FileNotFoundError, ProcessLookupError):
+            if pid == os.getpid():
+                main = threading.main_thread().native_id
+                tids = [int(t) for t in os.listdir("/proc/self/task") if int(t) != main]
+                total += sum(_thread_cpu(tid) for tid in tids)
+            else:
+                total += cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):  # a thread or process that just ended
             pass
     return total
+
+
+def _thread_cpu(tid: int) -> float:
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as stat:
+            fields = stat.read().rsplit(") ", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _group_pids(pgid: int) -> list[int]:
@@ -194,7 +212,7 @@ def test_stress_batching_unary(stress_logs: Path, figures: Figures) -> None:
             )
     ceiling = MAX_BATCH / (CALL_SECONDS + MAX_BATCH * ITEM_SECONDS)
     figures.table(
-        f"Batching, unary: fake model 5 ms/call + 0.1 ms/item, one call at a time, {ROUNDS} HTTP workers; "
+        f"Batching, unary: fake model 5 ms/call + 0.1 ms/item, one call at a time, {WORKERS} HTTP workers; "
         f"the model alone allows {ceiling:.0f} req/s at batches of {MAX_BATCH} (medians of {ROUNDS} rounds, "
         f"{SECONDS:g} s per figure)",
         ["clients", "server", "req/s", "vs LitServe", "p50 ms", "p99 ms", "mean batch", "model busy", "CPU ms/req"],
@@ -203,20 +221,22 @@ def test_stress_batching_unary(stress_logs: Path, figures: Figures) -> None:
 
 
 def _unary(port: int, path: str, pids: list[int], gpu: FakeGPU, clients: int) -> list[float]:
-    books, cpu, started = gpu.books(), _process_cpu(pids), time.perf_counter()
+    # The warm-up is a load run of its own: the measured run then starts with no request in
+    # flight, so the model's books between the two runs' ends hold the measured window's calls
+    # alone (the load generator's start-up, in between, sends nothing).
     warmup = max(20, 2 * clients)
-    result = run_load(LoadSpec(port, path, BODY, clients, warmup=warmup, duration=SECONDS))
-    wall = time.perf_counter() - started
+    run_load(LoadSpec(port, path, BODY, clients, requests=warmup))
+    books, cpu = gpu.books(), _process_cpu(pids)
+    result = run_load(LoadSpec(port, path, BODY, clients, duration=SECONDS))
     assert result.count and result.statuses == {200: result.count}, result.statuses
     used = gpu.books().since(books)
-    cpu_per_request = (_process_cpu(pids) - cpu) / (result.count + warmup)
     return [
         result.rate,
         percentile(result.latencies, 0.5),
         percentile(result.latencies, 0.99),
         used.mean_batch,
-        used.busy / wall,
-        cpu_per_request,
+        used.busy / result.elapsed,
+        (_process_cpu(pids) - cpu) / result.count,
     ]
 
 
