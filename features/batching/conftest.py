@@ -8,9 +8,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from .batching_clients import API_KEY, make_client
 from .openai_server import ModelServer, ServeOptions
-
-API_KEY = "sk-test-batching"
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +17,6 @@ def served() -> Iterator[ModelServer]:
     # The costs: 5 ms per call, 0.1 ms per embedded string, 0.05 ms per active stream.
     with ModelServer(ServeOptions(api_key=API_KEY, timeout=30.0)) as server:
         yield server
-
-
-def make_client(url: str, api_key: str = API_KEY) -> openai.OpenAI:
-    # No retries: a test must see the status the server answered, not the client's second try.
-    return openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=30.0)
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import pytest
 
 from isolated_api.testing import wait_until
 
+from .batching_clients import make_client
 from .batching_models import fake_embedding
-from .conftest import make_client
 
 KEY = "sk-module-test"
 # Wherever the slice was copied to: the package this test lives in, and the folder to run it from.

@@ -17,8 +17,8 @@ import pytest
 
 from isolated_api.testing import wait_until
 
+from .batching_clients import API_KEY, make_client
 from .batching_models import EMBED_DIMENSION, fake_embedding
-from .conftest import API_KEY, make_client
 from .openai_server import ModelServer
 
 SENTENCE = "the quick brown fox jumps over the lazy dog"
