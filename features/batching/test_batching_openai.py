@@ -242,3 +242,17 @@ def test_batching_client_leaving_mid_stream_leaves_the_step_loop(served: ModelSe
         assert response.status_code == 200
         next(response.iter_lines())
     wait_until(lambda: served.chat.left["cancelled"] == cancelled + 1, 30, "leave(why='cancelled')")
+
+
+def test_batching_invalid_body_is_a_422_in_openais_shape(served: ModelServer) -> None:
+    """Expect a missing field and a token-id input (not served here) to be 422s whose message names
+    the field, in OpenAI's error shape, without the input echoed back."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=served.url, headers=headers, timeout=30) as http:
+        missing = http.post("/v1/embeddings", json={"model": "fake-embed"})
+        tokens = http.post("/v1/embeddings", json={"model": "fake-embed", "input": [[101, 2023] * 1000]})
+    for answer in (missing, tokens):
+        assert answer.status_code == 422
+        error = answer.json()["error"]
+        assert error["type"] == "invalid_request_error" and "input" in error["message"]
+    assert "2023" not in tokens.text
