@@ -13,6 +13,7 @@ from isolated_api.engine.context import RequestContext
 from isolated_api.engine.engine import Engine
 from isolated_api.engine.errors import EngineError
 from isolated_api.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
+from isolated_api.engine.stepping import Done
 from isolated_api.main.reply_batcher import ReplyBatcher
 from isolated_api.main.subprocess_manager import SubprocessManager
 from isolated_api.main.supervisor import StartupError, UnguardedMainError
@@ -81,6 +82,7 @@ __all__ = [
     "Codec",
     "CodecError",
     "ConfigError",
+    "Done",
     "DuplicateRequestIdError",
     "Engine",
     "EngineBindError",

@@ -85,7 +85,9 @@ class Batcher(Group):
     def __init__(self, fn: Callable[..., Any], options: BatchOptions) -> None:
         if not callable(fn):
             raise TypeError(f"the batch handler must be callable, got {fn!r}")
-        super().__init__(getattr(fn, "__qualname__", repr(fn)), options.queue_bound, options.max_batch_size)
+        # A function's name, or a callable object's class name (the metrics' label).
+        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        super().__init__(name, options.queue_bound, options.max_batch_size)
         self.fn = fn
         self.options = options
         self.takes_context = takes_context(fn)
@@ -202,7 +204,7 @@ class Batcher(Group):
             outgoing = self._all_failed(live, exc)
             failed = [True] * len(live)
         self.running -= 1
-        send_all(rt.sink, outgoing, final=True)
+        send_all(rt.sink, [(job, message, True) for job, message in outgoing])
         self.done_with(live, failed)
 
     def _replies(self, live: list[Job], results: Any) -> tuple[list[tuple[Job, Any]], list[bool]]:

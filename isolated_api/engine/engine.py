@@ -31,6 +31,7 @@ from isolated_api.engine.job import Encode, Job, ReplySink
 from isolated_api.engine.messages import HealthPing, HealthStatus
 from isolated_api.engine.metrics import EngineMetrics
 from isolated_api.engine.server_meeting import meet_server
+from isolated_api.engine.stepping import Stepper
 from isolated_api.shared.heartbeat import Heartbeat
 from isolated_api.shared.messages import CancelRequest, ErrorReply
 
@@ -200,6 +201,31 @@ class Engine:
             return f
 
         return register if fn is None else register(fn)
+
+    def steps(self, request_type: type, stepper: Any, *, max_active: int = 32, max_queued: int | None = None) -> Any:
+        """Serves requests of ``request_type`` as streams advanced together (continuous batching)::
+
+            class Generator:
+                def join(self, requests: list[Generate]) -> None: ...      # newcomers: prefill
+                def step(self, active: list[Generate]) -> list[Any]: ...   # one item per stream
+                def leave(self, request: Generate, why: str) -> None: ...  # free its KV cache
+
+            engine.steps(Generate, Generator(), max_active=32)
+
+        Each method is sync (run in a worker thread) or ``async def``; ``join`` and ``leave`` are
+        optional. ``step(active)`` returns one item per active request, in the order of
+        ``active``: a value is that stream's next chunk, ``Done(value)`` ends the stream (``value``,
+        unless None, its last chunk), an exception instance (``EngineError``) ends that stream
+        alone with that error. Requests join between steps, at most ``max_active`` at once;
+        ``leave(request, why)`` is called once for every request that joined, ``why`` being
+        ``"done"``, ``"error"``, ``"cancelled"`` (client gone, ``CancelRequest``) or ``"stopped"``
+        (``stop()``). A request cancelled before it joined never reaches the stepper. Each step's
+        chunks leave as one message. ``max_queued``: requests waiting to join (default 4 x
+        ``max_active``); past it the engine stops reading ``request_q``. Returns ``stepper``.
+        See docs/batching.md."""
+        check_request_type(request_type, "steps()")
+        self._register_group(request_type, Stepper(stepper, max_active, max_queued))
+        return stepper
 
     def _register_group(self, request_type: type, group: Group) -> None:
         self._handlers.register_group(request_type, group)

@@ -84,6 +84,7 @@ class Job:
         "group",
         "id",
         "in_thread",
+        "outcome",
         "request",
         "task",
     )
@@ -96,6 +97,7 @@ class Job:
         self.group: Any = None
         self.arrived = 0.0  # loop time when a group took it (max_wait counts from the first)
         self.cost = 0.0  # its share of a batch's max_cost
+        self.outcome: str | None = None  # how a stepper's stream ended: "done" or "error"
         self.context = RequestContext(request_id)
         self.task: asyncio.Task[None] | None = None
         # True while sync code runs in a worker thread for it: then cancelling the task would free
@@ -136,13 +138,14 @@ class Job:
         return True
 
 
-def send_all(sink: ReplySink, outgoing: list[tuple[Job, Any]], *, final: bool) -> None:
-    """Sends one message for each job, all in ONE message on response_q; a job that already
-    ended (cancelled meanwhile) is skipped. ``final`` ends each job. A job whose message could not
-    be encoded is ended too (it was failed with a 500 in its place)."""
+def send_all(sink: ReplySink, outgoing: list[tuple[Job, Any, bool]]) -> list[Job]:
+    """Sends ``(job, message, final)`` for each job, all in ONE message on response_q; a job that
+    already ended (cancelled meanwhile) is skipped, and ``final`` ends a job. A job whose message
+    could not be encoded is ended too (it was failed with a 500 in its place). Returns the jobs
+    whose message went out."""
     messages: list[Any] = []
     sent: list[Job] = []
-    for job, message in outgoing:
+    for job, message, final in outgoing:
         with job._lock:
             if job._closed:
                 continue
@@ -155,6 +158,9 @@ def send_all(sink: ReplySink, outgoing: list[tuple[Job, Any]], *, final: bool) -
         for job in sent:
             if job.id in failed:
                 job._closed = True
+                job.outcome = "error"
+        sent = [job for job in sent if job.id not in failed]
+    return sent
 
 
 def _write(response_q: Any, item: Any, count: int) -> None:
