@@ -41,6 +41,10 @@ class Output:
         for line in self._stdout:
             self.lines.append(line.rstrip("\n"))
 
+    def close(self) -> None:
+        self._thread.join(10)  # the process is gone: its output ends
+        self._stdout.close()
+
     def find(self, prefix: str) -> str | None:
         return next((line for line in self.lines if line.startswith(prefix)), None)
 
@@ -62,6 +66,7 @@ def module_server(*args: str) -> Iterator[tuple[subprocess.Popen[str], Output, s
         if process.poll() is None:
             process.kill()  # only if the test did not stop it itself
         process.wait(30)
+        output.close()
 
 
 def _port_open(url: str) -> bool:
