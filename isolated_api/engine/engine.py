@@ -253,6 +253,13 @@ class Engine:
         return self._ready.is_set() and not self._finished.is_set()
 
     @property
+    def reading_paused(self) -> bool:
+        """True while a batcher's or stepper's queue is full (``max_queued``): the engine reads
+        nothing more from ``request_q`` until a batch takes members out, so the HTTP side's
+        ``max_pending`` fills and new requests get 503, as for a busy engine."""
+        return self._intake.held_back
+
+    @property
     def is_stopping(self) -> bool:
         """True once ``stop()`` was called: new requests are refused, batches forming go at once."""
         return self._stopping
