@@ -9,6 +9,9 @@ The one extra keeps the reader listening while every slot is busy, so a ``Cancel
 a busy engine; a cancellation queued *behind* further requests is read only when a slot frees
 (requests and cancellations share one queue; a separate cancel queue would lift that).
 
+Batched types (``batch``, ``steps``; ``batching.py``, ``stepping.py``) each have a runner task on the
+loop; their members skip the intake's limit and count against their own ``max_queued`` (``group.py``).
+
 Every request ends exactly once (``Job``): its reply / final chunk / ``ErrorReply``, or nothing
 when a ``CancelRequest`` cancelled it, or a 503 when ``stop()`` ran out of time for it.
 """
@@ -58,6 +61,10 @@ class Engine:
         server.start_subprocess()   # built with .subprocess.with_ipc(request_q, response_q)
         server.wait()               # until the server stops
         engine.stop(timeout=5)
+
+    Many requests per call: ``@engine.batch(Type, max_batch_size=32, max_wait=0.002)`` (one call
+    of ``fn(requests)`` for up to 32 requests) and ``engine.steps(Type, stepper, max_active=32)``
+    (continuous batching of streams); see docs/batching.md.
 
     Handlers: plain functions (run in a worker thread), ``async def`` functions, generators and
     async generators (streams). Declared as ``fn(request, ctx)`` they also get a
