@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from isolated_api import CancelRequest, Done, Engine, ErrorReply, StreamChunk
+from isolated_api import CancelRequest, Done, Engine, EngineError, ErrorReply, StreamChunk
 from isolated_api.testing import running, wait_until
 from tests.engine.helpers import Replies, server
 from tests.engine.step_jobs import Generate, TokenStepper, generate_route
@@ -314,3 +314,36 @@ def test_steps_async_stepper_and_bad_arguments(queues: Queues) -> None:
         request_q.put(Generate("a", 3))
         assert [(c.data, c.is_final) for c in _read_stream(Replies(response_q))] == [(1, False), (2, False), (3, True)]
         wait_until(lambda: left == [("a", "done")], 10, "leave")
+
+
+def test_steps_a_raising_join_or_a_wrong_length_fails_those_streams_and_leave_says_error(queues: Queues) -> None:
+    """Steps: join() raises EngineError(429) for a request tagged "full"; step() returns one item
+    too few while a request tagged "short" is active. Expect 429 for the first, a 500 for the
+    second, leave(why="error") once each, and a plain request served afterwards."""
+    request_q, response_q = queues
+    left: list[tuple[Hashable, str]] = []
+
+    class Picky:
+        def join(self, requests: list[Generate]) -> None:
+            if any(r.tag == "full" for r in requests):
+                raise EngineError("no room for it", 429)
+
+        def step(self, active: list[Generate]) -> list[Any]:
+            items: list[Any] = [Done("ok") for _ in active]
+            return items[:-1] if any(r.tag == "short" for r in active) else items
+
+        def leave(self, request: Generate, why: str) -> None:
+            left.append((request.tag, why))
+
+    replies = Replies(response_q)
+    with Engine(*queues) as engine:
+        engine.steps(Generate, Picky())
+        request_q.put(Generate("a", 1, "full"))
+        assert replies.next() == ErrorReply("a", "no room for it", 429)
+        request_q.put(Generate("b", 1, "short"))
+        wrong = replies.next()
+        assert (wrong.id, wrong.status_code) == ("b", 500) and "error id" in wrong.message
+        request_q.put(Generate("c", 1, "plain"))
+        assert replies.next() == StreamChunk("c", "ok", True)
+        wait_until(lambda: len(left) == 3, 10, "three leaves")
+        assert left == [("full", "error"), ("short", "error"), ("plain", "done")]
