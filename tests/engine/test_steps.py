@@ -347,3 +347,25 @@ def test_steps_a_raising_join_or_a_wrong_length_fails_those_streams_and_leave_sa
         assert replies.next() == StreamChunk("c", "ok", True)
         wait_until(lambda: len(left) == 3, 10, "three leaves")
         assert left == [("full", "error"), ("short", "error"), ("plain", "done")]
+
+
+def test_steps_stop_lets_active_and_waiting_streams_finish_within_its_timeout(queues: Queues) -> None:
+    """Steps: max_active=1; one stream held at 2 tokens, a second waiting to join; stop(timeout=30)
+    in a thread; release. Expect both streams whole, leave(why="done") for each, stop() returning."""
+    request_q, response_q = queues
+    stepper = TokenStepper(hold_at=2)
+    stepper.gate.clear()
+    replies = Replies(response_q)
+    engine = _engine(queues, stepper, max_active=1).start()
+    request_q.put(Generate("a", 4, "a"))
+    request_q.put(Generate("b", 3, "b"))
+    wait_until(lambda: len(stepper.steps) == 3 and engine.running_count == 2, 10, "a held, b waiting")
+    stopper = threading.Thread(target=engine.stop, args=(30.0,))
+    stopper.start()
+    wait_until(lambda: engine.is_stopping, 10, "stop() to begin")
+    stepper.gate.set()
+    streams = _read_streams(replies, 2)
+    assert [c.data for c in streams["a"]] == ["a:0", "a:1", "a:2", "a:3", None]
+    assert [c.data for c in streams["b"]] == ["b:0", "b:1", "b:2", None]
+    stopper.join(20)
+    assert not stopper.is_alive() and stepper.left == [("a", "done"), ("b", "done")]
