@@ -41,6 +41,7 @@ from isolated_api.shared.messages import CancelRequest, ErrorReply
 logger = logging.getLogger("isolated_api.engine")
 
 F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S")
 _MISSING = object()
 _UNWIND_GRACE = 1.0  # seconds for cancelled handlers to unwind once stop()'s timeout is spent
 
@@ -209,7 +210,7 @@ class Engine:
 
         return register if fn is None else register(fn)
 
-    def steps(self, request_type: type, stepper: Any, *, max_active: int = 32, max_queued: int | None = None) -> Any:
+    def steps(self, request_type: type, stepper: S, *, max_active: int = 32, max_queued: int | None = None) -> S:
         """Serves requests of ``request_type`` as streams advanced together (continuous batching)::
 
             class Generator:
