@@ -9,6 +9,9 @@ The one extra keeps the reader listening while every slot is busy, so a ``Cancel
 a busy engine; a cancellation queued *behind* further requests is read only when a slot frees
 (requests and cancellations share one queue; a separate cancel queue would lift that).
 
+Batched types (``batch``, ``steps``; ``batching.py``, ``stepping.py``) each have a runner task on the
+loop; their members skip the intake's limit and count against their own ``max_queued`` (``group.py``).
+
 Every request ends exactly once (``Job``): its reply / final chunk / ``ErrorReply``, or nothing
 when a ``CancelRequest`` cancelled it, or a 503 when ``stop()`` ran out of time for it.
 """
@@ -38,6 +41,7 @@ from isolated_api.shared.messages import CancelRequest, ErrorReply
 logger = logging.getLogger("isolated_api.engine")
 
 F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S")
 _MISSING = object()
 _UNWIND_GRACE = 1.0  # seconds for cancelled handlers to unwind once stop()'s timeout is spent
 
@@ -58,6 +62,10 @@ class Engine:
         server.start_subprocess()   # built with .subprocess.with_ipc(request_q, response_q)
         server.wait()               # until the server stops
         engine.stop(timeout=5)
+
+    Many requests per call: ``@engine.batch(Type, max_batch_size=32, max_wait=0.002)`` (one call
+    of ``fn(requests)`` for up to 32 requests) and ``engine.steps(Type, stepper, max_active=32)``
+    (continuous batching of streams); see docs/batching.md.
 
     Handlers: plain functions (run in a worker thread), ``async def`` functions, generators and
     async generators (streams). Declared as ``fn(request, ctx)`` they also get a
@@ -202,7 +210,7 @@ class Engine:
 
         return register if fn is None else register(fn)
 
-    def steps(self, request_type: type, stepper: Any, *, max_active: int = 32, max_queued: int | None = None) -> Any:
+    def steps(self, request_type: type, stepper: S, *, max_active: int = 32, max_queued: int | None = None) -> S:
         """Serves requests of ``request_type`` as streams advanced together (continuous batching)::
 
             class Generator:
@@ -251,6 +259,13 @@ class Engine:
     @property
     def is_running(self) -> bool:
         return self._ready.is_set() and not self._finished.is_set()
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while a batcher's or stepper's queue is full (``max_queued``): the engine reads
+        nothing more from ``request_q`` until a batch takes members out, so the HTTP side's
+        ``max_pending`` fills and new requests get 503, as for a busy engine."""
+        return self._intake.held_back
 
     @property
     def is_stopping(self) -> bool:

@@ -40,7 +40,7 @@ class GroupRuntime:
     hold_intake: Callable[[object, bool], None]  # (group, full): stop or resume reading request_q
     finish: Callable[[Job, bool], None]  # (job, failed): the job left the engine
     metrics: EngineMetrics
-    meet_server: Callable[[Group], None]  # the first member arrived: find the server (warnings, metrics)
+    meet_server: Callable[[Group], bool]  # a member arrived: find the server (warnings, metrics); True once found
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
@@ -66,7 +66,7 @@ class Group:
         self.capacity = capacity  # members served at once: max_batch_size, or max_active
         self._queue: deque[Job] = deque()
         self._rt: GroupRuntime | None = None
-        self._changed: asyncio.Event | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._idle: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
         self._full = False
@@ -86,18 +86,25 @@ class Group:
     def bind(self, rt: GroupRuntime) -> None:
         """On the engine's loop, when it starts: the runner begins waiting for members."""
         self._rt = rt
-        self._changed = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._runner = rt.loop.create_task(self._run(), name=f"isolated-api-{self.name}")
+        self._runner.add_done_callback(self._runner_ended)
+
+    def _runner_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # A bug of ours: say so loudly, as its members would otherwise wait for their timeout.
+            logger.critical(
+                "the runner of %s crashed; its requests go unanswered", self.name, exc_info=task.exception()
+            )
 
     # -- on the engine's loop ------------------------------------------------------------------
 
     def add(self, job: Job) -> None:
         """A new member (on the loop). Subclasses may refuse it before it is queued."""
         if not self._met:
-            self._met = True
-            self.rt.meet_server(self)
+            # Until the server is found (a dict lookup): it may start after the first request.
+            self._met = self.rt.meet_server(self)
         job.group = self
         job.arrived = self.rt.loop.time()
         self._queue.append(job)
@@ -159,21 +166,28 @@ class Group:
                 self._idle.clear()
             else:
                 self._idle.set()
-        if self._changed is not None:
-            self._changed.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def wait_for_change(self, timeout: float | None = None) -> None:
         """Until a member arrives or leaves, or close(); at most ``timeout`` seconds."""
-        changed = self._changed
-        assert changed is not None
-        changed.clear()
-        if timeout is None:
-            await changed.wait()
-            return
+        # A bare future and a timer: cheaper than an Event under wait_for, which makes a task per
+        # wait (the batcher waits again at every arrival while a batch forms).
+        loop = self.rt.loop
+        self._waiter = waiter = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, _wake, waiter)
         try:
-            await asyncio.wait_for(changed.wait(), timeout)
-        except TimeoutError:
-            pass
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     async def _run(self) -> None:
         raise NotImplementedError
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -62,6 +62,11 @@ class Intake:
                 self._gates.discard(owner)
                 self._room.notify()
 
+    @property
+    def held_back(self) -> bool:
+        """True while a full batcher or stepper keeps this intake from reading."""
+        return bool(self._gates)
+
     def stop(self) -> None:
         with self._room:
             self._stopping = True

@@ -123,6 +123,22 @@ class Job:
                 return False
             return True
 
+    def reserve(self, final: bool) -> bool:
+        """For a message sent with others (``send_all``): True if it may still go out; ``final``
+        ends the job here, before the message is written."""
+        with self._lock:
+            if self._closed:
+                return False
+            if final:
+                self._closed = True
+            return True
+
+    def end(self, outcome: str) -> None:
+        """Ends the job without a message of its own (its message failed and was replaced)."""
+        with self._lock:
+            self._closed = True
+        self.outcome = outcome
+
     def cancel(self, reason: str, last_word: Any = None) -> bool:
         """Ends the job: sends ``last_word`` (if any) instead of whatever the handler would still
         produce, and tells the handler to stop. Returns False if the job had already ended."""
@@ -146,19 +162,16 @@ def send_all(sink: ReplySink, outgoing: list[tuple[Job, Any, bool]]) -> list[Job
     messages: list[Any] = []
     sent: list[Job] = []
     for job, message, final in outgoing:
-        with job._lock:
-            if job._closed:
-                continue
-            if final:
-                job._closed = True
-        messages.append(message)
-        sent.append(job)
+        if job.reserve(final):
+            messages.append(message)
+            sent.append(job)
+    # Unlike Job.send, written outside the jobs' locks (one write for many jobs): a cancel's last
+    # word may then go out before a chunk of the same job, which the relay drops as it ended.
     failed = sink.put_many(messages)
     if failed:
         for job in sent:
             if job.id in failed:
-                job._closed = True
-                job.outcome = "error"
+                job.end("error")
         sent = [job for job in sent if job.id not in failed]
     return sent
 

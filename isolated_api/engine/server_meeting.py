@@ -3,8 +3,9 @@
 The two are built apart (``Engine(request_q, response_q)``, ``.subprocess.with_ipc(request_q,
 response_q)``) and never hold each other; the response queue they share is the meeting point:
 the relay that reads it registered itself as its reader (``relay_reading``, the way
-``ReplyBatcher`` finds it). The first request a batcher or stepper gets came through that relay,
-so by then it is running. Two things are done there, once per batcher or stepper:
+``ReplyBatcher`` finds it). A request a batcher or stepper gets came through that relay, so by
+then it is running (it is looked up at each request until found: a dict lookup). Two things are
+done there, once per batcher or stepper:
 
 - warn when the server can never fill a batch: the relay bounds the requests awaiting replies
   server-wide at ``max_pending`` (each HTTP worker admits up to ``max_pending`` too, but the
@@ -30,10 +31,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("isolated_api.engine")
 
 
-def meet_server(response_q: Any, group: Group, metrics: EngineMetrics) -> None:
+def meet_server(response_q: Any, group: Group, metrics: EngineMetrics) -> bool:
+    """Warns and registers the metrics if the server's relay reads ``response_q`` in this process;
+    True if it does (then once is enough)."""
     relay = relay_reading(response_q)
     if relay is None:
-        return
+        return False
     capacity = group.capacity
     bound = relay.max_pending
     if bound is not None and bound < capacity:
@@ -48,3 +51,4 @@ def meet_server(response_q: Any, group: Group, metrics: EngineMetrics) -> None:
         )
     if relay.add_collector is not None:
         relay.add_collector(metrics)
+    return True

@@ -295,7 +295,7 @@ def test_batch_stop_timeout_answers_every_member_503(queues: Queues, probe: Batc
 
 
 def test_batch_past_max_queued_the_engine_stops_reading(queues: Queues, probe: BatchProbe) -> None:
-    """Steps: max_batch_size=2, max_queued=4, a held batch, then 10 more requests. Expect the
+    """Steps: max_batch_size=2, max_queued=4, a held batch, then 30 more requests. Expect the
     engine to stop taking from request_q (requests left there: what the HTTP side turns into 503
     at max_pending), and everything served once released."""
     request_q, response_q = queues
@@ -303,14 +303,20 @@ def test_batch_past_max_queued_the_engine_stops_reading(queues: Queues, probe: B
     with _engine(queues, probe, max_batch_size=2, max_queued=4, max_wait=0) as engine:
         request_q.put(Embed(0, "0"))
         wait_until(lambda: probe.running == 1, 10, "the first batch to start")
-        for i in range(1, 11):
+        for i in range(1, 31):
             request_q.put(Embed(i, str(i)))
-        # Read ahead is bounded: 4 queued plus at most the intake's read-ahead (concurrency + 1).
-        wait_until(lambda: engine.running_count >= 5, 10, "the queue to fill")
-        wait_until(lambda: request_q.qsize() > 0, 10, "requests left on request_q")
-        assert engine.running_count <= 1 + 4 + 8 + 1
+        # What the engine read is bounded: the running one, 4 queued, and at most the intake's
+        # read-ahead (concurrency + max_waiting + 1 = 9) that was on its way when the gate closed.
+        # Paused, and nothing in the intake's hands (every message either taken or on request_q):
+        # the reader waits for room, so what is left on request_q stays there.
+        wait_until(
+            lambda: engine.reading_paused and engine.running_count + request_q.qsize() == 31,
+            10,
+            "the engine to stop reading",
+        )
+        assert 5 <= engine.running_count <= 1 + 4 + 9 and request_q.qsize() >= 30 - 4 - 9
         probe.hold.set()
-        assert sorted(r.id for r in Replies(response_q).take(11)) == list(range(11))
+        assert sorted(r.id for r in Replies(response_q).take(31)) == list(range(31))
 
 
 def test_batch_refuses_bad_options(queues: Queues) -> None:

@@ -59,8 +59,9 @@ def _check_batches_and_streams(url: str) -> None:
 
 
 def test_batching_wiring_msgspec_codec_batches_and_steps(queues: Queues) -> None:
-    """Steps: server and engine sharing MsgspecCodec; a batch of 4 and two SSE streams. Expect
-    each answer decoded from one encoded message per batch or step."""
+    """Steps: server and engine sharing MsgspecCodec; a batch of 4 and two SSE streams; a batch with
+    one result MessagePack can't carry. Expect each answer decoded from one encoded message per
+    batch or step, and the unencodable one a 500 alone."""
     srv = (
         loopback_builder("batching-wire")
         .routes.with_route("/embed", wire_embed_route, methods=["POST"])
@@ -73,6 +74,9 @@ def test_batching_wiring_msgspec_codec_batches_and_steps(queues: Queues) -> None
     )
     with _wire_engine(*queues), running(srv) as url:
         _check_batches_and_streams(url)
+        mixed = post_all(f"{url}/embed", [{"text": t} for t in ("a", "opaque", "b", "c")])
+        assert [r.status_code for r in mixed] == [200, 500, 200, 200]
+        assert "could not be encoded" in mixed[1].json()["detail"]
 
 
 def test_batching_wiring_remote_engine_behind_engine_host() -> None:

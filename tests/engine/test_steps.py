@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from isolated_api import CancelRequest, Done, Engine, ErrorReply, StreamChunk
+from isolated_api import CancelRequest, Done, Engine, EngineError, ErrorReply, StreamChunk
 from isolated_api.testing import running, wait_until
 from tests.engine.helpers import Replies, server
 from tests.engine.step_jobs import Generate, TokenStepper, generate_route
@@ -194,10 +194,10 @@ def test_steps_an_item_error_ends_that_stream_alone_and_done_carries_a_last_chun
 
 
 def test_steps_a_client_leaving_mid_stream_gets_leave_once_and_no_more_chunks(queues: Queues) -> None:
-    """Steps: with_cancellation; an SSE client reads 2 tokens of a 50-token stream (held at 5) and
+    """Steps: with_cancellation; an SSE client reads 2 tokens of a 50-token stream (held at 2) and
     hangs up. Expect leave(why="cancelled") exactly once, and no chunk of it sent after the cancel
     (the relay drops nothing); a later stream is served."""
-    stepper = TokenStepper(hold_at=5)
+    stepper = TokenStepper(hold_at=2)  # held once the 2 chunks the client reads are out: none in flight
     stepper.gate.clear()
     srv = server(queues, ROUTES, cancellation=True)
     with _engine(queues, stepper) as engine, running(srv) as url:
@@ -212,7 +212,7 @@ def test_steps_a_client_leaving_mid_stream_gets_leave_once_and_no_more_chunks(qu
         wait_until(lambda: engine.cancelled == 1, 10, "the cancel to reach the engine")
         stepper.gate.set()
         wait_until(lambda: stepper.left == [("leaver", "cancelled")], 10, "the stream to leave")
-        assert stepper.emitted["leaver"] <= 6
+        assert stepper.emitted["leaver"] <= 3  # the held step's token was made, and dropped
         later = _streams(url, [{"tokens": 3, "tag": "later"}])[0]
         assert [e["data"] for e in later] == ["later:0", "later:1", "later:2", None]
         assert stepper.left == [("leaver", "cancelled"), ("later", "done")]
@@ -314,3 +314,58 @@ def test_steps_async_stepper_and_bad_arguments(queues: Queues) -> None:
         request_q.put(Generate("a", 3))
         assert [(c.data, c.is_final) for c in _read_stream(Replies(response_q))] == [(1, False), (2, False), (3, True)]
         wait_until(lambda: left == [("a", "done")], 10, "leave")
+
+
+def test_steps_a_raising_join_or_a_wrong_length_fails_those_streams_and_leave_says_error(queues: Queues) -> None:
+    """Steps: join() raises EngineError(429) for a request tagged "full"; step() returns one item
+    too few while a request tagged "short" is active. Expect 429 for the first, a 500 for the
+    second, leave(why="error") once each, and a plain request served afterwards."""
+    request_q, response_q = queues
+    left: list[tuple[Hashable, str]] = []
+
+    class Picky:
+        def join(self, requests: list[Generate]) -> None:
+            if any(r.tag == "full" for r in requests):
+                raise EngineError("no room for it", 429)
+
+        def step(self, active: list[Generate]) -> list[Any]:
+            items: list[Any] = [Done("ok") for _ in active]
+            return items[:-1] if any(r.tag == "short" for r in active) else items
+
+        def leave(self, request: Generate, why: str) -> None:
+            left.append((request.tag, why))
+
+    replies = Replies(response_q)
+    with Engine(*queues) as engine:
+        engine.steps(Generate, Picky())
+        request_q.put(Generate("a", 1, "full"))
+        assert replies.next() == ErrorReply("a", "no room for it", 429)
+        request_q.put(Generate("b", 1, "short"))
+        wrong = replies.next()
+        assert (wrong.id, wrong.status_code) == ("b", 500) and "error id" in wrong.message
+        request_q.put(Generate("c", 1, "plain"))
+        assert replies.next() == StreamChunk("c", "ok", True)
+        wait_until(lambda: len(left) == 3, 10, "three leaves")
+        assert left == [("full", "error"), ("short", "error"), ("plain", "done")]
+
+
+def test_steps_stop_lets_active_and_waiting_streams_finish_within_its_timeout(queues: Queues) -> None:
+    """Steps: max_active=1; one stream held at 2 tokens, a second waiting to join; stop(timeout=30)
+    in a thread; release. Expect both streams whole, leave(why="done") for each, stop() returning."""
+    request_q, response_q = queues
+    stepper = TokenStepper(hold_at=2)
+    stepper.gate.clear()
+    replies = Replies(response_q)
+    engine = _engine(queues, stepper, max_active=1).start()
+    request_q.put(Generate("a", 4, "a"))
+    request_q.put(Generate("b", 3, "b"))
+    wait_until(lambda: len(stepper.steps) == 3 and engine.running_count == 2, 10, "a held, b waiting")
+    stopper = threading.Thread(target=engine.stop, args=(30.0,))
+    stopper.start()
+    wait_until(lambda: engine.is_stopping, 10, "stop() to begin")
+    stepper.gate.set()
+    streams = _read_streams(replies, 2)
+    assert [c.data for c in streams["a"]] == ["a:0", "a:1", "a:2", "a:3", None]
+    assert [c.data for c in streams["b"]] == ["b:0", "b:1", "b:2", None]
+    stopper.join(20)
+    assert not stopper.is_alive() and stepper.left == [("a", "done"), ("b", "done")]
