@@ -60,12 +60,21 @@ class HandlerTable:
         check_request_type(request_type, "handle()")
         if not callable(fn):
             raise TypeError(f"handler for {request_type.__name__} must be callable, got {fn!r}")
+        self._refuse_replacing_a_group(request_type)
         self._by_type[request_type] = Handler(fn, _kind(fn), takes_context(fn))
         self._cache.clear()
 
     def register_group(self, request_type: type, group: Group) -> None:
+        self._refuse_replacing_a_group(request_type)
         self._by_type[request_type] = group
         self._cache.clear()
+
+    def _refuse_replacing_a_group(self, request_type: type) -> None:
+        # A batcher or stepper owns a runner task and queued members: replaced, they would be
+        # stranded. A plain handler may be replaced, as before.
+        entry = self._by_type.get(request_type)
+        if entry is not None and not isinstance(entry, Handler):
+            raise ValueError(f"{request_type.__name__} is already served by engine.batch() or engine.steps()")
 
     def groups(self) -> list[Group]:
         return [entry for entry in self._by_type.values() if not isinstance(entry, Handler)]

@@ -333,6 +333,11 @@ def test_batch_refuses_bad_options(queues: Queues) -> None:
         engine.batch(Embed, cost=len)
     with pytest.raises(TypeError, match="request class"):
         engine.batch("Embed")  # type: ignore[call-overload]
+    engine.batch(Embed, lambda requests: requests)
+    with pytest.raises(ValueError, match="already served"):
+        engine.batch(Embed, lambda requests: requests)
+    with pytest.raises(ValueError, match="already served"):
+        engine.handle(Embed, lambda request: request)
 
 
 def test_batch_async_function_and_decorator_form(queues: Queues) -> None:
