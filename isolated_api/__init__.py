@@ -8,10 +8,12 @@ each part runs in: ``worker`` (the HTTP worker), ``main`` (the main process), ``
 
 from typing import TYPE_CHECKING, Any
 
+from isolated_api.engine.collect import collect
 from isolated_api.engine.context import RequestContext
 from isolated_api.engine.engine import Engine
 from isolated_api.engine.errors import EngineError
 from isolated_api.engine.messages import HealthPing, HealthStatus, Result, StreamChunk
+from isolated_api.engine.stepping import Done
 from isolated_api.main.reply_batcher import ReplyBatcher
 from isolated_api.main.subprocess_manager import SubprocessManager
 from isolated_api.main.supervisor import StartupError, UnguardedMainError
@@ -83,6 +85,7 @@ __all__ = [
     "Codec",
     "CodecError",
     "ConfigError",
+    "Done",
     "DuplicateRequestIdError",
     "Engine",
     "EngineBindError",
@@ -120,6 +123,7 @@ __all__ = [
     "UnguardedMainError",
     "UvicornConfig",
     "UvicornConfigurer",
+    "collect",
     "get_ipc_channel",
     "merge_text",
     "new_request_id",

@@ -7,7 +7,10 @@ import enum
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from isolated_api.engine.group import Group
 
 
 class Kind(enum.Enum):
@@ -35,7 +38,7 @@ def _kind(fn: Callable[..., Any]) -> Kind:
     return Kind.SYNC
 
 
-def _takes_context(fn: Callable[..., Any]) -> bool:
+def takes_context(fn: Callable[..., Any]) -> bool:
     """True when ``fn`` has a second positional parameter without a default (or ``*args``)."""
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -46,21 +49,37 @@ def _takes_context(fn: Callable[..., Any]) -> bool:
 
 
 class HandlerTable:
-    """Request type -> handler; a lookup walks the request's MRO and caches the answer."""
+    """Request type -> handler (or the batcher / stepper serving it); a lookup walks the request's
+    MRO and caches the answer."""
 
     def __init__(self) -> None:
-        self._by_type: dict[type, Handler] = {}
-        self._cache: dict[type, Handler | None] = {}
+        self._by_type: dict[type, Handler | Group] = {}
+        self._cache: dict[type, Handler | Group | None] = {}
 
     def register(self, request_type: type, fn: Callable[..., Any]) -> None:
-        if not isinstance(request_type, type):
-            raise TypeError(f"handle() needs a request class (object for a catch-all), got {request_type!r}")
+        check_request_type(request_type, "handle()")
         if not callable(fn):
             raise TypeError(f"handler for {request_type.__name__} must be callable, got {fn!r}")
-        self._by_type[request_type] = Handler(fn, _kind(fn), _takes_context(fn))
+        self._refuse_replacing_a_group(request_type)
+        self._by_type[request_type] = Handler(fn, _kind(fn), takes_context(fn))
         self._cache.clear()
 
-    def lookup(self, request_type: type) -> Handler | None:
+    def register_group(self, request_type: type, group: Group) -> None:
+        self._refuse_replacing_a_group(request_type)
+        self._by_type[request_type] = group
+        self._cache.clear()
+
+    def _refuse_replacing_a_group(self, request_type: type) -> None:
+        # A batcher or stepper owns a runner task and queued members: replaced, they would be
+        # stranded. A plain handler may be replaced, as before.
+        entry = self._by_type.get(request_type)
+        if entry is not None and not isinstance(entry, Handler):
+            raise ValueError(f"{request_type.__name__} is already served by engine.batch() or engine.steps()")
+
+    def groups(self) -> list[Group]:
+        return [entry for entry in self._by_type.values() if not isinstance(entry, Handler)]
+
+    def lookup(self, request_type: type) -> Handler | Group | None:
         try:
             return self._cache[request_type]
         except KeyError:
@@ -68,3 +87,8 @@ class HandlerTable:
         found = next((self._by_type[t] for t in request_type.__mro__ if t in self._by_type), None)
         self._cache[request_type] = found
         return found
+
+
+def check_request_type(request_type: object, where: str) -> None:
+    if not isinstance(request_type, type):
+        raise TypeError(f"{where} needs a request class (object for a catch-all), got {request_type!r}")

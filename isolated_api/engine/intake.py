@@ -38,6 +38,9 @@ class Intake:
         self._token = uuid.uuid4().hex
         self._room = threading.Condition()
         self._held = 0
+        # Batchers and steppers whose queue is full (max_queued): while any is, nothing more is
+        # read, so request_q fills and the HTTP side answers 503 as for a busy engine.
+        self._gates: set[object] = set()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="isolated-api-engine-intake", daemon=True)
 
@@ -49,6 +52,20 @@ class Intake:
         with self._room:
             self._held -= count
             self._room.notify()
+
+    def hold(self, owner: object, full: bool) -> None:
+        """``owner`` (a batcher or stepper) is full (stop reading) or has room again."""
+        with self._room:
+            if full:
+                self._gates.add(owner)
+            else:
+                self._gates.discard(owner)
+                self._room.notify()
+
+    @property
+    def held_back(self) -> bool:
+        """True while a full batcher or stepper keeps this intake from reading."""
+        return bool(self._gates)
 
     def stop(self) -> None:
         with self._room:
@@ -68,7 +85,7 @@ class Intake:
 
     def _reserve(self, block: bool) -> bool:
         with self._room:
-            while self._held >= self._limit and not self._stopping:
+            while (self._held >= self._limit or self._gates) and not self._stopping:
                 if not block:
                     return False
                 self._room.wait()

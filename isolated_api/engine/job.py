@@ -45,6 +45,28 @@ class ReplySink:
             return True
         return put(self._response_q, message, self._encode)
 
+    def put_many(self, messages: list[Any]) -> set[Any]:
+        """Puts ``messages`` as ONE message on response_q (a list, which the relay routes member by
+        member): a batch's replies, or a step's chunks. Returns the ids of messages that could not
+        be encoded (each failed alone with an ``ErrorReply`` 500 in its place)."""
+        if not messages:
+            return set()
+        if self._batcher is not None:
+            try:
+                self._batcher.put_bundle(messages)
+            except ValueError as exc:  # closed: the engine has stopped
+                logger.error("could not put %d replies: %s", len(messages), exc)
+            return set()
+        if len(messages) > 1 and self._encode is not None:
+            try:
+                item = self._encode(messages)
+            except Exception:
+                pass  # one member can't be encoded: each goes alone below, the bad one failing alone
+            else:
+                _write(self._response_q, item, len(messages))
+                return set()
+        return {getattr(m, "id", None) for m in messages if not put(self._response_q, m, self._encode)}
+
     def close(self) -> None:
         """Writes what is still waiting (replies of requests that just ended)."""
         if self._batcher is not None:
@@ -52,11 +74,30 @@ class ReplySink:
 
 
 class Job:
-    __slots__ = ("_closed", "_lock", "_sink", "context", "id", "in_thread", "request", "task")
+    __slots__ = (
+        "_closed",
+        "_lock",
+        "_sink",
+        "arrived",
+        "context",
+        "cost",
+        "group",
+        "id",
+        "in_thread",
+        "outcome",
+        "request",
+        "task",
+    )
 
     def __init__(self, request_id: Hashable, request: Any, sink: ReplySink) -> None:
         self.id = request_id
         self.request = request
+        # Served by a batcher or a stepper (``engine.batch`` / ``engine.steps``): told when the job
+        # is cancelled, so a queued member leaves its queue at once.
+        self.group: Any = None
+        self.arrived = 0.0  # loop time when a group took it (max_wait counts from the first)
+        self.cost = 0.0  # its share of a batch's max_cost
+        self.outcome: str | None = None  # how a stepper's stream ended: "done" or "error"
         self.context = RequestContext(request_id)
         self.task: asyncio.Task[None] | None = None
         # True while sync code runs in a worker thread for it: then cancelling the task would free
@@ -82,6 +123,22 @@ class Job:
                 return False
             return True
 
+    def reserve(self, final: bool) -> bool:
+        """For a message sent with others (``send_all``): True if it may still go out; ``final``
+        ends the job here, before the message is written."""
+        with self._lock:
+            if self._closed:
+                return False
+            if final:
+                self._closed = True
+            return True
+
+    def end(self, outcome: str) -> None:
+        """Ends the job without a message of its own (its message failed and was replaced)."""
+        with self._lock:
+            self._closed = True
+        self.outcome = outcome
+
     def cancel(self, reason: str, last_word: Any = None) -> bool:
         """Ends the job: sends ``last_word`` (if any) instead of whatever the handler would still
         produce, and tells the handler to stop. Returns False if the job had already ended."""
@@ -95,6 +152,36 @@ class Job:
         if self.task is not None and not self.in_thread:
             self.task.cancel()
         return True
+
+
+def send_all(sink: ReplySink, outgoing: list[tuple[Job, Any, bool]]) -> list[Job]:
+    """Sends ``(job, message, final)`` for each job, all in ONE message on response_q; a job that
+    already ended (cancelled meanwhile) is skipped, and ``final`` ends a job. A job whose message
+    could not be encoded is ended too (it was failed with a 500 in its place). Returns the jobs
+    whose message went out."""
+    messages: list[Any] = []
+    sent: list[Job] = []
+    for job, message, final in outgoing:
+        if job.reserve(final):
+            messages.append(message)
+            sent.append(job)
+    # Unlike Job.send, written outside the jobs' locks (one write for many jobs): a cancel's last
+    # word may then go out before a chunk of the same job, which the relay drops as it ended.
+    failed = sink.put_many(messages)
+    if failed:
+        for job in sent:
+            if job.id in failed:
+                job.end("error")
+        sent = [job for job in sent if job.id not in failed]
+    return sent
+
+
+def _write(response_q: Any, item: Any, count: int) -> None:
+    try:
+        if not put_now(response_q, item):
+            response_q.put(item)
+    except (ValueError, OSError, queue.Full) as exc:  # closed or full for good: nothing else to do
+        logger.error("could not put %d replies on response_q: %r", count, exc)
 
 
 def put(response_q: Any, message: Any, encode: Encode = None) -> bool:

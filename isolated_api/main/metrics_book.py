@@ -86,6 +86,7 @@ class MetricsBook:
         self._label_sets: set[tuple[str, str, str]] = set()
         self._worker_counts = {"worker_rejected": 0, "worker_dropped": 0}
         self._facts = facts
+        self._collectors: list[Collector] = []
         self.registry.register(_FactsCollector(self._all_facts))
 
     def _all_facts(self) -> dict[str, Any]:
@@ -115,6 +116,17 @@ class MetricsBook:
         with self._lock:
             self._worker_counts["worker_rejected"] += rejected
             self._worker_counts["worker_dropped"] += dropped
+
+    def add_collector(self, collector: Collector) -> None:
+        """Renders ``collector`` too (an engine's batching metrics); the same one twice is harmless."""
+        with self._lock:
+            if any(known is collector for known in self._collectors):
+                return
+            self._collectors.append(collector)
+        try:
+            self.registry.register(collector)
+        except ValueError as exc:  # its names are taken (a second engine on one server)
+            logger.warning("metrics of a second engine not shown on /metrics: %s", exc)
 
     def observe_round_trip(self, seconds: float) -> None:
         self._round_trip.observe(seconds)

@@ -103,8 +103,12 @@ class Relay:
         cancel_notices: bool = False,
         observe_round_trip: Callable[[float], None] | None = None,
         codec: Codec | None = None,
+        add_collector: Callable[[Any], None] | None = None,
     ) -> None:
         self._request_q = request_q
+        # Registers a Prometheus collector on the server's /metrics (None: no metrics): how an
+        # Engine in this process, which finds this relay through its response_q, shows its own.
+        self.add_collector = add_collector
         self._response_q = response_q
         self._queue_timeout = queue_timeout
         # With several HTTP workers each admits up to max_pending on its own; this bound makes
@@ -180,6 +184,11 @@ class Relay:
     @property
     def response_q(self) -> Any:
         return self._response_q
+
+    @property
+    def max_pending(self) -> int | None:
+        """The server-wide bound on requests awaiting replies (every HTTP worker's together)."""
+        return self._max_pending
 
     @property
     def is_closed(self) -> bool:

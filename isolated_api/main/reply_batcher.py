@@ -88,6 +88,14 @@ class ReplyBatcher:
         """Queues several replies in order (for example one token for each stream of a batch)."""
         self._put(list(replies))  # a copy: the caller may reuse its list
 
+    def put_bundle(self, replies: list[Any]) -> None:
+        """Queues several replies that must leave in ONE message (a model step's chunks, a batch's
+        results): never split between two writes, though other replies waiting may share it."""
+        if len(replies) == 1:
+            self._put(list(replies))
+        elif replies:
+            self._put([list(replies)])  # one pending entry: the writer never cuts through it
+
     def _put(self, batch: list[Any]) -> None:
         with self._lock:
             if self._closed:
@@ -103,7 +111,8 @@ class ReplyBatcher:
                 # Looked up once: the write below hands the replies to this relay.
                 relay = relay_reading(self._q)
                 if time.monotonic() - self._last_write <= _QUIET:
-                    direct = relay is not None and (relay.answers_everything(batch) or relay.starts_a_stream(batch))
+                    flat = _flatten(batch)
+                    direct = relay is not None and (relay.answers_everything(flat) or relay.starts_a_stream(flat))
             if direct:
                 self._writing = True
                 self.direct_writes += 1
@@ -194,6 +203,7 @@ class ReplyBatcher:
                     self._wake.notify_all()
 
     def _write(self, batch: list[Any], relay: Relay | None) -> None:
+        batch = _flatten(batch)  # a bundle (put_bundle) is one pending entry, written as its replies
         message: Any = batch[0] if len(batch) == 1 else batch
         try:
             self._send(message, relay)
@@ -239,3 +249,16 @@ class ReplyBatcher:
             self._send(failure, relay)
         except Exception:
             logger.exception("could not fail request %r either", request_id)
+
+
+def _flatten(entries: list[Any]) -> list[Any]:
+    """Pending entries as replies: a bundle (a list) opened in place."""
+    if not any(type(entry) is list for entry in entries):
+        return entries
+    flat: list[Any] = []
+    for entry in entries:
+        if type(entry) is list:
+            flat.extend(entry)
+        else:
+            flat.append(entry)
+    return flat

@@ -57,6 +57,7 @@ class Server:
                 cancel_notices=spec.cancel_notices,
                 observe_round_trip=self._metrics.observe_round_trip if self._metrics else None,
                 codec=spec.codec,
+                add_collector=self._metrics.add_collector if self._metrics else None,
             )
             self._subprocess = SubprocessMode(spec, relay, self._listener, self._metrics)
         else:

@@ -266,3 +266,19 @@ def test_reply_batcher_bundles_split_between_two_workers_reach_their_own_streams
 def test_reply_batcher_refuses_a_bad_max_batch(queues: tuple[Any, Any]) -> None:
     with pytest.raises(ValueError, match="max_batch"):
         ReplyBatcher(queues[1], max_batch=0)
+
+
+def test_reply_batcher_a_bundle_is_never_split_between_messages(queues: tuple[Any, Any]) -> None:
+    """Steps: max_batch=4; ten bundles of 10 replies (a step's chunks each), put from one thread.
+    Expect every bundle whole inside one message (a message may hold several), order kept."""
+    _, response_q = queues
+    batcher = ReplyBatcher(response_q, max_batch=4)
+    for step in range(10):
+        batcher.put_bundle([Done(f"{step}-{i}", "x") for i in range(10)])
+    batcher.close()
+    messages = _read_messages(response_q, 100)
+    ids = [reply.id for reply in _replies_in(messages)]
+    assert ids == [f"{step}-{i}" for step in range(10) for i in range(10)]
+    for message in messages:
+        steps = [reply.id.split("-")[0] for reply in (message if type(message) is list else [message])]
+        assert all(steps.count(s) == 10 for s in set(steps))

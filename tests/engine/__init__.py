@@ -1,0 +1,1 @@
+"""The engine's batching (engine.batch, engine.steps, collect) over real queues and HTTP."""
