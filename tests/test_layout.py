@@ -143,9 +143,24 @@ def test_layout_imports_beside_a_project_with_its_own_features_and_tests(user_py
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _key(node_id: str, folder: str) -> str:
+    """A test's name within its copy, the same for both copies: ``test_mod.test_x[param]``."""
+    return node_id.removeprefix(f"{folder}/").replace(".py::", "::").replace("/", ".").replace("::", ".")
+
+
+def _collected(python: Path, project: Path, folders: Sequence[str]) -> dict[str, dict[str, str]]:
+    """For each folder, its tests' node ids by their name within the copy (``pytest --collect-only``)."""
+    result = _run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", *folders], project, 300
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    ids = [line for line in result.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+    return {folder: {_key(i, folder): i for i in ids if i.startswith(f"{folder}/")} for folder in folders}
+
+
 def _outcomes(report: Path, folder: str) -> dict[str, str]:
-    """Each test of the copy in ``folder`` (by its name within the copy) and how it ended, from pytest's
-    JUnit XML report."""
+    """Each test that ran from the copy in ``folder`` (by its name within the copy) and how it ended,
+    from pytest's JUnit XML report."""
     package = folder.replace("/", ".")
     outcomes: dict[str, str] = {}
     for case in ET.parse(report).getroot().iter("testcase"):
@@ -158,7 +173,7 @@ def _outcomes(report: Path, folder: str) -> dict[str, str]:
                 outcome = "xfailed"
             else:
                 outcome = f"{ended[0].tag}: {ended[0].get('message', '')}"
-            outcomes[f"{classname.removeprefix(package)}::{case.get('name')}"] = outcome
+            outcomes[f"{classname.removeprefix(f'{package}.')}.{case.get('name')}"] = outcome
     return outcomes
 
 
@@ -168,23 +183,39 @@ def test_layout_each_slice_passes_its_tests_copied_under_other_names(
     user_python: Path, tmp_path: Path, slice_name: str
 ) -> None:
     """Steps: copy ``features/<slice>/`` alone into an empty project twice, as ``copied_<slice>/`` and
-    as ``myapp/vendored/`` (beside ``myapp/__init__.py``), with no ``features`` package anywhere; run
-    ``python -m pytest`` on both copies there, as the slice's README says, with the user's environment
-    (the wheel, its extras, the test packages) and no configuration of this repository.
-    Expected: pytest succeeds; both copies ran the same tests, and every one passed (an expected
-    failure, xfail, counts as its own outcome); none skipped for a missing package."""
+    as ``myapp/vendored/`` (beside ``myapp/__init__.py``), with no ``features`` package anywhere; with
+    the user's environment (the wheel, its extras, the test packages) and no configuration of this
+    repository, collect both copies, then run each test once, in one copy or the other by turns (the
+    whole slice twice would double the cost of this module), with ``python -m pytest`` from the
+    project's directory as the README says.
+    Expected: both copies collect the same tests; each test passes or fails as marked (xfail), none is
+    skipped (the environment has every package a slice may ask for); each copy ran its share (so
+    HTTP children imported the handlers under both names)."""
     top_level, in_app = _copy_slice(slice_name, tmp_path)
+    collected = _collected(user_python, tmp_path, (top_level, in_app))
+    names = sorted(collected[top_level])
+    assert names, f"no test collected in {top_level}"
+    assert names == sorted(collected[in_app]), f"the two copies collected different tests:\n{collected}"
+    chosen = {name: (top_level, in_app)[index % 2] for index, name in enumerate(names)}
     report = tmp_path / "report.xml"
     result = _run(
-        [str(user_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", top_level, in_app],
+        [
+            *(str(user_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"),
+            *(collected[folder][name] for name, folder in chosen.items()),
+        ],
         tmp_path,
         860,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    first, second = _outcomes(report, top_level), _outcomes(report, in_app)
-    assert first, f"no test of {top_level} ran:\n{result.stdout[-2000:]}"
-    assert first == second, f"the two copies ended differently:\n{first}\n{second}"
-    bad = {name: outcome for name, outcome in first.items() if outcome not in ("passed", "xfailed")}
+    ran = {folder: _outcomes(report, folder) for folder in (top_level, in_app)}
+    for folder in (top_level, in_app):
+        assert set(ran[folder]) == {name for name, where in chosen.items() if where == folder}, ran
+    bad = {
+        name: outcome
+        for outcomes in ran.values()
+        for name, outcome in outcomes.items()
+        if outcome not in ("passed", "xfailed")
+    }
     assert not bad, bad
 
 
@@ -218,7 +249,10 @@ def test_layout_the_independence_contract_covers_every_slice() -> None:
     """Steps: resolve the modules of the "Slices are independent" contract in pyproject.toml against
     the import graph of ``features``, wildcards as lint-imports expands them.
     Expected: exactly the slices, ``features.<dir>`` for every directory of features/ with an
-    ``__init__.py``: a slice added without being covered fails here."""
+    ``__init__.py``: a slice added without being covered fails here. And every directory of features/
+    is such a package (a folder without ``__init__.py`` would escape both this and the copy test)."""
+    folders = {p.name for p in (ROOT / "features").iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders == set(SLICES), f"not a package: {sorted(folders - set(SLICES))}"
     (contract,) = [
         c
         for c in PYPROJECT["tool"]["importlinter"]["contracts"]
