@@ -144,8 +144,11 @@ def test_layout_imports_beside_a_project_with_its_own_features_and_tests(user_py
 
 
 def _key(node_id: str, folder: str) -> str:
-    """A test's name within its copy, the same for both copies: ``test_mod.test_x[param]``."""
-    return node_id.removeprefix(f"{folder}/").replace(".py::", "::").replace("/", ".").replace("::", ".")
+    """A test's name within its copy, the same for both copies and as JUnit spells it:
+    ``test_mod.test_x[param]`` (a parameter id is kept as it is: it may hold '/', '.' or '::')."""
+    path, _, test = node_id.removeprefix(f"{folder}/").partition("::")
+    name, bracket, params = test.partition("[")
+    return f"{path.removesuffix('.py').replace('/', '.')}.{name.replace('::', '.')}{bracket}{params}"
 
 
 def _collected(python: Path, project: Path, folders: Sequence[str]) -> dict[str, dict[str, str]]:
