@@ -12,11 +12,10 @@ import httpx
 import pytest
 
 from features.backpressure.backpressure import Job, JobDone, job_route, load_route
-from isolated_api.testing import running, wait_until
+from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
 from stress.figures import Figures
 from stress.loadgen import LoadJob, LoadSpec, percentile, run_load
 from stress.servers import close_queues
-from tests.helpers import MainLoop, builder
 
 pytestmark = pytest.mark.stress
 
@@ -41,9 +40,9 @@ def test_stress_overload_burst(tmp_path: Path, figures: Figures) -> None:
     ctx = multiprocessing.get_context("spawn")
     request_q, response_q = ctx.Queue(), ctx.Queue()
     holder = Holder()
-    loop = MainLoop(request_q, response_q, behaviour=holder).start()
+    loop = MainLoop(request_q, response_q, holder).start()
     server = (
-        builder("stress-burst")
+        loopback_builder("stress-burst")
         .routes.with_route("/job", job_route, methods=["POST"])
         .with_route("/load", load_route)
         .done()

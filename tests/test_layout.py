@@ -1,8 +1,10 @@
 """The layout's promises, checked as a user meets them: the wheel installs one top-level package,
-imports beside a project's own ``features`` and ``tests`` packages, and each slice copied alone
-into an empty directory passes its own tests with nothing but the wheel (and its dev extras).
+imports beside a project's own ``features`` and ``tests`` packages, and each slice copied alone under
+another name (a top-level folder, and a subpackage of the user's app) passes its own tests with nothing
+but the wheel, its extras and the test packages a user has; without an extra, a slice that needs it
+skips and says what to install. The slices' independence contract covers every slice.
 
-The wheel and the virtual environment are made once for this module (~20 s with a warm pip
+The wheel and the virtual environments are made once for this module (~20-40 s each with a warm pip
 cache); each slice then runs in a directory of its own, outside this repository.
 """
 
@@ -12,22 +14,28 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
+import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SLICES = sorted(p.name for p in (ROOT / "features").iterdir() if (p / "__init__.py").is_file())
-
-
-@dataclass(frozen=True)
-class Installed:
-    wheel: Path
-    python: Path
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# What a user who copies a slice has: the test packages the slices' tests import (not our [dev]: no
+# pytest-timeout, no linters), and the clients of what some slices serve (an OpenAI-style API, arrays).
+USER_TEST_PACKAGES = ("pytest", "pytest-asyncio", "hypothesis", "httpx")
+SERVED_CLIENTS = ("openai", "numpy")
+# Every extra a slice may need; dev and demo are this repository's own.
+EXTRAS = sorted(set(PYPROJECT["project"]["optional-dependencies"]) - {"dev", "demo"})
+# The package a copy goes into inside the user's app, and the copy's name there: neither is the slice's
+# name, so nothing in the slice may assume where it lives.
+APP_PACKAGE, IN_APP_NAME = "myapp", "vendored"
 
 
 def _clean_env() -> dict[str, str]:
@@ -56,26 +64,40 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(base, ignore_errors=True)
 
 
-def _venv_with(requirement: str, where: Path) -> Path:
+def _venv_with(requirements: Sequence[str], where: Path) -> Path:
     venv.EnvBuilder(with_pip=True).create(where)
     python = where / "bin" / "python"
-    pip = _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement], where, 600)
+    pip = _run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements], where, 600
+    )
     assert pip.returncode == 0, pip.stdout + pip.stderr
     return python
 
 
 @pytest.fixture(scope="module")
-def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
-    env_dir = tmp_path_factory.mktemp("dev-venv")
-    yield Installed(wheel, _venv_with(f"{wheel}[dev]", env_dir))
+def user_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A user's environment for the slices: the wheel with every extra, the test packages, the clients."""
+    env_dir = tmp_path_factory.mktemp("user-venv")
+    yield _venv_with([f"{wheel}[{','.join(EXTRAS)}]", *USER_TEST_PACKAGES, *SERVED_CLIENTS], env_dir)
     shutil.rmtree(env_dir, ignore_errors=True)
+
+
+def _copy_slice(slice_name: str, project: Path, in_app_name: str = IN_APP_NAME) -> tuple[str, str]:
+    """Copies the slice into ``project`` twice, as a user would: a top-level folder of another name,
+    and a subpackage of the user's app; returns both folders, relative to ``project``."""
+    top_level, in_app = f"copied_{slice_name}", f"{APP_PACKAGE}/{in_app_name}"
+    (project / APP_PACKAGE).mkdir(parents=True, exist_ok=True)
+    (project / APP_PACKAGE / "__init__.py").write_text("")
+    for folder in (top_level, in_app):
+        shutil.copytree(ROOT / "features" / slice_name, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return top_level, in_app
 
 
 def test_layout_imports_with_the_runtime_dependencies_only(wheel: Path, tmp_path: Path) -> None:
     """Steps: install the wheel with no extras (no msgspec, no appinfra, no test tools); import
     the facade and touch every public name but the two that name their extra.
     Expected: all import; the optional ones fail with an ImportError that names the extra."""
-    python = _venv_with(str(wheel), tmp_path / "venv")
+    python = _venv_with([str(wheel)], tmp_path / "venv")
     probe = (
         "import isolated_api\n"
         "optional = {'ServerPlugin', 'ENGINE_WIRE_TYPES'}\n"
@@ -99,13 +121,13 @@ def test_layout_imports_with_the_runtime_dependencies_only(wheel: Path, tmp_path
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_layout_wheel_installs_exactly_one_top_level_package(installed: Installed) -> None:
-    with zipfile.ZipFile(installed.wheel) as wheel:
-        tops = {name.split("/", 1)[0] for name in wheel.namelist()}
+def test_layout_wheel_installs_exactly_one_top_level_package(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split("/", 1)[0] for name in archive.namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"isolated_api"}
 
 
-def test_layout_imports_beside_a_project_with_its_own_features_and_tests(installed: Installed, tmp_path: Path) -> None:
+def test_layout_imports_beside_a_project_with_its_own_features_and_tests(user_python: Path, tmp_path: Path) -> None:
     """Steps: a project directory with its own ``features`` and ``tests`` packages; import the
     facade and the testing helpers from there, then the project's packages.
     Expected: all import, and ``features``/``tests`` are the project's own."""
@@ -117,26 +139,130 @@ def test_layout_imports_beside_a_project_with_its_own_features_and_tests(install
         "assert features.OWNER == 'project features' and tests.OWNER == 'project tests'\n"
         "print(sorted(isolated_api.__all__)[:3])\n"
     )
-    result = _run([str(installed.python), "-c", probe], tmp_path, 120)
+    result = _run([str(user_python), "-c", probe], tmp_path, 120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("slice_name", SLICES)
-def test_layout_each_slice_passes_its_tests_copied_alone(installed: Installed, tmp_path: Path, slice_name: str) -> None:
-    """Steps: copy ``features/<slice>/`` alone into an empty directory (as ``features/<slice>/``
-    beside an empty ``features/__init__.py``: the slice dropped into a user's project), run pytest
-    there with the installed wheel and no configuration of this repository.
-    Expected: the slice's tests are collected and pass."""
-    (tmp_path / "features").mkdir()
-    (tmp_path / "features" / "__init__.py").write_text("")
-    shutil.copytree(
-        ROOT / "features" / slice_name, tmp_path / "features" / slice_name, ignore=shutil.ignore_patterns("__pycache__")
-    )
+def _key(node_id: str, folder: str) -> str:
+    """A test's name within its copy, the same for both copies and as JUnit spells it:
+    ``test_mod.test_x[param]`` (a parameter id is kept as it is: it may hold '/', '.' or '::')."""
+    path, _, test = node_id.removeprefix(f"{folder}/").partition("::")
+    name, bracket, params = test.partition("[")
+    return f"{path.removesuffix('.py').replace('/', '.')}.{name.replace('::', '.')}{bracket}{params}"
+
+
+def _collected(python: Path, project: Path, folders: Sequence[str]) -> dict[str, dict[str, str]]:
+    """For each folder, its tests' node ids by their name within the copy (``pytest --collect-only``)."""
     result = _run(
-        [str(installed.python), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"features/{slice_name}"],
-        tmp_path,
-        560,
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", *folders], project, 300
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert " passed" in result.stdout, result.stdout[-2000:]
+    ids = [line for line in result.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+    return {folder: {_key(i, folder): i for i in ids if i.startswith(f"{folder}/")} for folder in folders}
+
+
+def _outcomes(report: Path, folder: str) -> dict[str, str]:
+    """Each test that ran from the copy in ``folder`` (by its name within the copy) and how it ended,
+    from pytest's JUnit XML report."""
+    package = folder.replace("/", ".")
+    outcomes: dict[str, str] = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        classname = case.get("classname", "")
+        if classname.startswith(f"{package}."):
+            ended = [child for child in case if child.tag in ("failure", "error", "skipped")]
+            if not ended:
+                outcome = "passed"
+            elif ended[0].get("type") == "pytest.xfail":  # JUnit has no xfail: pytest reports it as a skip
+                outcome = "xfailed"
+            else:
+                outcome = f"{ended[0].tag}: {ended[0].get('message', '')}"
+            outcomes[f"{classname.removeprefix(f'{package}.')}.{case.get('name')}"] = outcome
+    return outcomes
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("slice_name", SLICES)
+def test_layout_each_slice_passes_its_tests_copied_under_other_names(
+    user_python: Path, tmp_path: Path, slice_name: str
+) -> None:
+    """Steps: copy ``features/<slice>/`` alone into an empty project twice, as ``copied_<slice>/`` and
+    as ``myapp/vendored/`` (beside ``myapp/__init__.py``), with no ``features`` package anywhere; with
+    the user's environment (the wheel, its extras, the test packages) and no configuration of this
+    repository, collect both copies, then run each test once, in one copy or the other by turns (the
+    whole slice twice would double the cost of this module), with ``python -m pytest`` from the
+    project's directory as the README says.
+    Expected: both copies collect the same tests; each test passes or fails as marked (xfail), none is
+    skipped (the environment has every package a slice may ask for); each copy ran its share (so
+    HTTP children imported the handlers under both names)."""
+    top_level, in_app = _copy_slice(slice_name, tmp_path)
+    collected = _collected(user_python, tmp_path, (top_level, in_app))
+    names = sorted(collected[top_level])
+    assert names, f"no test collected in {top_level}"
+    assert names == sorted(collected[in_app]), f"the two copies collected different tests:\n{collected}"
+    chosen = {name: (top_level, in_app)[index % 2] for index, name in enumerate(names)}
+    report = tmp_path / "report.xml"
+    result = _run(
+        [
+            *(str(user_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"),
+            *(collected[folder][name] for name, folder in chosen.items()),
+        ],
+        tmp_path,
+        860,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    ran = {folder: _outcomes(report, folder) for folder in (top_level, in_app)}
+    for folder in (top_level, in_app):
+        assert set(ran[folder]) == {name for name, where in chosen.items() if where == folder}, ran
+    bad = {
+        name: outcome
+        for outcomes in ran.values()
+        for name, outcome in outcomes.items()
+        if outcome not in ("passed", "xfailed")
+    }
+    assert not bad, bad
+
+
+@pytest.fixture(scope="module")
+def bare_user_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A user's environment without any extra: the wheel and the test packages only."""
+    env_dir = tmp_path_factory.mktemp("bare-user-venv")
+    yield _venv_with([str(wheel), *USER_TEST_PACKAGES], env_dir)
+    shutil.rmtree(env_dir, ignore_errors=True)
+
+
+def test_layout_slices_without_their_extras_skip_and_say_what_to_install(
+    bare_user_python: Path, tmp_path: Path
+) -> None:
+    """Steps: copy every slice (under other names, top-level and in an app package) into one project;
+    collect their tests with the wheel and the test packages only: no extra, no served client.
+    Expected: every module imports or skips (pytest succeeds, no collection error), and every skip says
+    what to install (``pip install ...``)."""
+    folders = [folder for name in SLICES for folder in _copy_slice(name, tmp_path, f"{IN_APP_NAME}_{name}")]
+    result = _run(
+        [str(bare_user_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", "-rs", *folders],
+        tmp_path,
+        300,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    skips = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert all("pip install" in line for line in skips), "\n".join(skips)
+
+
+def test_layout_the_independence_contract_covers_every_slice() -> None:
+    """Steps: resolve the modules of the "Slices are independent" contract in pyproject.toml against
+    the import graph of ``features``, wildcards as lint-imports expands them.
+    Expected: exactly the slices, ``features.<dir>`` for every directory of features/ with an
+    ``__init__.py``: a slice added without being covered fails here. And every directory of features/
+    is such a package (a folder without ``__init__.py`` would escape both this and the copy test)."""
+    folders = {p.name for p in (ROOT / "features").iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders == set(SLICES), f"not a package: {sorted(folders - set(SLICES))}"
+    (contract,) = [
+        c
+        for c in PYPROJECT["tool"]["importlinter"]["contracts"]
+        if c["type"] == "independence" and c["name"].startswith("Slices are independent")
+    ]
+    graph = grimp.build_graph("features")
+    covered: set[str] = set()
+    for expression in contract["modules"]:
+        covered |= graph.find_matching_modules(expression) if "*" in expression else {expression}
+    assert covered == {f"features.{name}" for name in SLICES}

@@ -1,6 +1,6 @@
 """Runs the slice's CLI app as a user would, for its tests: a real process in its own session (so a
 test can send Ctrl-C to the whole group, as a terminal does) started from the directory that holds
-``features/``, its output read line by line by a thread, and waits on lines with deadlines."""
+the slice's top-level package, its output read line by line by a thread, and waits on lines with deadlines."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-# The directory holding features/: `python -m features.appinfra_plugin.serve_app` runs from there.
-ROOT = Path(__file__).resolve().parents[2]
+# The slice runs under any folder name and parent package: `python -m <its package>.serve_app` runs
+# from the directory its import name is relative to (this repository's root for features.appinfra_plugin,
+# the project's root for a copy such as myapp.serving), one level up per dot in the name.
+ROOT = Path(__file__).resolve().parents[__name__.count(".")]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

@@ -1,7 +1,10 @@
-"""A minimal appinfra CLI app with ``ServerPlugin``, run by the slice's tests as a user would:
+"""A minimal appinfra CLI app with ``ServerPlugin``, run by the slice's tests as a user would, from
+the directory that holds the slice's top-level package (here: the repository's root):
 
     python -m features.appinfra_plugin.serve_app serve     # until SIGINT / SIGTERM
     python -m features.appinfra_plugin.serve_app hello     # another command: the server never starts
+
+(A copy elsewhere runs by its own name: ``python -m myapp.serving.serve_app serve``.)
 
 $SERVE_APP_PORT picks the port (default 8000; 0 for a free one, logged in the "serving" line);
 SERVE_APP_DIRECT=1 serves in this process (direct mode) instead of a child.

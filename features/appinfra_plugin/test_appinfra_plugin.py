@@ -11,14 +11,21 @@ from typing import Any
 
 import httpx
 import pytest
+
+pytest.importorskip("appinfra", reason="this slice needs appinfra: pip install 'isolated_api[appinfra]'")
+
 from appinfra.app import AppBuilder
 
-from features.appinfra_plugin.app_cli import AppCli
-from features.appinfra_plugin.serve_app import ping
 from isolated_api import ServerPlugin
 from isolated_api.testing import loopback_builder, pid_alive, wait_until
 
-APP = ["-m", "features.appinfra_plugin.serve_app"]
+from . import serve_app
+from .app_cli import AppCli
+from .serve_app import ping
+
+# The app by the name it was imported under (features.appinfra_plugin.serve_app here, the copy's own
+# name in a user's project); AppCli runs it from the directory that name is relative to.
+APP = ["-m", serve_app.__name__]
 # The `serve` command's log line once the HTTP child is up, in appinfra's log format: with port 0
 # it is where the URL is learnt (and the child's pid, which /ping must answer with).
 SERVING = re.compile(r"serving\s.*url\[(?P<url>http://[^\]]+)\].*http_child_pid\[(?P<pid>\d+)\]")

@@ -14,7 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from features.backpressure.backpressure import (
+from isolated_api import ErrorReply, IPCChannel, IPCConfig, Server
+from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
+
+from .backpressure import (
     Job,
     JobDone,
     StreamJob,
@@ -24,8 +27,6 @@ from features.backpressure.backpressure import (
     stream_route,
     submit_unless_disconnected,
 )
-from isolated_api import ErrorReply, IPCChannel, IPCConfig, Server
-from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
 
 
 class Gate:

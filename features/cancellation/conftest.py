@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from features.cancellation.cancellation import CancellableWork
 from isolated_api.testing import MainLoop, spawn_queues
+
+from .cancellation import CancellableWork
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ from typing import Any
 
 import httpx
 
-from features.cancellation.cancellation import CancellableWork, Work, work_route
 from isolated_api import CancelRequest, Server
 from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
+
+from .cancellation import CancellableWork, Work, work_route
 
 
 def _server(queues: tuple[Any, Any], *, cancellation: bool = True, timeout: float = 10.0) -> Server:

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
-from features.codecs.codec_messages import Answer, Ask, Untagged, ask_route, bad_id_route
+pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
+
+import msgspec
+
 from isolated_api import (
     CancelRequest,
     CodecError,
@@ -22,6 +24,8 @@ from isolated_api import (
     PickleCodec,
 )
 from isolated_api.testing import MainLoop, loopback_builder, running
+
+from .codec_messages import Answer, Ask, Untagged, ask_route, bad_id_route
 
 
 def test_codecs_msgspec_round_trips_declared_types_and_framework_messages() -> None:

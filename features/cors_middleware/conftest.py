@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from features.cors_middleware.middleware_examples import answer_upper
 from isolated_api.testing import MainLoop, spawn_queues
+
+from .middleware_examples import answer_upper
 
 
 @pytest.fixture

@@ -9,7 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from features.cors_middleware.middleware_examples import (
+from isolated_api import ConfigError, Server
+from isolated_api.testing import MainLoop, loopback_builder, running
+
+from .middleware_examples import (
     TRAIL_HEADER,
     OtherTagMiddleware,
     PublicUser,
@@ -24,8 +27,6 @@ from features.cors_middleware.middleware_examples import (
     upper_route,
     user_route,
 )
-from isolated_api import ConfigError, Server
-from isolated_api.testing import MainLoop, loopback_builder, running
 
 ALLOWED = "https://app.example"
 REFUSED = "https://evil.example"

@@ -11,8 +11,9 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from features.engine.engine_jobs import Count, CountAsync, Fail, Hold, Reverse, Upper
 from isolated_api import IPC, HealthPing
+
+from .engine_jobs import Count, CountAsync, Fail, Hold, Reverse, Upper
 
 _OPS: dict[str, type] = {
     "upper": Upper,

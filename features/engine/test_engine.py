@@ -14,7 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from features.engine.engine_jobs import (
+from isolated_api import CancelRequest, Engine, ErrorReply, HealthPing, HealthStatus, Result, StreamChunk
+from isolated_api.testing import loopback_builder, running, wait_until
+
+from .engine_jobs import (
     Count,
     CountAsync,
     Fail,
@@ -28,9 +31,7 @@ from features.engine.engine_jobs import (
     reverse,
     upper,
 )
-from features.engine.engine_routes import health_route, run_route, stream_route
-from isolated_api import CancelRequest, Engine, ErrorReply, HealthPing, HealthStatus, Result, StreamChunk
-from isolated_api.testing import loopback_builder, running, wait_until
+from .engine_routes import health_route, run_route, stream_route
 
 Queues = tuple[Any, Any]
 

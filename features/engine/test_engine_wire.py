@@ -9,11 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
-pytest.importorskip("msgspec")
+pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
 
-from features.engine.wire_jobs import Shout, Spell, shout, shout_route, spell, spell_route
 from isolated_api import ENGINE_WIRE_TYPES, Engine, MsgspecCodec
 from isolated_api.testing import loopback_builder, running
+
+from .wire_jobs import Shout, Spell, shout, shout_route, spell, spell_route
 
 
 def test_engine_wire_msgspec_codec_serves_unary_and_streams(queues: tuple[Any, Any]) -> None:

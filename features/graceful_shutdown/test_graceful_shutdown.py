@@ -15,7 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from features.graceful_shutdown.shutdown_routes import (
+from isolated_api import Server
+from isolated_api.testing import MainLoop, loopback_builder, wait_until
+
+from .shutdown_routes import (
     LIFESPAN_RECORD_ENV,
     Work,
     answer_upper,
@@ -24,8 +27,6 @@ from features.graceful_shutdown.shutdown_routes import (
     resources_lifespan,
     upper_route,
 )
-from isolated_api import Server
-from isolated_api.testing import MainLoop, loopback_builder, wait_until
 
 
 def _server(queues: tuple[Any, Any]) -> Server:

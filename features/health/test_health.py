@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from features.health.health_checks import Work, answer_upper, ping_route, upper_route
 from isolated_api import ConfigError, Server
 from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
+
+from .health_checks import Work, answer_upper, ping_route, upper_route
 
 
 def _server(queues: tuple[Any, Any], deadline: float = 0.5, max_pending: int = 50, timeout: float = 10.0) -> Server:

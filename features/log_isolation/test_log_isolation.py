@@ -18,18 +18,23 @@ from typing import Any
 import httpx
 import pytest
 
-from features.log_isolation.log_routes import CHANNELS, failing_lifespan, noise_route, ping_route
 from isolated_api import BuildError, ConfigError
 from isolated_api.testing import loopback_builder, running, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from . import log_routes
+from .log_routes import CHANNELS, failing_lifespan, noise_route, ping_route
 
-MAIN_SCRIPT = """\
+# The slice imports itself relatively, so it runs under any folder name and parent package; a script
+# run as a file reaches it by the name it was imported under here, from the sys.path entry that name
+# is relative to (the directory holding its top-level package: this repository, or the user's project).
+IMPORT_ROOT = Path(log_routes.__file__).resolve().parents[log_routes.__name__.count(".")]
+
+MAIN_SCRIPT = f"""\
 import multiprocessing
 import os
 import sys
 
-from features.log_isolation.log_routes import main
+from {log_routes.__name__} import main
 
 # Under spawn the child runs this module's top level again (as __mp_main__) before it is told
 # anything: what is printed here in the child is import-time output.
@@ -55,7 +60,7 @@ def _run_main_process(
     args = [sys.executable, str(script), marker, str(result_path)]
     if log_file is not None:
         args.append(str(log_file))
-    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    paths = [str(IMPORT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     env.pop("PYTHONUNBUFFERED", None)
     env["IMPORT_MARKER"] = import_marker
@@ -128,7 +133,7 @@ def test_log_isolation_import_time_output_of_route_modules_goes_to_the_file(
     """Steps: a route module prints and writes to fd 2 when imported; it is imported here before
     the marker is set, so only the child's import writes. Expect both lines in the log file and
     none on this process's fds."""
-    from features.log_isolation.noisy_routes import quiet_route
+    from .noisy_routes import quiet_route
 
     marker, log_file = _marker(), tmp_path / "child.log"
     monkeypatch.setenv("NOISY_IMPORT_MARKER", marker)

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from features.metrics.metrics import main_side
 from isolated_api.testing import MainLoop, spawn_queues
+
+from .metrics import main_side
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from features.metrics.metrics import Echoed, collect_stream_route, ping_route, whoami_route
 from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
+
+from .metrics import Echoed, collect_stream_route, ping_route, whoami_route
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -10,9 +10,10 @@ from typing import Any
 
 import httpx
 
-from features.remote_engines.remote_engines import CODEC, engine_main, generate, stream
 from isolated_api import ServerBuilder
 from isolated_api.testing import loopback_builder, pid_alive, wait_until
+
+from .remote_engines import CODEC, engine_main, generate, stream
 
 _ctx = multiprocessing.get_context("spawn")
 

@@ -6,15 +6,19 @@ from __future__ import annotations
 import threading
 
 import httpx
+import pytest
 
-from features.remote_engines.engine_farm import (
+pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
+
+from isolated_api.testing import running, wait_until
+
+from .engine_farm import (
     EngineFarm,
     api_builder,
     post_all,
     ready_body,
     wait_ready,
 )
-from isolated_api.testing import running, wait_until
 
 
 def _jobs(engine_events: list[tuple[object, ...]]) -> list[str]:

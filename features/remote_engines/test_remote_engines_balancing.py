@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from features.remote_engines.engine_farm import EngineFarm, api_builder, post_all, post_in_turns, wait_ready
+import pytest
+
+pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
+
 from isolated_api.testing import running
+
+from .engine_farm import EngineFarm, api_builder, post_all, post_in_turns, wait_ready
 
 
 def test_remote_engines_share_400_concurrent_requests_between_equal_engines(farm: EngineFarm) -> None:

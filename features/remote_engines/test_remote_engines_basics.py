@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
-from features.remote_engines.engine_farm import EngineFarm, api_builder, wait_ready
+pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
+
 from isolated_api.testing import running
+
+from .engine_farm import EngineFarm, api_builder, wait_ready
 
 
 def _events(text: str) -> list[dict[str, object]]:

@@ -6,8 +6,11 @@ import queue
 
 import pytest
 
-from features.remote_engines.remote_engines import CODEC
+pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
+
 from isolated_api import BuildError, ConfigError, EngineBindError, EngineHost, PickleCodec, ServerBuilder
+
+from .remote_engines import CODEC
 
 
 def _builder() -> ServerBuilder:

@@ -11,9 +11,14 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 import zmq
 
-from features.remote_engines.engine_farm import (
+pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
+
+from isolated_api.testing import running, wait_until
+
+from .engine_farm import (
     EngineFarm,
     api_builder,
     engine_view,
@@ -22,7 +27,6 @@ from features.remote_engines.engine_farm import (
     ready_body,
     wait_ready,
 )
-from isolated_api.testing import running, wait_until
 
 
 def test_remote_engines_follow_a_name_as_engines_join_and_leave(farm: EngineFarm, tmp_path: Path) -> None:

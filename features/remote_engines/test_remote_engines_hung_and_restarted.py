@@ -8,15 +8,19 @@ import threading
 import time
 
 import httpx
+import pytest
 
-from features.remote_engines.engine_farm import (
+pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
+
+from isolated_api.testing import running, wait_until
+
+from .engine_farm import (
     EngineFarm,
     api_builder,
     engine_view,
     post_all,
     wait_ready,
 )
-from isolated_api.testing import running, wait_until
 
 
 def test_remote_engines_hung_engine_is_lost_by_pings_and_its_late_reply_dropped(farm: EngineFarm) -> None:

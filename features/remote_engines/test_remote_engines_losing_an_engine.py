@@ -10,8 +10,13 @@ import threading
 from typing import Any
 
 import httpx
+import pytest
 
-from features.remote_engines.engine_farm import (
+pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
+
+from isolated_api.testing import running, wait_until
+
+from .engine_farm import (
     EngineFarm,
     EngineProcess,
     api_builder,
@@ -19,7 +24,6 @@ from features.remote_engines.engine_farm import (
     post_all,
     wait_ready,
 )
-from isolated_api.testing import running, wait_until
 
 
 class _StreamReader(threading.Thread):

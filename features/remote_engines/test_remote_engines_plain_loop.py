@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
+
 from isolated_api.testing import running, wait_until
 
 from .engine_farm import api_builder, engine_view, post_all, ready_body, wait_ready

@@ -13,8 +13,9 @@ import threading
 import time
 from typing import Any
 
-from features.streaming.streaming import Generate, Token
 from isolated_api import ReplyBatcher
+
+from .streaming import Generate, Token
 
 
 class StepLoop:

@@ -13,8 +13,11 @@ from typing import Any
 
 import httpx
 
-from features.streaming.step_loop import StepLoop
-from features.streaming.streaming import (
+from isolated_api import Server
+from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
+
+from .step_loop import StepLoop
+from .streaming import (
     Generate,
     emit_tokens,
     generate_route,
@@ -22,8 +25,6 @@ from features.streaming.streaming import (
     generate_route_small_buffer,
     pending_route,
 )
-from isolated_api import Server
-from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
 
 
 @dataclass

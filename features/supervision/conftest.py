@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from features.supervision.supervision import answer_upper
 from isolated_api.testing import MainLoop, spawn_queues
+
+from .supervision import answer_upper
 
 
 @pytest.fixture

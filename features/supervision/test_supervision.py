@@ -17,7 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from features.supervision.supervision import (
+from isolated_api import ConfigError, Server
+from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
+
+from .supervision import (
     FAIL_MARKER_ENV,
     Work,
     answer_upper,
@@ -26,8 +29,6 @@ from features.supervision.supervision import (
     ping_route,
     upper_route,
 )
-from isolated_api import ConfigError, Server
-from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
 
 
 def _server(queues: tuple[Any, Any], **restart: Any) -> Server:

@@ -13,7 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from features.unary.unary import (
+from isolated_api import ErrorReply
+from isolated_api.testing import MainLoop, loopback_builder, running, serving_direct, wait_until
+
+from .unary import (
     Upper,
     UpperDone,
     answer_upper,
@@ -23,8 +26,6 @@ from features.unary.unary import (
     ping_route,
     upper_route,
 )
-from isolated_api import ErrorReply
-from isolated_api.testing import MainLoop, loopback_builder, running, serving_direct, wait_until
 
 
 async def _gather_posts(url: str, bodies: list[dict[str, Any]], timeout: float = 30.0) -> list[httpx.Response]:

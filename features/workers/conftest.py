@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from features.workers.worker_routes import answer_upper
 from isolated_api.testing import MainLoop, spawn_queues
+
+from .worker_routes import answer_upper
 
 
 @pytest.fixture

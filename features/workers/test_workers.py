@@ -15,15 +15,16 @@ from typing import Any
 
 import httpx
 
-from features.workers.worker_routes import (
+from isolated_api import Server
+from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
+
+from .worker_routes import (
     Work,
     answer_upper,
     collect_stream_route,
     stream_chunks,
     whoami_route,
 )
-from isolated_api import Server
-from isolated_api.testing import MainLoop, loopback_builder, running, wait_until
 
 
 def _server(queues: tuple[Any, Any], workers: int, max_pending: int = 1000, restart: bool = False) -> Server:
