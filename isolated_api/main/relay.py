@@ -264,7 +264,7 @@ class Relay:
             raise ChannelClosedError(f"the request queue is closed: {exc}") from None
         self.forwarded += 1
 
-    def _put(self, request: Any, payload: bytes | None) -> None:
+    def _put(self, request: Any, payload: bytes | memoryview | None) -> None:
         # Every message this relay puts on request_q is noted, so readiness can tell whether the
         # main process reads them (unread_watch.py).
         self._unread.starting()
