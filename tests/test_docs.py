@@ -4,7 +4,9 @@ every public name of the facade."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import isolated_api
@@ -74,3 +76,97 @@ def test_docs_readme_names_every_public_name() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     unnamed = [name for name in isolated_api.__all__ if f"`{name}" not in readme]
     assert not unnamed, f"README.md's public API table misses {unnamed}"
+
+
+def test_docs_quickstart_loop_ends_as_a_user_ends_it() -> None:
+    """The README's loop has no end marker that nothing sends: --smoke ends it as Ctrl-C does, and
+    the id is the ``new_request_id()`` the docs recommend."""
+    source = (ROOT / "examples" / "quickstart.py").read_text(encoding="utf-8")
+    shown = quickstart_as_shown()
+    smoke_only = [line for line in source.splitlines() if line not in shown.splitlines()]
+    assert not [line for line in smoke_only if "request_q.put" in line], "--smoke must not end the loop by a message"
+    assert "is not None" not in shown and "None ends" not in shown
+    assert "except KeyboardInterrupt" in shown
+    assert "new_request_id()" in shown and "uuid" not in shown
+
+
+def _code_spans(text: str) -> str:
+    """Every `code span` and fenced block of a markdown text, joined: where a name counts as documented."""
+    return "\n".join([*re.findall(r"`([^`\n]+)`", FENCE.sub("", text)), *FENCE.findall(text)])
+
+
+def _undocumented(names: Iterable[str], text: str) -> list[str]:
+    code = _code_spans(text)
+    return [name for name in names if not re.search(rf"(?<!\w){re.escape(name)}\b", code)]
+
+
+def _public_methods(cls: type) -> list[str]:
+    return sorted(name for name, member in vars(cls).items() if not name.startswith("_") and callable(member))
+
+
+def builder_sections() -> dict[str, type]:
+    """The builder's sections (``.routes``, ``.subprocess``, ...) as its properties give them: a new
+    section is covered without touching this test."""
+    builder = isolated_api.ServerBuilder("docs")
+    return {
+        name: type(getattr(builder, name))
+        for name, member in vars(isolated_api.ServerBuilder).items()
+        if isinstance(member, property)
+    }
+
+
+def test_docs_api_md_documents_every_exported_name() -> None:
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    missing = _undocumented(isolated_api.__all__, api)
+    assert not missing, f"docs/api.md does not document these names of isolated_api.__all__: {missing}"
+
+
+def test_docs_api_md_documents_every_builder_method() -> None:
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    sections = builder_sections()
+    assert {"routes", "subprocess", "uvicorn"} <= set(sections), sections
+    missing = [f"ServerBuilder.{name}" for name in _undocumented(_public_methods(isolated_api.ServerBuilder), api)]
+    for section, configurer in sections.items():
+        missing += [f".{section}.{name}" for name in _undocumented(_public_methods(configurer), api)]
+        if not re.search(rf"`\.{section}\b", api):
+            missing.append(f".{section} (the section itself)")
+    assert not missing, f"docs/api.md does not document these builder methods: {missing}"
+
+
+def test_docs_api_md_documents_every_public_member_of_server() -> None:
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    members = sorted(name for name in vars(isolated_api.Server) if not name.startswith("_"))
+    missing = _undocumented(members, api)
+    assert not missing, f"docs/api.md does not document these members of Server: {missing}"
+
+
+def _design_status_table() -> str:
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    section = design.split("## HTTP status per condition", 1)[1].split("\n## ", 1)[0]
+    return "\n".join(line for line in section.splitlines() if line.startswith("|"))
+
+
+def _refusal_statuses() -> set[int]:
+    """The statuses the worker's request limits answer with, read from the code that sends them."""
+    found: set[int] = set()
+    for module in ("head_limits.py", "body_limits.py"):
+        source = (ROOT / "isolated_api" / "worker" / module).read_text(encoding="utf-8")
+        found.update(
+            int(code) for code in re.findall(r"(?:_refuse|_write_refusal|send_refusal)\((?:send, )?(\d{3})", source)
+        )
+    return found
+
+
+def test_docs_design_status_table_has_every_status_the_code_answers() -> None:
+    table = _design_status_table()
+    errors = [getattr(isolated_api, name) for name in isolated_api.__all__]
+    statuses = {
+        error.status_code for error in errors if isinstance(error, type) and issubclass(error, isolated_api.IPCError)
+    }
+    statuses |= _refusal_statuses()
+    assert {413, 414, 431, 408} <= statuses, statuses
+    missing = sorted(status for status in statuses if not re.search(rf"\b{status}\b", table))
+    assert not missing, f"docs/design.md's status table lacks {missing}"
+    limits = [field.name for field in dataclasses.fields(isolated_api.RequestLimits)] + ["max_message_size"]
+    unnamed = [name for name in limits if f"`{name}`" not in table]
+    assert not unnamed, f"docs/design.md's status table does not name the limits {unnamed}"
