@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+import tokenize
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import isolated_api
@@ -170,3 +171,33 @@ def test_docs_design_status_table_has_every_status_the_code_answers() -> None:
     limits = [field.name for field in dataclasses.fields(isolated_api.RequestLimits)] + ["max_message_size"]
     unnamed = [name for name in limits if f"`{name}`" not in table]
     assert not unnamed, f"docs/design.md's status table does not name the limits {unnamed}"
+
+
+# A measured figure: microseconds, a percentage, a speed-up, a range of milliseconds, a count of
+# instructions, a latency percentile with its value.
+MEASURED = re.compile(
+    r"\d\s?(?:us|µs)\b|\d\s?%|\d(?:\.\d+)?x (?:faster|slower)|\d-\d+(?:\.\d+)? ?ms\b|\d[\d,]*k? (?:CPU )?instructions"
+    r"|\bp(?:50|99)\b[^.]*\d"
+)
+
+
+def _comments_and_docstrings(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open("rb") as source:
+        for token in tokenize.tokenize(source.readline):
+            is_docstring = token.type == tokenize.STRING and token.string.lstrip("rbuRBU").startswith(('"""', "'''"))
+            if token.type == tokenize.COMMENT or is_docstring:
+                yield token.start[0], token.string
+
+
+def test_docs_measured_figures_live_in_performance_md_not_in_the_code() -> None:
+    """Figures go stale at the next measurement: the library's comments and docstrings say why and
+    point to docs/performance.md, where the figures are kept and replaced."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {match[0]!r}"
+        for path in sorted((ROOT / "isolated_api").rglob("*.py"))
+        for line, text in _comments_and_docstrings(path)
+        for match in MEASURED.finditer(text)
+    ]
+    assert not found, "measured figures in the library (move them to docs/performance.md):\n" + "\n".join(found)
+    performance = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    assert "## Figures behind the code" in performance
