@@ -201,3 +201,18 @@ def test_docs_measured_figures_live_in_performance_md_not_in_the_code() -> None:
     assert not found, "measured figures in the library (move them to docs/performance.md):\n" + "\n".join(found)
     performance = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
     assert "## Figures behind the code" in performance
+
+
+def test_docs_every_constant_named_in_the_docs_exists_in_the_code() -> None:
+    code = "\n".join(
+        path.read_text(encoding="utf-8")
+        for folder in ("isolated_api", "features", "tests", "stress", "examples")
+        for path in (ROOT / folder).rglob("*.py")
+    )
+    gone = [
+        f"{doc.relative_to(ROOT)}: {name}"
+        for doc in DOCS
+        for name in sorted(set(re.findall(r"`([A-Z][A-Z0-9_]{3,})`", doc.read_text(encoding="utf-8"))))
+        if not re.search(rf"\b{name}\b", code)
+    ]
+    assert not gone, "the docs name constants the code no longer has:\n" + "\n".join(gone)
