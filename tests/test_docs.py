@@ -216,3 +216,11 @@ def test_docs_every_constant_named_in_the_docs_exists_in_the_code() -> None:
         if not re.search(rf"\b{name}\b", code)
     ]
     assert not gone, "the docs name constants the code no longer has:\n" + "\n".join(gone)
+
+
+def test_docs_readme_says_what_the_default_host_exposes() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    production = readme.split("## In production", 1)[1].split("\n## ", 1)[0]
+    default_host = isolated_api.ApiConfig().host
+    assert f"default host is `{default_host}`" in production, "README: say what the default host exposes"
+    assert '`.with_host("127.0.0.1")`' in production, "README: say how to serve this machine only"
