@@ -224,3 +224,25 @@ def test_docs_readme_says_what_the_default_host_exposes() -> None:
     default_host = isolated_api.ApiConfig().host
     assert f"default host is `{default_host}`" in production, "README: say what the default host exposes"
     assert '`.with_host("127.0.0.1")`' in production, "README: say how to serve this machine only"
+
+
+def _as_written(value: object) -> str:
+    """A default as the docs write it: 1 MiB, 32 KiB, 100, 30 s."""
+    if isinstance(value, float):
+        return f"{value:g} s"
+    assert isinstance(value, int), value
+    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= size and value % size == 0:
+            return f"{value // size} {unit}"
+    return str(value)
+
+
+def test_docs_design_status_table_quotes_the_request_limits_defaults() -> None:
+    rows = _design_status_table().splitlines()
+    wrong = []
+    for field in dataclasses.fields(isolated_api.RequestLimits):
+        row = next((row for row in rows if f"`{field.name}`" in row), "")
+        written = _as_written(field.default)
+        if f"`{field.name}` ({written}" not in row:
+            wrong.append(f"{field.name}: the default is {written}")
+    assert not wrong, f"docs/design.md's status table: {wrong}"
