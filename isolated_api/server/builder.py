@@ -288,9 +288,9 @@ class SubprocessConfigurer:
         100,000 by default; ``None`` keeps the interpreter's (700 in CPython 3.11).
 
         Requests awaiting the main process stay alive across young collections, and at 700 each
-        collection walks all of them again: the more requests in flight, the more work per
-        request (docs/performance.md, "Figures behind the code"). A higher threshold lets unreachable
-        cycles wait longer before they are freed; the main process is not touched."""
+        collection walks all of them again, so the child does more work per request the more
+        requests are in flight (docs/performance.md has the measurement). A higher threshold lets
+        unreachable cycles wait longer before they are freed; the main process is not touched."""
         check_gc_threshold(first)
         self._builder._gc_threshold = first
         return self
@@ -326,8 +326,9 @@ class SubprocessConfigurer:
         """Off by default. When an HTTP worker sends a request while no other request awaits the
         main process (one client at a time), it checks its pipe for the reply for up to
         ``seconds`` (at most 0.01) before its event loop goes to sleep. Use it when the main
-        process answers within that time and the latency of a lone request matters, on a machine
-        where waking an idle CPU is slow (figures: docs/performance.md, "Busy wait").
+        process answers within that time and the latency of a lone request matters: on a VM
+        where waking an idle CPU is slow it shortens a lone request's round trip
+        (docs/performance.md, "Busy wait", has the figures).
         The cost: that worker's event loop serves nothing else meanwhile, and a reply that
         takes longer burns the whole wait in CPU. Applies to the pipes of ``with_ipc``, not to
         remote engines."""
