@@ -190,7 +190,7 @@ def test_layout_each_slice_passes_its_tests_copied_under_other_names(
     the user's environment (the wheel, its extras, the test packages) and no configuration of this
     repository, collect both copies, then run each test once, in one copy or the other by turns (the
     whole slice twice would double the cost of this module), with ``python -m pytest`` from the
-    project's directory as the README says.
+    project's directory as the README says, warnings as errors and xfails strict as in this repository's run.
     Expected: both copies collect the same tests; each test passes or fails as marked (xfail), none is
     skipped (the environment has every package a slice may ask for); each copy ran its share (so
     HTTP children imported the handlers under both names)."""
@@ -204,6 +204,9 @@ def test_layout_each_slice_passes_its_tests_copied_under_other_names(
     result = _run(
         [
             *(str(user_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"),
+            # This is the slices' only run in the default suite (pyproject's testpaths leave features/
+            # out), so it keeps the suite's strictness: a warning is an error, an xfail that passes fails.
+            *("-W", "error", "-o", "xfail_strict=true", "-o", "asyncio_default_fixture_loop_scope=function"),
             *(collected[folder][name] for name, folder in chosen.items()),
         ],
         tmp_path,
