@@ -4,12 +4,15 @@ process, HTTP worker in a child), and ``openai`` clients pointed at it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import openai
 import pytest
 
 from .batching_clients import API_KEY, make_client
 from .openai_server import ModelServer, ServeOptions
+
+if TYPE_CHECKING:
+    import openai
 
 
 @pytest.fixture(scope="module")
