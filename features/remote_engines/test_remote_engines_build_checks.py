@@ -6,8 +6,8 @@ import queue
 
 import pytest
 
-pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
 pytest.importorskip("zmq", reason="this slice needs pyzmq: pip install 'isolated_api[remote]'")
+pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
 
 from isolated_api import BuildError, ConfigError, EngineBindError, EngineHost, EnginesConfig, PickleCodec, ServerBuilder
 
