@@ -1,5 +1,12 @@
-"""ServerBuilder: a fluent recipe for a Server. ``.routes``, ``.subprocess`` and ``.uvicorn`` are
-focused configurers; each ``with_*`` returns the configurer and ``done()`` returns the builder."""
+"""ServerBuilder: a fluent recipe for a Server. ``.routes``, ``.subprocess``, ``.uvicorn`` and
+``.engines`` are focused configurers; each ``with_*`` returns the configurer and ``done()`` returns
+the builder.
+
+Each setting has one home, a field of the section's dataclass (``ApiConfig`` for the builder and,
+inside it, ``UvicornConfig`` for ``.uvicorn``; ``IPCConfig`` for ``.subprocess``; ``EnginesConfig``
+for ``.engines``; the app's ``AppRecipe`` for ``.routes``): a method here only sets its field, the
+dataclass checks the value, and the rules between two settings are the ``ServerSpec``'s, checked
+when ``build()`` makes it. A new setting is a field and a one-line method, nothing more."""
 
 from __future__ import annotations
 
