@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import openai
+import openai
 
 API_KEY = "sk-test-batching"
 
 
 def make_client(url: str, api_key: str = API_KEY) -> openai.OpenAI:
-    # Imported here so that the slice's conftest imports without openai (its test modules skip).
-    import openai
-
     # No retries: a test must see the status the server answered, not the client's second try.
     return openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=30.0)

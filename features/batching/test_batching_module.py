@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("openai", reason="this slice's tests drive it with the openai client: pip install openai")
+pytest.importorskip("openai", reason="these tests drive the server with the openai client: pip install openai")
 
 import openai
 
