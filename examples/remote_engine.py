@@ -64,7 +64,7 @@ def api_server(port: int, *addresses: str) -> Any:
         .with_port(port)
         .routes.with_route("/generate", generate, methods=["POST"])
         .done()
-        .subprocess.with_engines(*addresses)
+        .engines.with_engines(*addresses)
         .with_codec(CODEC)
         .done()
         .build()

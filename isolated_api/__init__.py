@@ -17,11 +17,18 @@ from isolated_api.engine.stepping import Done
 from isolated_api.main.reply_batcher import ReplyBatcher
 from isolated_api.main.subprocess_manager import SubprocessManager
 from isolated_api.main.supervisor import StartupError, UnguardedMainError
-from isolated_api.server.builder import RouteConfigurer, ServerBuilder, SubprocessConfigurer, UvicornConfigurer
+from isolated_api.server.builder import (
+    EnginesConfigurer,
+    RouteConfigurer,
+    ServerBuilder,
+    SubprocessConfigurer,
+    UvicornConfigurer,
+)
 from isolated_api.server.listener import PortInUseError
 from isolated_api.server.server import Server
 from isolated_api.shared.codecs import Codec, CodecError, MsgspecCodec, PickleCodec
-from isolated_api.shared.config import ApiConfig, ConfigError, IPCConfig, RequestLimits, UvicornConfig
+from isolated_api.shared.config import ApiConfig, ConfigError, IPCConfig, OutboxLimits, RequestLimits, UvicornConfig
+from isolated_api.shared.engines import EnginesConfig
 from isolated_api.shared.errors import (
     ChannelClosedError,
     DuplicateRequestIdError,
@@ -38,6 +45,8 @@ from isolated_api.shared.heartbeat import Heartbeat
 from isolated_api.shared.messages import CancelRequest, ErrorReply
 from isolated_api.shared.recipe import BuildError
 from isolated_api.shared.request_ids import new_request_id
+from isolated_api.shared.restart_policy import RestartPolicy
+from isolated_api.shared.spec import ConflictingSettingsError
 from isolated_api.worker.channel import IPCChannel
 from isolated_api.worker.chunk_stream import ChunkStream
 from isolated_api.worker.dependencies import IPC, get_ipc_channel
@@ -53,13 +62,18 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # ServerPlugin needs the optional extra isolated_api[appinfra], ENGINE_WIRE_TYPES the optional
-    # msgspec: imported on first use, so `import isolated_api` works with the runtime dependencies only.
+    # msgspec, EngineHost the optional pyzmq: imported on first use, so `import isolated_api` works
+    # with the runtime dependencies only.
     if name == "ServerPlugin":
         from isolated_api.server.appinfra_plugin import ServerPlugin as ServerPlugin
 
         return ServerPlugin
     if name in ("EngineHost", "EngineBindError"):
-        # ZeroMQ is imported only by those who serve or reach remote engines.
+        # ZeroMQ (the optional extra isolated_api[remote]) is imported only by those who serve or
+        # reach remote engines.
+        from isolated_api.shared.extras import require_remote
+
+        require_remote(name)
         from isolated_api.main import engine_host
 
         return getattr(engine_host, name)
@@ -85,12 +99,15 @@ __all__ = [
     "Codec",
     "CodecError",
     "ConfigError",
+    "ConflictingSettingsError",
     "Done",
     "DuplicateRequestIdError",
     "Engine",
     "EngineBindError",
     "EngineError",
     "EngineHost",
+    "EnginesConfig",
+    "EnginesConfigurer",
     "ErrorReply",
     "HealthPing",
     "HealthStatus",
@@ -101,6 +118,7 @@ __all__ = [
     "IPCTimeoutError",
     "MessageTooLargeError",
     "MsgspecCodec",
+    "OutboxLimits",
     "OverloadedError",
     "PickleCodec",
     "PortInUseError",
@@ -110,6 +128,7 @@ __all__ = [
     "ReplyTooLargeError",
     "RequestContext",
     "RequestLimits",
+    "RestartPolicy",
     "Result",
     "RouteConfigurer",
     "Server",

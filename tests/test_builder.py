@@ -17,12 +17,16 @@ from isolated_api import (
     ApiConfig,
     BuildError,
     ConfigError,
+    ConflictingSettingsError,
     IPCConfig,
+    OutboxLimits,
+    PickleCodec,
+    RequestLimits,
+    RestartPolicy,
     Server,
     ServerBuilder,
     UvicornConfig,
 )
-from isolated_api.shared.config import RequestLimits
 from isolated_api.worker.body_limits import BodyLimitMiddleware
 from tests.helpers import ping_route
 
@@ -202,3 +206,131 @@ def test_builder_request_limits_reach_the_spec_and_the_app_recipe() -> None:
     app = ServerBuilder("d").uvicorn.with_max_body_size(10).done().build().app
     (body_limit,) = [m for m in app.user_middleware if m.cls is BodyLimitMiddleware]  # type: ignore[comparison-overlap]
     assert body_limit.kwargs["limits"] == RequestLimits(max_body_size=10)
+
+
+def _module_level_resolver(host: str, port: int) -> list[str]:
+    return ["127.0.0.1"]
+
+
+def test_builder_each_subprocess_method_sets_one_field_of_ipc_config() -> None:
+    """Every .subprocess setting lands in the section's IPCConfig, and nowhere else: the methods
+    give the same IPCConfig as writing it out."""
+    codec = PickleCodec()
+    server = (
+        ServerBuilder("fields")
+        .subprocess.with_ipc(queue.Queue(), queue.Queue())
+        .with_max_pending(7)
+        .with_queue_timeout(0.5)
+        .with_overload_status(429, retry_after=3)
+        .with_codec(codec)
+        .with_start_method("forkserver")
+        .with_auto_restart(max_restarts=2, backoff=0.1)
+        .with_cancellation()
+        .with_gc_threshold(None)
+        .with_stalled_worker_limits(1024, stall_timeout=5.0)
+        .with_max_message_size(2 * 1024 * 1024)
+        .with_reply_busy_wait(0.0003)
+        .done()
+        .with_drain_timeout(4)
+        .build()
+    )
+    assert server.ipc_config == IPCConfig(
+        max_pending=7,
+        queue_timeout=0.5,
+        overload_status=429,
+        retry_after=3,
+        codec=codec,
+        start_method="forkserver",
+        restart_policy=RestartPolicy(max_restarts=2, backoff=0.1),
+        cancellation=True,
+        gc_threshold=None,
+        stalled_worker_limits=OutboxLimits(1024, 5.0),
+        max_message_size=2 * 1024 * 1024,
+        reply_busy_wait=0.0003,
+    )
+    assert server.config.drain_timeout == 4
+    assert server.codec is codec
+
+
+def test_builder_with_config_sets_every_setting_of_its_section() -> None:
+    """``.subprocess.with_config(IPCConfig(...))`` and ``with_config(ApiConfig(...))`` cover the
+    settings that used to live only in the builder (codec, start method, message size, drain
+    timeout...): the server has them, and the rules between settings see them."""
+    ipc = IPCConfig(start_method="forkserver", cancellation=True, max_message_size=1 << 20, gc_threshold=5000)
+    server = (
+        ServerBuilder("cfg")
+        .with_config(ApiConfig(drain_timeout=3, uvicorn=UvicornConfig(limits=RequestLimits(max_body_size=1 << 20))))
+        .subprocess.with_ipc(queue.Queue(), queue.Queue())
+        .with_config(ipc)
+        .done()
+        .build()
+    )
+    assert server.ipc_config is ipc and server.config.drain_timeout == 3
+    too_small = ServerBuilder("cfg").subprocess.with_ipc(queue.Queue(), queue.Queue()).with_config(ipc).done()
+    with pytest.raises(ConflictingSettingsError, match=r"max_body_size \(2097152 bytes\).*max_message_size"):
+        too_small.uvicorn.with_max_body_size(2 << 20).done().build()
+    with pytest.raises(ConfigError, match="start_method must be one of"):
+        IPCConfig(start_method="clone")
+    with pytest.raises(ConfigError, match="codec must be a codec"):
+        IPCConfig(codec=object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="drain_timeout"):
+        ApiConfig(drain_timeout=0)
+
+
+def _queues_and_engines(b: ServerBuilder) -> ServerBuilder:
+    return b.subprocess.with_ipc(queue.Queue(), queue.Queue()).done().engines.with_engines("tcp://gpu-1:5700").done()
+
+
+@pytest.mark.parametrize(
+    ("configure", "names"),
+    [
+        (_queues_and_engines, ("with_ipc", "EnginesConfig.addresses")),
+        (
+            lambda b: (
+                b.engines.with_engines("tcp://gpu-1:5700", allow_pickle=True)
+                .done()
+                .subprocess.with_reply_busy_wait(0.001)
+                .done()
+            ),
+            ("IPCConfig.reply_busy_wait", "EnginesConfig"),
+        ),
+        (
+            lambda b: b.engines.with_engines("tcp://gpu-1:5700").done(),
+            ("IPCConfig.codec", "EnginesConfig.allow_pickle"),
+        ),
+        (
+            lambda b: b.engines.with_engines("tcp://h:5700", allow_pickle=True, resolver=lambda h, p: [h]).done(),
+            ("EnginesConfig.resolver", "IPCConfig.start_method='spawn'"),
+        ),
+        (lambda b: b.uvicorn.with_workers(2).done(), ("UvicornConfig.workers=2", "with_ipc")),
+        (lambda b: b.subprocess.with_log_file("/tmp/child.log").done(), ("ApiConfig.log_file", "subprocess mode")),
+        (
+            lambda b: (
+                b.subprocess.with_ipc(queue.Queue(), queue.Queue())
+                .with_max_message_size(1 << 20)
+                .done()
+                .uvicorn.with_max_body_size((1 << 20) + 1)
+                .done()
+            ),
+            ("RequestLimits.max_body_size", "IPCConfig.max_message_size"),
+        ),
+    ],
+)
+def test_builder_rules_between_settings_name_both(configure: Any, names: tuple[str, ...]) -> None:
+    """Each rule that joins two settings is the spec's, checked at build(): one
+    ConflictingSettingsError (a ConfigError, and a BuildError as before) naming both settings."""
+    with pytest.raises(ConflictingSettingsError) as refused:
+        configure(ServerBuilder("rules")).build()
+    assert isinstance(refused.value, ConfigError) and isinstance(refused.value, BuildError)
+    for name in names:
+        assert name in str(refused.value), str(refused.value)
+
+
+def test_builder_a_module_level_resolver_passes_the_rule() -> None:
+    server = (
+        ServerBuilder("resolver")
+        .engines.with_engines("tcp://h:5700", allow_pickle=True, resolver=_module_level_resolver)
+        .done()
+        .build()
+    )
+    assert server.is_subprocess_mode

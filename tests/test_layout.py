@@ -93,31 +93,81 @@ def _copy_slice(slice_name: str, project: Path, in_app_name: str = IN_APP_NAME) 
     return top_level, in_app
 
 
-def test_layout_imports_with_the_runtime_dependencies_only(wheel: Path, tmp_path: Path) -> None:
-    """Steps: install the wheel with no extras (no msgspec, no appinfra, no test tools); import
-    the facade and touch every public name but the two that name their extra.
-    Expected: all import; the optional ones fail with an ImportError that names the extra."""
-    python = _venv_with([str(wheel)], tmp_path / "venv")
-    probe = (
-        "import isolated_api\n"
-        "optional = {'ServerPlugin', 'ENGINE_WIRE_TYPES'}\n"
-        "for name in isolated_api.__all__:\n"
-        "    if name not in optional:\n"
-        "        getattr(isolated_api, name)\n"
-        "try:\n"
-        "    isolated_api.ServerPlugin\n"
-        "except ImportError as exc:\n"
-        "    assert 'isolated_api[appinfra]' in str(exc), exc\n"
-        "else:\n"
-        "    raise AssertionError('ServerPlugin imported without appinfra')\n"
-        "try:\n"
-        "    isolated_api.ENGINE_WIRE_TYPES\n"
-        "except ImportError as exc:\n"
-        "    assert 'isolated_api[msgspec]' in str(exc), exc\n"
-        "else:\n"
-        "    raise AssertionError('ENGINE_WIRE_TYPES imported without msgspec')\n"
+# Run by the runtime-only environment: touches every public name, checks what each optional one
+# says without its extra, then serves a subprocess-mode server (a worker process, real HTTP), all
+# without pyzmq ever being imported. A file, not ``-c``: the worker is started with spawn.
+RUNTIME_ONLY_PROBE = """
+import importlib.util
+import sys
+import urllib.request
+
+import isolated_api
+
+EXTRAS = {
+    "ServerPlugin": "isolated_api[appinfra]",
+    "ENGINE_WIRE_TYPES": "isolated_api[msgspec]",
+    "EngineHost": "isolated_api[remote]",
+    "EngineBindError": "isolated_api[remote]",
+}
+
+
+def refused(what, touch, extra):
+    try:
+        touch()
+    except ImportError as exc:
+        assert extra in str(exc), (what, exc)
+    else:
+        raise AssertionError(f"{what} worked without {extra}")
+
+
+def main():
+    assert importlib.util.find_spec("zmq") is None, "pyzmq is installed: not a runtime-only environment"
+    for name in isolated_api.__all__:
+        if name not in EXTRAS:
+            getattr(isolated_api, name)
+    for name, extra in EXTRAS.items():
+        refused(name, lambda: getattr(isolated_api, name), extra)
+    remote, builder = "isolated_api[remote]", isolated_api.ServerBuilder("remote")
+    refused(".engines.with_engines", lambda: builder.engines.with_engines("tcp://h:1"), remote)
+    refused(".subprocess.with_engines", lambda: builder.subprocess.with_engines("tcp://h:1"), remote)
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    request_q, response_q = context.Queue(), context.Queue()
+    server = (
+        isolated_api.ServerBuilder("runtime-only")
+        .with_host("127.0.0.1")
+        .with_port(0)
+        .subprocess.with_ipc(request_q, response_q)
+        .done()
+        .build()
     )
-    result = _run([str(python), "-c", probe], tmp_path, 120)
+    server.start_subprocess()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health/live", timeout=30) as answer:
+            assert answer.status == 200, answer.status
+    finally:
+        server.stop()
+    assert "zmq" not in sys.modules
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_layout_imports_with_the_runtime_dependencies_only(wheel: Path, tmp_path: Path) -> None:
+    """Steps: install the wheel with no extras (no msgspec, no appinfra, no pyzmq, no test tools);
+    import the facade and touch every public name but those that need an extra; then start a
+    subprocess-mode server and ask its liveness route over HTTP.
+    Expected: all import; each optional name, and ``.engines.with_engines`` /
+    ``.subprocess.with_engines``, fail with an ImportError that names the extra
+    (``isolated_api[remote]`` for remote engines); the server answers 200 and pyzmq was never
+    imported."""
+    python = _venv_with([str(wheel)], tmp_path / "venv")
+    probe = tmp_path / "probe.py"
+    probe.write_text(RUNTIME_ONLY_PROBE)
+    result = _run([str(python), str(probe)], tmp_path, 120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -249,6 +299,9 @@ def test_layout_slices_without_their_extras_skip_and_say_what_to_install(
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     skips = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
     assert all("pip install" in line for line in skips), "\n".join(skips)
+    # Remote engines need pyzmq, an extra since issue 26: the slice says so.
+    remote = [line for line in skips if "remote_engines" in line]
+    assert remote and all("isolated_api[remote]" in line for line in remote), "\n".join(skips)
 
 
 def test_layout_the_independence_contract_covers_every_slice() -> None:

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def farm() -> Iterator[EngineFarm]:
-    # Imported here: the farm needs msgspec, and a conftest cannot skip without it (the test modules do).
+    # Imported here: the farm needs msgspec and pyzmq, and a conftest cannot skip without them (the test
+    # modules do).
     from .engine_farm import EngineFarm
 
     engines = EngineFarm()

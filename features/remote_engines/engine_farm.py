@@ -86,9 +86,10 @@ def api_builder(*addresses: str, timeout: float = 20.0, **options: Any) -> Serve
         .routes.with_route("/generate", generate, methods=["POST"])
         .with_route("/stream", stream, methods=["POST"])
         .done()
-        .subprocess.with_engines(*addresses, **{"ping_interval": 0.25, "ping_timeout": 1.5, **options})
+        .engines.with_engines(*addresses, **{"ping_interval": 0.25, "ping_timeout": 1.5, **options})
         .with_codec(CODEC)
-        .with_max_pending(2000)
+        .done()
+        .subprocess.with_max_pending(2000)
         .done()
     )
 

@@ -9,7 +9,7 @@ GPU host (its main process; here ``engine_main``, run in a process of its own pe
 API host::
 
     ServerBuilder("api").routes.with_route("/generate", generate, methods=["POST"]).done()
-        .subprocess.with_engines("tcp://gpu-1:5700", "tcp://gpu-2:5700").with_codec(CODEC).done()
+        .engines.with_engines("tcp://gpu-1:5700", "tcp://gpu-2:5700").with_codec(CODEC).done()
 
 The handlers are the same as for one machine (``channel.submit``, ``channel.submit_streaming``).
 ``MsgspecCodec`` is what crosses the network: an engine decodes only the declared types (pickle

@@ -6,9 +6,10 @@ import queue
 
 import pytest
 
+pytest.importorskip("zmq", reason="this slice needs pyzmq: pip install 'isolated_api[remote]'")
 pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
 
-from isolated_api import BuildError, ConfigError, EngineBindError, EngineHost, PickleCodec, ServerBuilder
+from isolated_api import BuildError, ConfigError, EngineBindError, EngineHost, EnginesConfig, PickleCodec, ServerBuilder
 
 from .remote_engines import CODEC
 
@@ -83,3 +84,18 @@ def test_remote_engines_engine_host_refuses_pickle_and_a_taken_address() -> None
         taken = EngineHost(queue.Queue(), queue.Queue(), bind=host.address, codec=CODEC)
         with pytest.raises(EngineBindError, match="cannot bind"):
             taken.start()
+
+
+def test_remote_engines_have_a_section_of_their_own_and_the_old_method_is_an_alias() -> None:
+    """``.engines`` sets remote engines whole (``with_engines`` or ``with_config(EnginesConfig)``);
+    ``.subprocess.with_engines`` does the same and keeps chaining on ``.subprocess``."""
+    server = _builder().engines.with_engines("tcp://gpu-1:5700").with_codec(CODEC).done().build()
+    assert server.is_subprocess_mode and server.codec == CODEC
+    configured = _builder().engines.with_config(EnginesConfig(("tcp://gpu-1:5700",))).done()
+    with pytest.raises(ConfigError, match="CVE-2025-30165"):
+        configured.build()
+    assert configured.engines.with_codec(CODEC).done().build().is_subprocess_mode
+    alias = _builder().subprocess.with_engines("tcp://gpu-1:5700").with_codec(CODEC).with_max_pending(3).done()
+    assert alias.build().ipc_config.max_pending == 3
+    with pytest.raises(ConfigError, match="expected an EnginesConfig"):
+        _builder().engines.with_config(("tcp://gpu-1:5700",))  # type: ignore[arg-type]

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import zmq
 
+pytest.importorskip("zmq", reason="this slice needs pyzmq: pip install 'isolated_api[remote]'")
 pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
+
+import zmq
 
 from isolated_api.testing import running, wait_until
 

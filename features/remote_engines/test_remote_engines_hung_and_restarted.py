@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+pytest.importorskip("zmq", reason="this slice needs pyzmq: pip install 'isolated_api[remote]'")
 pytest.importorskip("msgspec", reason="this slice needs msgspec: pip install 'isolated_api[msgspec]'")
 
 from isolated_api.testing import running, wait_until

@@ -9,11 +9,10 @@ import multiprocessing.process
 from collections.abc import Callable
 from typing import Any
 
+from isolated_api.shared.config import START_METHODS
 from isolated_api.shared.output import redirect_output
 
 logger = logging.getLogger("isolated_api.subprocess")
-
-START_METHODS = ("spawn", "forkserver", "fork")
 
 
 def _bootstrap(target: Callable[..., Any], args: tuple[Any, ...], log_file: str | None) -> None:

@@ -1,5 +1,12 @@
-"""ServerBuilder: a fluent recipe for a Server. ``.routes``, ``.subprocess`` and ``.uvicorn`` are
-focused configurers; each ``with_*`` returns the configurer and ``done()`` returns the builder."""
+"""ServerBuilder: a fluent recipe for a Server. ``.routes``, ``.subprocess``, ``.uvicorn`` and
+``.engines`` are focused configurers; each ``with_*`` returns the configurer and ``done()`` returns
+the builder.
+
+Each setting has one home, a field of the section's dataclass (``ApiConfig`` for the builder and,
+inside it, ``UvicornConfig`` for ``.uvicorn``; ``IPCConfig`` for ``.subprocess``; ``EnginesConfig``
+for ``.engines``; the app's ``AppRecipe`` for ``.routes``): a method here only sets its field, the
+dataclass checks the value, and the rules between two settings are the ``ServerSpec``'s, checked
+when ``build()`` makes it. A new setting is a field and a one-line method, nothing more."""
 
 from __future__ import annotations
 
@@ -8,37 +15,31 @@ import queue
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from isolated_api.main.subprocess_manager import START_METHODS
 from isolated_api.server.server import Server
-from isolated_api.shared.codecs import Codec, PickleCodec
+from isolated_api.shared.codecs import Codec
 from isolated_api.shared.config import (
-    DEFAULT_CHILD_GC_THRESHOLD,
-    DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_MAX_MESSAGE_SIZE,
     ApiConfig,
     ConfigError,
     IPCConfig,
     OutboxLimits,
     UvicornConfig,
-    check_drain_timeout,
-    check_gc_threshold,
-    check_max_message_size,
-    check_reply_busy_wait,
 )
 from isolated_api.shared.cors import CorsPolicy
 from isolated_api.shared.engines import EnginesConfig, Resolver
+from isolated_api.shared.extras import require_remote
 from isolated_api.shared.readiness import HealthSettings
 from isolated_api.shared.recipe import (
     AppRecipe,
-    BuildError,
     ExceptionHandlerSpec,
     MiddlewareSpec,
     RouterSpec,
     RouteSpec,
 )
 from isolated_api.shared.restart_policy import RestartPolicy
-from isolated_api.shared.spawn_payload import check_sendable
 from isolated_api.shared.spec import ServerSpec
+
+# Leaves a setting as it is (``with_health(beat_timeout=...)`` not given).
+_KEEP: Any = object()
 
 _HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"}
 
@@ -114,14 +115,28 @@ class RouteConfigurer:
         return self
 
     def with_health(
-        self, live_path: str = "/health/live", ready_path: str = "/health/ready", deadline: float = 1.0
+        self,
+        live_path: str = "/health/live",
+        ready_path: str = "/health/ready",
+        deadline: float = 1.0,
+        *,
+        liveness_beat: float | None = _KEEP,
     ) -> RouteConfigurer:
         """The built-in health routes (on by default): ``live_path`` answers 200 while the HTTP
         process is up; ``ready_path`` answers 200 only if the main process answers a probe within
         ``deadline`` seconds and is not sitting on requests, else 503. Both report this worker's pid,
         uptime, pending, max_pending, rejected and dropped counts; ``ready_path`` adds the
-        server-wide counts from the main process, its restarts and last error."""
-        self._recipe.health = HealthSettings(live_path, ready_path, deadline)
+        server-wide counts from the main process, its restarts and last error.
+
+        ``liveness_beat`` (seconds): readiness expects proof of life from an idle main loop too:
+        503 when neither a reply nor a ``Heartbeat`` reached ``response_q`` within that time (a
+        plain loop puts ``Heartbeat()`` when it has nothing to do; ``Engine(..., heartbeat=s)``
+        beats by itself). Not given: the beat set before (``.subprocess.with_liveness_beat``)
+        stays; ``None``: no beat expected."""
+        current = self._recipe.health
+        if liveness_beat is _KEEP:
+            liveness_beat = current.beat_timeout if current is not None else None
+        self._recipe.health = HealthSettings(live_path, ready_path, deadline, beat_timeout=liveness_beat)
         return self
 
     def with_metrics(self, path: str = "/metrics") -> RouteConfigurer:
@@ -155,10 +170,16 @@ class RouteConfigurer:
 
 
 class SubprocessConfigurer:
-    """``with_ipc`` puts the HTTP API in a child process linked to this one by the two queues."""
+    """``with_ipc`` puts the HTTP API in a child process linked to this one by the two queues. Every
+    other method sets one field of the section's ``IPCConfig`` (``with_config`` sets them all)."""
 
     def __init__(self, builder: ServerBuilder) -> None:
         self._builder = builder
+
+    def _set(self, **changes: Any) -> SubprocessConfigurer:
+        # The IPCConfig checks each value as it is made, so a bad one fails at this call.
+        self._builder._ipc = dataclasses.replace(self._builder._ipc, **changes)
+        return self
 
     def with_ipc(self, request_q: Any, response_q: Any) -> SubprocessConfigurer:
         """Enables subprocess mode. Requests arrive on ``request_q``; put replies (same ``.id``)
@@ -185,21 +206,11 @@ class SubprocessConfigurer:
         curve_server_key: str | None = None,
         resolver: Resolver | None = None,
     ) -> SubprocessConfigurer:
-        """Enables subprocess mode with the work on other machines: each HTTP worker sends
-        requests over ZeroMQ to the ``EngineHost`` at each address (``"tcp://gpu-1:5700"``), the
-        least-loaded ready one first, instead of to queues of this process. Handlers and the
-        error table do not change. A DNS name that resolves to several addresses is that many
-        engines, resolved again every ``resolve_interval`` seconds (a Kubernetes headless
-        service); ``resolver(host, port) -> [ip, ...]`` replaces the system's resolver.
-
-        An engine whose connection closes, or that leaves a ping unanswered for ``ping_timeout``
-        seconds, is lost: the requests on it end at once (503, or ``event: error`` on a stream
-        already answering); new requests go to the others. ``retry_lost=True`` sends a lost unary
-        request once to another engine: only for idempotent work. Use a ``MsgspecCodec``
-        (``with_codec``): ``build()`` refuses pickle over the network unless ``allow_pickle``.
-        ``curve_server_key``: the engine hosts' CURVE public key, to encrypt and authenticate."""
-        self._builder._engines = EnginesConfig(
-            tuple(addresses),
+        """Kept from before remote engines had a section of their own: the same as
+        ``.engines.with_engines(...)`` (which says what each argument does), returning this
+        configurer."""
+        self._builder.engines.with_engines(
+            *addresses,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             heartbeat_interval=heartbeat_interval,
@@ -213,31 +224,29 @@ class SubprocessConfigurer:
         return self
 
     def with_log_file(self, path: str) -> SubprocessConfigurer:
-        """Everything the child writes (logging, uvicorn, print, native fd 1/2) goes to ``path``."""
+        """Everything the child writes (logging, uvicorn, print, native fd 1/2) goes to ``path``
+        (``ApiConfig.log_file``)."""
         self._builder._api = dataclasses.replace(self._builder._api, log_file=str(path))
         return self
 
     def with_poll_interval(self, seconds: float) -> SubprocessConfigurer:
         """Kept for compatibility; validated, but replies are read without polling."""
-        self._builder._ipc = dataclasses.replace(self._builder._ipc, poll_interval=seconds)
-        return self
+        return self._set(poll_interval=seconds)
 
     def with_queue_timeout(self, seconds: float) -> SubprocessConfigurer:
         """How long to wait for room in a bounded, full ``request_q`` before answering 503."""
-        self._builder._ipc = dataclasses.replace(self._builder._ipc, queue_timeout=seconds)
-        return self
+        return self._set(queue_timeout=seconds)
 
     def with_max_pending(self, count: int) -> SubprocessConfigurer:
         """Requests awaiting replies at once; past it, 503 + Retry-After."""
-        self._builder._ipc = dataclasses.replace(self._builder._ipc, max_pending=count)
-        return self
+        return self._set(max_pending=count)
 
     def with_overload_status(self, status: int, retry_after: int = 1) -> SubprocessConfigurer:
         """Answer past ``max_pending`` with 503 (default) or 429, and this ``Retry-After``."""
-        self._builder._ipc = dataclasses.replace(self._builder._ipc, overload_status=status, retry_after=retry_after)
-        return self
+        return self._set(overload_status=status, retry_after=retry_after)
 
     def with_config(self, config: IPCConfig) -> SubprocessConfigurer:
+        """Replaces the whole section: every field of ``IPCConfig`` (the other methods set one)."""
         if not isinstance(config, IPCConfig):
             raise ConfigError(f"expected an IPCConfig, got {type(config).__name__}")
         self._builder._ipc = config
@@ -253,47 +262,38 @@ class SubprocessConfigurer:
         with each one in a row up to ``max_backoff``, and starts over after a healthy run. Only
         start-ups that fail ``max_restarts`` times in a row give the slot up: logged as an error
         with the cause, in ``server.health()["gave_up"]``, and ``server.is_running`` turns False
-        when no slot is left. Off by default."""
-        self._builder._restart_policy = RestartPolicy(max_restarts, backoff, max_backoff, window)
-        return self
+        when no slot is left. Off by default (``IPCConfig.restart_policy``)."""
+        return self._set(restart_policy=RestartPolicy(max_restarts, backoff, max_backoff, window))
 
     def with_cancellation(self, enabled: bool = True) -> SubprocessConfigurer:
         """Tell the main process when nobody waits for a request any more: a client that
         disconnects cancels its handler, and a ``CancelRequest(id, reason)`` goes on ``request_q``
         for a request that timed out, was cancelled, or whose worker died. Off by default: a main
-        loop must expect these messages (the ``Engine`` companion does)."""
-        self._builder._recipe.cancel_on_disconnect = enabled
-        self._builder._cancel_notices = enabled
-        return self
+        loop must expect these messages (the ``Engine`` companion does). ``IPCConfig.cancellation``."""
+        return self._set(cancellation=enabled)
 
     def with_codec(self, codec: Codec) -> SubprocessConfigurer:
         """How requests and replies cross between processes: ``PickleCodec()`` (default) or
         ``MsgspecCodec(*struct_types)``, with which the queues carry MessagePack bytes that the main
-        process decodes with ``server.codec`` (the ``Engine`` companion does it itself)."""
-        needed = ("encode", "decode", "encode_control", "encode_id", "decode_id")
-        if not all(callable(getattr(codec, name, None)) for name in needed):
-            raise ConfigError(f"expected a codec (PickleCodec, MsgspecCodec), got {codec!r}")
-        self._builder._codec = codec
-        return self
+        process decodes with ``server.codec`` (the ``Engine`` companion does it itself).
+        ``IPCConfig.codec``; remote engines use it too."""
+        return self._set(codec=codec)
 
     def with_start_method(self, method: str) -> SubprocessConfigurer:
-        """``"spawn"`` (default: safe with threads, CUDA, macOS), ``"forkserver"`` or ``"fork"``."""
-        if method not in START_METHODS:
-            raise ConfigError(f"start method must be one of {START_METHODS}, got {method!r}")
-        self._builder._start_method = method
-        return self
+        """``"spawn"`` (default: safe with threads, CUDA, macOS), ``"forkserver"`` or ``"fork"``
+        (``IPCConfig.start_method``)."""
+        return self._set(start_method=method)
 
     def with_gc_threshold(self, first: int | None) -> SubprocessConfigurer:
         """The HTTP child's first garbage-collection threshold (``gc.set_threshold(first)``),
         100,000 by default; ``None`` keeps the interpreter's (700 in CPython 3.11).
+        ``IPCConfig.gc_threshold``.
 
         Requests awaiting the main process stay alive across young collections, and at 700 each
-        collection walks all of them again: with 256 requests in flight that cost the child a
-        fifth more work per request (measured with callgrind). A higher threshold lets unreachable
-        cycles wait longer before they are freed; the main process is not touched."""
-        check_gc_threshold(first)
-        self._builder._gc_threshold = first
-        return self
+        collection walks all of them again, so the child does more work per request the more
+        requests are in flight (docs/performance.md has the measurement). A higher threshold lets
+        unreachable cycles wait longer before they are freed; the main process is not touched."""
+        return self._set(gc_threshold=first)
 
     def with_stalled_worker_limits(
         self,
@@ -304,23 +304,19 @@ class SubprocessConfigurer:
         counts as dead: when a reply finds more than ``max_queued_bytes`` already queued for it in
         the main process behind the write in progress (one reply, whatever its size, is never a
         stall), or after ``stall_timeout`` seconds in which its pipe took nothing while replies
-        waited. It is then
-        logged once, killed, its requests end once, and (with auto-restart) it is replaced; the
-        other workers never wait for it. Defaults: 64 MiB, 20 s. Lower them to free a stuck
-        worker's slot sooner; raise ``stall_timeout`` if a route may block its loop for longer on
-        purpose."""
-        self._builder._outbox_limits = OutboxLimits(max_queued_bytes, stall_timeout)
-        return self
+        waited. It is then logged once, killed, its requests end once, and (with auto-restart) it
+        is replaced; the other workers never wait for it. Defaults: 64 MiB, 20 s. Lower them to
+        free a stuck worker's slot sooner; raise ``stall_timeout`` if a route may block its loop
+        for longer on purpose. ``IPCConfig.stalled_worker_limits``."""
+        return self._set(stalled_worker_limits=OutboxLimits(max_queued_bytes, stall_timeout))
 
     def with_max_message_size(self, size: int) -> SubprocessConfigurer:
         """The largest request or reply, in bytes once encoded, that crosses between an HTTP worker
-        and the main process (64 MiB by default, at least 64 KiB). A request over it is answered
-        413 before it is sent; a reply over it fails its request alone with 502; the worker and
-        its other requests go on. ``.uvicorn.with_max_body_size`` may not be set above it
-        (``build()`` says so): raise both for larger uploads."""
-        check_max_message_size(size)
-        self._builder._max_message_size = size
-        return self
+        and the main process (64 MiB by default, at least 64 KiB; ``IPCConfig.max_message_size``).
+        A request over it is answered 413 before it is sent; a reply over it fails its request
+        alone with 502; the worker and its other requests go on. ``.uvicorn.with_max_body_size``
+        may not be set above it (``build()`` says so): raise both for larger uploads."""
+        return self._set(max_message_size=size)
 
     def with_reply_busy_wait(self, seconds: float) -> SubprocessConfigurer:
         """Off by default. When an HTTP worker sends a request while no other request awaits the
@@ -331,20 +327,85 @@ class SubprocessConfigurer:
         (docs/performance.md, "Busy wait", has the figures).
         The cost: that worker's event loop serves nothing else meanwhile, and a reply that
         takes longer burns the whole wait in CPU. Applies to the pipes of ``with_ipc``, not to
-        remote engines."""
-        check_reply_busy_wait(seconds)
-        self._builder._reply_busy_wait = float(seconds)
-        return self
+        remote engines. ``IPCConfig.reply_busy_wait``."""
+        return self._set(reply_busy_wait=seconds)
 
     def with_liveness_beat(self, timeout: float) -> SubprocessConfigurer:
-        """Readiness expects proof of life from an idle main loop too: 503 when neither a reply nor
-        a ``Heartbeat`` reached ``response_q`` within ``timeout`` seconds (a plain loop puts
-        ``Heartbeat()`` when it has nothing to do; ``Engine(..., heartbeat=s)`` beats by itself).
-        Needs the health routes; call it after ``with_health``, which resets it."""
+        """The same as ``.routes.with_health(..., liveness_beat=timeout)``, in either order: the
+        health routes' ``HealthSettings.beat_timeout`` (``with_health`` says what it does). Needs
+        the health routes (refused after ``.routes.without_health()``)."""
         health = self._builder._recipe.health
         if health is None:
             raise ConfigError("with_liveness_beat needs the health routes (they were turned off)")
         self._builder._recipe.health = dataclasses.replace(health, beat_timeout=timeout)
+        return self
+
+    def done(self) -> ServerBuilder:
+        return self._builder
+
+
+class EnginesConfigurer:
+    """Remote engines: the work on other machines, reached over ZeroMQ (needs the extra
+    ``isolated_api[remote]``). Sets the section's ``EnginesConfig``."""
+
+    def __init__(self, builder: ServerBuilder) -> None:
+        self._builder = builder
+
+    def with_engines(
+        self,
+        *addresses: str,
+        ping_interval: float = 0.5,
+        ping_timeout: float = 2.0,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 3.0,
+        resolve_interval: float = 10.0,
+        retry_lost: bool = False,
+        allow_pickle: bool = False,
+        curve_server_key: str | None = None,
+        resolver: Resolver | None = None,
+    ) -> EnginesConfigurer:
+        """Enables subprocess mode with the work on other machines: each HTTP worker sends
+        requests over ZeroMQ to the ``EngineHost`` at each address (``"tcp://gpu-1:5700"``), the
+        least-loaded ready one first, instead of to queues of this process. Handlers and the
+        error table do not change. A DNS name that resolves to several addresses is that many
+        engines, resolved again every ``resolve_interval`` seconds (a Kubernetes headless
+        service); ``resolver(host, port) -> [ip, ...]`` replaces the system's resolver.
+
+        An engine whose connection closes, or that leaves a ping unanswered for ``ping_timeout``
+        seconds, is lost: the requests on it end at once (503, or ``event: error`` on a stream
+        already answering); new requests go to the others. ``retry_lost=True`` sends a lost unary
+        request once to another engine: only for idempotent work. Use a ``MsgspecCodec``
+        (``with_codec``): ``build()`` refuses pickle over the network unless ``allow_pickle``.
+        ``curve_server_key``: the engine hosts' CURVE public key, to encrypt and authenticate.
+        Without pyzmq, ``ImportError`` naming the extra."""
+        require_remote("remote engines (with_engines)")
+        return self.with_config(
+            EnginesConfig(
+                tuple(addresses),
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                heartbeat_interval=heartbeat_interval,
+                heartbeat_timeout=heartbeat_timeout,
+                resolve_interval=resolve_interval,
+                retry_lost=retry_lost,
+                allow_pickle=allow_pickle,
+                curve_server_key=curve_server_key,
+                resolver=resolver,
+            )
+        )
+
+    def with_codec(self, codec: Codec) -> EnginesConfigurer:
+        """The same as ``.subprocess.with_codec(codec)`` (one setting, ``IPCConfig.codec``), here
+        because remote engines want a ``MsgspecCodec``."""
+        self._builder.subprocess.with_codec(codec)
+        return self
+
+    def with_config(self, config: EnginesConfig) -> EnginesConfigurer:
+        """Replaces the whole section with ``config``."""
+        if not isinstance(config, EnginesConfig):
+            raise ConfigError(f"expected an EnginesConfig, got {type(config).__name__}")
+        require_remote("remote engines (with_engines)")
+        self._builder._engines = config
         return self
 
     def done(self) -> ServerBuilder:
@@ -443,23 +504,17 @@ class ServerBuilder:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"server name must be a non-empty string, got {name!r}")
         self.name = name
+        # The settings, one home each: the sections' dataclasses (and the app's recipe).
         self._api = ApiConfig()
         self._ipc = IPCConfig()
-        self._recipe = AppRecipe()
-        self._queues: tuple[Any, Any] | None = None
         self._engines: EnginesConfig | None = None
-        self._start_method = "spawn"
-        self._restart_policy: RestartPolicy | None = None
-        self._cancel_notices = False
-        self._codec: Codec | None = None
-        self._gc_threshold: int | None = DEFAULT_CHILD_GC_THRESHOLD
-        self._drain_timeout = DEFAULT_DRAIN_TIMEOUT
-        self._outbox_limits = OutboxLimits()
-        self._max_message_size = DEFAULT_MAX_MESSAGE_SIZE
-        self._reply_busy_wait = 0.0
+        self._recipe = AppRecipe()
+        # Objects, not settings: the caller's own queues (``.subprocess.with_ipc``).
+        self._queues: tuple[Any, Any] | None = None
         self._routes = RouteConfigurer(self)
         self._subprocess = SubprocessConfigurer(self)
         self._uvicorn = UvicornConfigurer(self)
+        self._engines_section = EnginesConfigurer(self)
 
     @property
     def routes(self) -> RouteConfigurer:
@@ -472,6 +527,11 @@ class ServerBuilder:
     @property
     def uvicorn(self) -> UvicornConfigurer:
         return self._uvicorn
+
+    @property
+    def engines(self) -> EnginesConfigurer:
+        """Remote engines (``with_engines``), instead of ``.subprocess.with_ipc``'s queues."""
+        return self._engines_section
 
     def with_host(self, host: str) -> ServerBuilder:
         self._api = dataclasses.replace(self._api, host=host)
@@ -505,69 +565,25 @@ class ServerBuilder:
         runs ``stop(seconds)``: readiness and new requests get 503 at once), or a signal sent to
         an HTTP worker itself. Requests still waiting then get 503. ``server.stop(timeout)`` called
         by your own code uses its ``timeout``. Under Kubernetes keep
-        ``terminationGracePeriodSeconds`` above the ``preStop`` sleep + ``seconds`` + about 3 s."""
-        check_drain_timeout(seconds)
-        self._drain_timeout = float(seconds)
+        ``terminationGracePeriodSeconds`` above the ``preStop`` sleep + ``seconds`` + about 3 s.
+        ``ApiConfig.drain_timeout``."""
+        self._api = dataclasses.replace(self._api, drain_timeout=seconds)
         return self
 
     def with_config(self, config: ApiConfig) -> ServerBuilder:
+        """Replaces the builder's own section: every field of ``ApiConfig``, ``uvicorn`` included."""
         if not isinstance(config, ApiConfig):
             raise ConfigError(f"expected an ApiConfig, got {type(config).__name__}")
         self._api = config
         return self
 
     def build(self) -> Server:
-        """Checks everything that can be checked here and returns the ``Server``."""
-        api = self._api
+        """Checks everything that can be checked here and returns the ``Server``: the files named
+        (log file, SSL), the rules between settings (the ``ServerSpec``'s), and that what each
+        HTTP worker needs can be sent to it."""
+        api, ipc = self._api, self._ipc
         api.check_log_file()
         api.uvicorn.check_files()
-        engines = self._engines
-        if engines is not None and self._queues is not None:
-            raise BuildError(
-                "with_ipc and with_engines both given: requests go either to this process's queues or to remote "
-                "engines; keep one (an engine's own machine runs EngineHost over its queues)"
-            )
-        if engines is not None and self._reply_busy_wait:
-            raise BuildError(
-                "with_reply_busy_wait applies to the pipes of with_ipc; with remote engines the replies come over "
-                "ZeroMQ and it would do nothing: drop one of the two"
-            )
-        codec = self._codec or PickleCodec()
-        if engines is not None and isinstance(codec, PickleCodec) and not engines.allow_pickle:
-            raise BuildError(
-                "remote engines with the pickle codec: an engine would unpickle what the network sends, and "
-                "unpickling runs code (vLLM's CVE-2025-30165). Use .with_codec(MsgspecCodec(*your_types)), or pass "
-                "with_engines(..., allow_pickle=True) if only trusted hosts share the network"
-            )
-        if engines is not None and engines.resolver is not None and self._start_method != "fork":
-            try:
-                # Pickled as each worker starts, like the recipe's parts: checked the same way.
-                check_sendable(engines.resolver)
-            except Exception as exc:
-                raise BuildError(
-                    f"resolver {engines.resolver!r} cannot be sent to the HTTP worker processes ({exc}); "
-                    "define it at module level"
-                ) from None
-        subprocess_mode = self._queues is not None or engines is not None
-        if api.uvicorn.workers > 1 and not subprocess_mode:
-            raise BuildError(
-                f"workers={api.uvicorn.workers} needs subprocess mode: add .subprocess.with_ipc(request_q, response_q) "
-                "and the server runs that many HTTP worker processes on one port, all linked to this process"
-            )
-        if not subprocess_mode and api.log_file is not None:
-            raise BuildError(
-                "log_file isolates the HTTP child's output; it needs subprocess mode (.subprocess.with_ipc). "
-                "In direct mode uvicorn logs through this process's logging"
-            )
-        body_limit = api.uvicorn.limits.max_body_size
-        if subprocess_mode and body_limit is not None and body_limit > self._max_message_size:
-            # A body the worker lets in but could never send: refused here rather than with a 413
-            # that contradicts the configured limit.
-            raise ConfigError(
-                f"max_body_size ({body_limit} bytes) is over max_message_size ({self._max_message_size} bytes), the "
-                "largest request a worker may send to the main process: raise it too, "
-                ".subprocess.with_max_message_size(...), or lower the body limit"
-            )
         recipe = dataclasses.replace(
             self._recipe,
             title=api.title,
@@ -578,26 +594,14 @@ class ServerBuilder:
             middleware=list(self._recipe.middleware),
             exception_handlers=list(self._recipe.exception_handlers),
             limits=api.uvicorn.limits,
+            cancel_on_disconnect=ipc.cancellation,
         )
-        if subprocess_mode and self._start_method != "fork":
-            recipe.prepare_for_spawn(self._start_method)
         spec = ServerSpec(
-            name=self.name,
-            recipe=recipe,
-            api=api,
-            ipc=self._ipc,
-            codec=codec,
-            start_method=self._start_method,
-            restart_policy=self._restart_policy,
-            cancel_notices=self._cancel_notices,
-            gc_threshold=self._gc_threshold,
-            signal_drain_timeout=self._drain_timeout,
-            outbox_limits=self._outbox_limits,
-            max_message_size=self._max_message_size,
-            reply_busy_wait=self._reply_busy_wait,
-            engines=engines,
+            name=self.name, recipe=recipe, api=api, ipc=ipc, queues=self._queues is not None, engines=self._engines
         )
-        if engines is not None:
+        if spec.subprocess_mode and ipc.start_method != "fork":
+            recipe.prepare_for_spawn(ipc.start_method)
+        if spec.engines is not None:
             # The workers' pipes to this process still carry ready, metrics and drain; no request
             # crosses them, so the relay behind them reads queues of its own that stay empty.
             return Server(spec, queue.Queue(), queue.Queue())

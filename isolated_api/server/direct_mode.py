@@ -56,7 +56,7 @@ class DirectMode:
             server = DrainingServer(
                 uvicorn_config(self.app, self._spec.api, log_config),
                 self._drain,
-                signal_drain_timeout=self._spec.signal_drain_timeout,
+                signal_drain_timeout=self._spec.api.drain_timeout,
             )
             self._uvicorn = server
             self._done.clear()

@@ -18,7 +18,7 @@ from isolated_api.server.listener import Listener
 from isolated_api.server.stop_signals import SigtermStop
 from isolated_api.server.subprocess_mode import ChildExitCallback, SubprocessMode
 from isolated_api.shared.codecs import Codec
-from isolated_api.shared.config import ApiConfig
+from isolated_api.shared.config import ApiConfig, IPCConfig
 from isolated_api.shared.readiness import HealthSettings, readiness_problem
 from isolated_api.shared.spec import ServerSpec
 from isolated_api.worker.app import build_app
@@ -43,7 +43,7 @@ class Server:
         # Metrics live in this process: every worker's requests pass through here.
         self._metrics = MetricsBook(self._metrics_facts) if spec.recipe.metrics_path is not None else None
         self._app: FastAPI | None = None
-        self._sigterm = SigtermStop(self.stop, spec.signal_drain_timeout)
+        self._sigterm = SigtermStop(self.stop, spec.api.drain_timeout)
         self._subprocess: SubprocessMode | None = None
         self._direct: DirectMode | None = None
         if request_q is not None:
@@ -54,9 +54,9 @@ class Server:
                 max_pending=spec.ipc.max_pending,
                 overload_status=spec.ipc.overload_status,
                 retry_after=spec.ipc.retry_after,
-                cancel_notices=spec.cancel_notices,
+                cancel_notices=spec.ipc.cancellation,
                 observe_round_trip=self._metrics.observe_round_trip if self._metrics else None,
-                codec=spec.codec,
+                codec=spec.ipc.codec,
                 add_collector=self._metrics.add_collector if self._metrics else None,
             )
             self._subprocess = SubprocessMode(spec, relay, self._listener, self._metrics)
@@ -90,11 +90,17 @@ class Server:
     def codec(self) -> Codec:
         """How messages cross between the workers and this process (``PickleCodec`` unless
         ``.subprocess.with_codec(...)``); decode requests and encode replies with it."""
-        return self._spec.codec
+        return self._spec.ipc.codec
 
     @property
     def config(self) -> ApiConfig:
+        """The ``ApiConfig`` it was built with (the builder's own settings and ``.uvicorn``'s)."""
         return self._spec.api
+
+    @property
+    def ipc_config(self) -> IPCConfig:
+        """The ``IPCConfig`` it was built with: every ``.subprocess`` setting."""
+        return self._spec.ipc
 
     @property
     def app(self) -> FastAPI:

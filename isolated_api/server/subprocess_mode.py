@@ -123,8 +123,8 @@ class SubprocessMode:
             facts=self.facts,
             on_metrics=self._worker_metrics if book else None,
             render_metrics=book.render if book else None,
-            outbox=self._spec.outbox_limits,
-            max_frame=self._spec.max_message_size,
+            outbox=self._spec.ipc.stalled_worker_limits,
+            max_frame=self._spec.ipc.max_message_size,
         )
         return WorkerRecipe(self._spec, self.relay, child_main, make_args, hooks)
 

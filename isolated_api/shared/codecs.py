@@ -18,7 +18,7 @@ import pickle
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol, Union
 
-from isolated_api.shared.config import ConfigError
+from isolated_api.shared.config_checks import ConfigError
 from isolated_api.shared.errors import IPCError
 from isolated_api.shared.framing import dumps
 from isolated_api.shared.heartbeat import Heartbeat

@@ -1,39 +1,26 @@
-"""Configuration dataclasses. Every value is checked when the dataclass is created, so a bad
-setting fails in the caller's process with a message that names it, never later in the child."""
+"""Configuration dataclasses: one per section of the builder, and each setting in one of them, so
+``with_config(...)`` on a section sets all of it and a builder method only sets a field.
+
+``ApiConfig`` (the builder itself: ``with_port``, ``with_timeout``...) holds ``UvicornConfig``
+(``.uvicorn``), which holds ``RequestLimits``; ``IPCConfig`` is ``.subprocess``; remote engines
+have ``EnginesConfig`` (``.engines``, ``shared/engines.py``). Every value is checked when the
+dataclass is created, so a bad setting fails in the caller's process with a message that names it,
+never later in the child. Rules that join two sections (a body limit over the largest message,
+pickle over a network) are the ``ServerSpec``'s (``shared/spec.py``), checked by ``build()``."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from isolated_api.shared.codecs import Codec, PickleCodec
+from isolated_api.shared.config_checks import ConfigError as ConfigError
+from isolated_api.shared.config_checks import int_at_least, optional_int_at_least, seconds
+from isolated_api.shared.restart_policy import RestartPolicy
+
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid."""
-
-
-def _int_at_least(name: str, value: object, minimum: int) -> None:
-    # bool is an int subclass; `with_port(True)` is a bug, not port 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _optional_int_at_least(name: str, value: object, minimum: int) -> None:
-    if value is not None:
-        _int_at_least(name, value, minimum)
-
-
-def _number(name: str, value: object, *, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or math.isinf(value):
-        raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
-    if positive and value <= 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
-    if not positive and value < 0:
-        raise ConfigError(f"{name} must be >= 0, got {value}")
+# How an HTTP worker process is started (multiprocessing's start methods).
+START_METHODS = ("spawn", "forkserver", "fork")
 
 
 # The HTTP child's first garbage-collection threshold (CPython's default is 700). A request that
@@ -49,7 +36,7 @@ DEFAULT_CHILD_GC_THRESHOLD = 100_000
 
 def check_gc_threshold(value: object) -> None:
     """``None`` (the interpreter's default) or an integer >= 1."""
-    _optional_int_at_least("gc_threshold", value, 1)
+    optional_int_at_least("gc_threshold", value, 1)
 
 
 @dataclass(frozen=True)
@@ -65,8 +52,8 @@ class OutboxLimits:
     stall_timeout: float = 20.0
 
     def __post_init__(self) -> None:
-        _int_at_least("max_queued_bytes", self.max_queued_bytes, 1)
-        _number("stall_timeout", self.stall_timeout, positive=True)
+        int_at_least("max_queued_bytes", self.max_queued_bytes, 1)
+        seconds("stall_timeout", self.stall_timeout, positive=True)
 
 
 # The largest frame (a request with its body, or a reply) that crosses a worker's private pipes.
@@ -79,7 +66,7 @@ MIN_MAX_MESSAGE_SIZE = 64 << 10
 
 def check_max_message_size(value: object) -> None:
     """An integer of bytes >= ``MIN_MAX_MESSAGE_SIZE``."""
-    _int_at_least("max_message_size", value, MIN_MAX_MESSAGE_SIZE)
+    int_at_least("max_message_size", value, MIN_MAX_MESSAGE_SIZE)
 
 
 # How long requests in flight get when a signal stops the server (SIGTERM or Ctrl-C to the main
@@ -89,7 +76,7 @@ DEFAULT_DRAIN_TIMEOUT = 10.0
 
 def check_drain_timeout(value: object) -> None:
     """A finite number of seconds > 0."""
-    _number("drain_timeout", value, positive=True)
+    seconds("drain_timeout", value, positive=True)
 
 
 # The longest reply busy wait accepted: the worker's event loop serves nothing else meanwhile.
@@ -98,8 +85,8 @@ MAX_REPLY_BUSY_WAIT = 0.01
 
 def check_reply_busy_wait(value: object) -> None:
     """0 (off) up to ``MAX_REPLY_BUSY_WAIT`` seconds."""
-    _number("reply_busy_wait", value, positive=False)
-    assert isinstance(value, int | float)  # checked by _number
+    seconds("reply_busy_wait", value, positive=False)
+    assert isinstance(value, int | float)  # checked by seconds()
     if value > MAX_REPLY_BUSY_WAIT:
         raise ConfigError(
             f"reply_busy_wait must be at most {MAX_REPLY_BUSY_WAIT:g} s (the worker's event loop serves nothing "
@@ -140,13 +127,13 @@ class RequestLimits:
     body_timeout: float | None = 60.0
 
     def __post_init__(self) -> None:
-        _optional_int_at_least("max_body_size", self.max_body_size, 0)
+        optional_int_at_least("max_body_size", self.max_body_size, 0)
         # A request line alone takes some room; below this every request would be refused.
-        _int_at_least("max_header_size", self.max_header_size, 256)
-        _int_at_least("max_headers", self.max_headers, 1)
-        _number("header_timeout", self.header_timeout, positive=True)
+        int_at_least("max_header_size", self.max_header_size, 256)
+        int_at_least("max_headers", self.max_headers, 1)
+        seconds("header_timeout", self.header_timeout, positive=True)
         if self.body_timeout is not None:
-            _number("body_timeout", self.body_timeout, positive=True)
+            seconds("body_timeout", self.body_timeout, positive=True)
 
 
 @dataclass(frozen=True)
@@ -170,11 +157,11 @@ class UvicornConfig:
     limits: RequestLimits = field(default_factory=RequestLimits)
 
     def __post_init__(self) -> None:
-        _int_at_least("workers", self.workers, 1)
-        _number("timeout_keep_alive", self.timeout_keep_alive, positive=False)
-        _optional_int_at_least("limit_concurrency", self.limit_concurrency, 1)
-        _optional_int_at_least("limit_max_requests", self.limit_max_requests, 1)
-        _int_at_least("backlog", self.backlog, 1)
+        int_at_least("workers", self.workers, 1)
+        seconds("timeout_keep_alive", self.timeout_keep_alive, positive=False)
+        optional_int_at_least("limit_concurrency", self.limit_concurrency, 1)
+        optional_int_at_least("limit_max_requests", self.limit_max_requests, 1)
+        int_at_least("backlog", self.backlog, 1)
         if not isinstance(self.log_level, str) or self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}; got {self.log_level!r}")
         # Stored lower-case: uvicorn and logging each spell levels their own way.
@@ -201,9 +188,13 @@ class UvicornConfig:
 class ApiConfig:
     """The HTTP API: where it listens, what its OpenAPI document says, how long a request may
     wait for the main process (``response_timeout``, seconds) and where the child logs
-    (``log_file``; ``None`` keeps the child's output on the parent's terminal).
+    (``log_file``; ``None`` keeps the child's output on the parent's terminal; it needs
+    subprocess mode).
 
     ``port=0`` binds a free ephemeral port; ``Server.port`` tells which once started.
+    ``drain_timeout``: seconds requests in flight get to finish when a signal stops the server
+    (SIGTERM or Ctrl-C to the main process once it started the server, or a signal sent to an HTTP
+    worker itself); ``ServerBuilder.with_drain_timeout`` says more.
     """
 
     host: str = "0.0.0.0"
@@ -214,21 +205,23 @@ class ApiConfig:
     response_timeout: float = 60.0
     log_file: str | None = None
     uvicorn: UvicornConfig = field(default_factory=UvicornConfig)
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError(f"host must be a non-empty string, got {self.host!r}")
-        _int_at_least("port", self.port, 0)
+        int_at_least("port", self.port, 0)
         if self.port > 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         for name in ("title", "description", "version"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
-        _number("response_timeout", self.response_timeout, positive=True)
+        seconds("response_timeout", self.response_timeout, positive=True)
         if self.log_file is not None and (not isinstance(self.log_file, str | Path) or not str(self.log_file)):
             raise ConfigError(f"log_file must be a path, got {self.log_file!r}")
         if not isinstance(self.uvicorn, UvicornConfig):
             raise ConfigError(f"uvicorn must be a UvicornConfig, got {type(self.uvicorn).__name__}")
+        check_drain_timeout(self.drain_timeout)
 
     def check_log_file(self) -> None:
         """Checks that the log file can be created; called by ``build()``."""
@@ -239,9 +232,15 @@ class ApiConfig:
             raise ConfigError(f"log_file {self.log_file!r}: directory {str(parent)!r} does not exist")
 
 
+# The methods a codec needs; checked here so that a wrong object fails where it was given.
+_CODEC_METHODS = ("encode", "decode", "encode_control", "encode_id", "decode_id")
+
+
 @dataclass(frozen=True)
 class IPCConfig:
-    """The queue link between the HTTP child and the main process.
+    """The link between the HTTP workers and the main process: everything ``.subprocess`` sets, so
+    ``.subprocess.with_config(IPCConfig(...))`` sets all of it. (A bare ``IPCChannel`` over your own
+    queues reads the first five fields only.)
 
     ``max_pending``: requests awaiting a reply at once; one more is answered 503 + Retry-After
     without reaching the main process.
@@ -251,18 +250,55 @@ class IPCConfig:
     ``retry_after``: seconds sent in the ``Retry-After`` header of that answer.
     ``poll_interval``: kept for compatibility with polling designs and validated, but it has no
     effect: replies are read by one blocking reader that wakes only when a reply arrives.
+    ``codec``: how requests and replies cross (``PickleCodec()`` or ``MsgspecCodec(...)``), to the
+    main process or to remote engines.
+    ``start_method``: how HTTP workers start: ``"spawn"``, ``"forkserver"`` or ``"fork"``.
+    ``restart_policy``: when a dead worker is replaced (``None``: it is not).
+    ``cancellation``: ``CancelRequest`` notices on ``request_q`` and handlers cancelled when their
+    client disconnects.
+    ``gc_threshold``: the worker's first garbage-collection threshold (``None``: the interpreter's).
+    ``stalled_worker_limits``: when a worker that does not read its replies counts as dead.
+    ``max_message_size``: the largest request or reply, in bytes once encoded, on a worker's pipes.
+    ``reply_busy_wait``: seconds a worker checks its pipe for a lone request's reply (0: off).
+    The builder's ``.subprocess.with_<field>`` methods say more about each.
     """
 
+    # A new setting of this section is a field here with its default and its check in
+    # __post_init__ (a group of values is a small frozen dataclass of its own, as
+    # stalled_worker_limits), and a .subprocess method that only sets it: nothing else to wire.
     poll_interval: float = 0.01
     queue_timeout: float = 0.01
     max_pending: int = 100
     overload_status: int = 503
     retry_after: int = 1
+    codec: Codec = field(default_factory=PickleCodec)
+    start_method: str = "spawn"
+    restart_policy: RestartPolicy | None = None
+    cancellation: bool = False
+    gc_threshold: int | None = DEFAULT_CHILD_GC_THRESHOLD
+    stalled_worker_limits: OutboxLimits = field(default_factory=OutboxLimits)
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    reply_busy_wait: float = 0.0
 
     def __post_init__(self) -> None:
-        _number("poll_interval", self.poll_interval, positive=True)
-        _number("queue_timeout", self.queue_timeout, positive=False)
-        _int_at_least("max_pending", self.max_pending, 1)
+        seconds("poll_interval", self.poll_interval, positive=True)
+        seconds("queue_timeout", self.queue_timeout, positive=False)
+        int_at_least("max_pending", self.max_pending, 1)
         if self.overload_status not in (429, 503):
             raise ConfigError(f"overload_status must be 503 or 429, got {self.overload_status!r}")
-        _int_at_least("retry_after", self.retry_after, 0)
+        int_at_least("retry_after", self.retry_after, 0)
+        if not all(callable(getattr(self.codec, name, None)) for name in _CODEC_METHODS):
+            raise ConfigError(f"codec must be a codec (PickleCodec(), MsgspecCodec(...)), got {self.codec!r}")
+        if self.start_method not in START_METHODS:
+            raise ConfigError(f"start_method must be one of {START_METHODS}, got {self.start_method!r}")
+        if self.restart_policy is not None and not isinstance(self.restart_policy, RestartPolicy):
+            raise ConfigError(f"restart_policy must be a RestartPolicy or None, got {self.restart_policy!r}")
+        if not isinstance(self.cancellation, bool):
+            raise ConfigError(f"cancellation must be a bool, got {self.cancellation!r}")
+        check_gc_threshold(self.gc_threshold)
+        if not isinstance(self.stalled_worker_limits, OutboxLimits):
+            raise ConfigError(
+                f"stalled_worker_limits must be an OutboxLimits, got {type(self.stalled_worker_limits).__name__}"
+            )
+        check_max_message_size(self.max_message_size)
+        check_reply_busy_wait(self.reply_busy_wait)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from isolated_api.shared.config import ConfigError
+from isolated_api.shared.config_checks import ConfigError
 
 
 @dataclass(frozen=True)

@@ -80,11 +80,11 @@ def child_main(
             os.close(fd)
         except OSError:
             pass
-    if spec.gc_threshold is not None:
+    if spec.ipc.gc_threshold is not None:
         # Only the first generation: requests in flight keep their objects alive across young
         # collections, so at the default (700) each collection walks them again; see
         # DEFAULT_CHILD_GC_THRESHOLD for the figures.
-        gc.set_threshold(spec.gc_threshold)
+        gc.set_threshold(spec.ipc.gc_threshold)
     log_config = configure_logging(spec.api.uvicorn.log_level, to_file=spec.api.log_file is not None)
     drain = DrainState(on_first_done=_reports_serving(lifeline))
     server_ref: list[DrainingServer] = []
@@ -93,9 +93,9 @@ def child_main(
         downlink,
         on_drain=lambda timeout: server_ref[0].request_drain(timeout),
         on_lost=lambda reason: server_ref[0].request_exit_now(),
-        codec=spec.codec,
-        busy_wait=spec.reply_busy_wait,
-        max_frame=spec.max_message_size,
+        codec=spec.ipc.codec,
+        busy_wait=spec.ipc.reply_busy_wait,
+        max_frame=spec.ipc.max_message_size,
     )
     probe: Probe = link.probe
     engine_metrics: Callable[[], bytes] | None = None
@@ -103,7 +103,7 @@ def child_main(
         # Requests go to remote engines; the pipes to this worker's main process carry the rest.
         from isolated_api.worker.engine_link import EngineLink
 
-        engine_link = EngineLink(spec.engines, spec.codec, control_link=link)
+        engine_link = EngineLink(spec.engines, spec.ipc.codec, control_link=link)
         channel = IPCChannel(config=spec.ipc, response_timeout=spec.api.response_timeout, link=engine_link)
         probe, engine_metrics = engine_link.probe, engine_link.metrics_text
     else:
@@ -125,7 +125,7 @@ def child_main(
     server = DrainingServer(
         config,
         drain,
-        signal_drain_timeout=spec.signal_drain_timeout,
+        signal_drain_timeout=spec.api.drain_timeout,
         on_started=lambda _: link.send_ready({"pid": os.getpid(), "port": port}),
         on_drain_expired=channel.stop_polling,
     )

@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
-from isolated_api import Engine
+from isolated_api import Engine, ServerBuilder
 from isolated_api.testing import running, wait_until
 from tests.helpers import MainLoop, builder, upper_route
 
@@ -54,19 +56,45 @@ def test_readiness_stall_stays_unready_after_the_stuck_request_timed_out(queues:
             loop.stop()
 
 
-def test_readiness_stall_liveness_beat_sees_an_idle_dead_loop(queues: tuple[Any, Any]) -> None:
-    """Steps: readiness expects a beat within 1 s; an Engine beating every 0.2 s; then the engine
-    stops (an idle main loop that died). Expect ready 200 while it beats, 503 naming the missing
-    heartbeat after it stopped, with no request ever sent."""
-    server = (
+def _beat_after_health(queues: tuple[Any, Any]) -> ServerBuilder:
+    return (
         builder("beat")
         .routes.with_health(deadline=0.5)
         .done()
         .subprocess.with_ipc(*queues)
         .with_liveness_beat(1.0)
         .done()
-        .build()
     )
+
+
+def _beat_before_health(queues: tuple[Any, Any]) -> ServerBuilder:
+    # Before the beat was a field of its own, a later with_health reset it: readiness stayed 200.
+    return (
+        builder("beat")
+        .subprocess.with_ipc(*queues)
+        .with_liveness_beat(1.0)
+        .done()
+        .routes.with_health(deadline=0.5)
+        .done()
+    )
+
+
+def _beat_as_health_keyword(queues: tuple[Any, Any]) -> ServerBuilder:
+    return (
+        builder("beat").routes.with_health(deadline=0.5, liveness_beat=1.0).done().subprocess.with_ipc(*queues).done()
+    )
+
+
+@pytest.mark.parametrize("configure", [_beat_after_health, _beat_before_health, _beat_as_health_keyword])
+def test_readiness_stall_liveness_beat_sees_an_idle_dead_loop(
+    queues: tuple[Any, Any], configure: Callable[[tuple[Any, Any]], ServerBuilder]
+) -> None:
+    """Steps: readiness expects a beat within 1 s (set with ``.subprocess.with_liveness_beat``
+    after or before ``.routes.with_health``, or as its ``liveness_beat`` keyword: the same
+    setting, in any order); an Engine beating every 0.2 s; then the engine stops (an idle main
+    loop that died). Expect ready 200 while it beats, 503 naming the missing heartbeat after it
+    stopped, with no request ever sent, and ``server.health()`` agreeing."""
+    server = configure(queues).build()
     engine = Engine(*queues, heartbeat=0.2).start()
     try:
         with running(server) as url:
@@ -74,5 +102,6 @@ def test_readiness_stall_liveness_beat_sees_an_idle_dead_loop(queues: tuple[Any,
             engine.stop()
             wait_until(lambda: _ready(url).status_code == 503, 10, "not ready once the beats stop")
             assert "heartbeat" in _ready(url).json()["problem"]
+            assert not server.health()["ready"] and "heartbeat" in server.health()["problem"]
     finally:
         engine.stop()
