@@ -83,7 +83,7 @@ class LocalPut:
                 obj, _ = decode_reply(self._codec, obj)
             except CodecError:
                 logger.exception("a reply put on response_q could not be decoded")
-                relay.dropped_replies += 1
+                relay.dropped_count += 1
                 return
         try:
             if type(obj) is list:

@@ -137,9 +137,13 @@ class Relay:
         self._reader: threading.Thread | None = None
         self._token = ""
         self._closed = True
-        self.forwarded = 0
-        self.dropped_replies = 0
-        self.rejected = 0
+        # Requests put on request_q so far.
+        self.forwarded_count = 0
+        # Replies read from response_q (or handed over) that matched no waiting request: late,
+        # unknown, no id, or unreadable.
+        self.dropped_count = 0
+        # Requests refused by the server-wide max_pending bound.
+        self.rejected_count = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -199,29 +203,10 @@ class Relay:
         return self._reader is not None
 
     @property
-    def route_count(self) -> int:
-        """Requests forwarded to the main process and still awaiting their (final) reply."""
-        return len(self._routes)
-
-    @property
     def pending_count(self) -> int:
-        """Same as ``route_count``: what the whole server awaits from the main process."""
+        """Requests forwarded to the main process and still awaiting their (final) reply: what the
+        whole server awaits from it."""
         return len(self._routes)
-
-    @property
-    def dropped_count(self) -> int:
-        """Replies read from response_q that matched no waiting request (late, unknown, no id)."""
-        return self.dropped_replies
-
-    @property
-    def forwarded_count(self) -> int:
-        """Requests put on request_q so far."""
-        return self.forwarded
-
-    @property
-    def rejected_count(self) -> int:
-        """Requests refused by the server-wide max_pending bound."""
-        return self.rejected
 
     # -- requests (any thread) ---------------------------------------------------------------
 
@@ -244,7 +229,7 @@ class Relay:
             if request_id in self._routes:
                 raise DuplicateRequestIdError(f"request id {request_id!r} is already awaiting a reply")
             if self._max_pending is not None and len(self._routes) >= self._max_pending:
-                self.rejected += 1
+                self.rejected_count += 1
                 raise OverloadedError(
                     f"server busy: {self._max_pending} requests already awaiting replies",
                     retry_after=self._overload[1],
@@ -262,7 +247,7 @@ class Relay:
         except (ValueError, OSError) as exc:  # the queue was closed
             self._forget(request_id, endpoint)
             raise ChannelClosedError(f"the request queue is closed: {exc}") from None
-        self.forwarded += 1
+        self.forwarded_count += 1
 
     def _put(self, request: Any, payload: bytes | memoryview | None) -> None:
         # Every message this relay puts on request_q is noted, so readiness can tell whether the
@@ -337,9 +322,9 @@ class Relay:
             "unread_age": None if unread is None else unread.oldest_age,
             "read_quiet_age": None if unread is None else unread.quiet_age,
             "beats": self.beats,
-            "forwarded": self.forwarded,
-            "dropped": self.dropped_replies,
-            "rejected": self.rejected,
+            "forwarded": self.forwarded_count,
+            "dropped": self.dropped_count,
+            "rejected": self.rejected_count,
             "queue_full": self.queue_full,
             "stream_chunks": self.stream_chunks,
             "cancel_notices": self.cancel_notices_sent,
@@ -411,7 +396,7 @@ class Relay:
                 # A reply the main process could pickle but we cannot unpickle: we can't know its
                 # id, so its waiter will time out. Keep serving the others.
                 logger.exception("a reply could not be read from response_q")
-                self.dropped_replies += 1
+                self.dropped_count += 1
                 continue
             # Drain what is already queued: one wake-up per endpoint for a burst of replies.
             window_ends = time.perf_counter() + _BATCH_WINDOW
@@ -422,7 +407,7 @@ class Relay:
                 pass
             except Exception:
                 logger.exception("a reply could not be read from response_q")
-                self.dropped_replies += 1
+                self.dropped_count += 1
             if self._route_batch(batch, token):
                 return
 
@@ -488,7 +473,7 @@ class Relay:
         except TypeError:  # unhashable id
             route = None
         if route is None:
-            self.dropped_replies += 1
+            self.dropped_count += 1
             logger.debug("dropped a reply for unknown or abandoned id %r", request_id)
             return None
         if route.streaming:
