@@ -85,6 +85,14 @@ class _Route:
     started: bool = False  # a stream's first chunk was routed
 
 
+@dataclass(frozen=True, slots=True)
+class _Overload:
+    """How a request over the server-wide ``max_pending`` is refused."""
+
+    status: int
+    retry_after: int
+
+
 @dataclass(frozen=True)
 class _StopReader:
     token: str
@@ -114,7 +122,7 @@ class Relay:
         # With several HTTP workers each admits up to max_pending on its own; this bound makes
         # the limit exact for the whole server.
         self._max_pending = max_pending
-        self._overload = (overload_status, retry_after)
+        self._overload = _Overload(overload_status, retry_after)
         # Opt-in: a CancelRequest on request_q would surprise a main loop that doesn't expect it.
         self._cancel_notices = cancel_notices
         self._last_reply_at = time.monotonic()
@@ -232,8 +240,8 @@ class Relay:
                 self.rejected_count += 1
                 raise OverloadedError(
                     f"server busy: {self._max_pending} requests already awaiting replies",
-                    retry_after=self._overload[1],
-                    status_code=self._overload[0],
+                    retry_after=self._overload.retry_after,
+                    status_code=self._overload.status,
                 )
             self._routes[request_id] = _Route(endpoint, streaming, time.monotonic(), origin)
         try:
