@@ -115,7 +115,8 @@ class Relay:
     ) -> None:
         self._request_q = request_q
         # Registers a Prometheus collector on the server's /metrics (None: no metrics): how an
-        # Engine in this process, which finds this relay through its response_q, shows its own.
+        # Engine in this process, which finds this relay on its response_q (queue_readers.py),
+        # shows its own.
         self.add_collector = add_collector
         self._response_q = response_q
         self._queue_timeout = queue_timeout
@@ -160,6 +161,8 @@ class Relay:
         with self._lock:
             if self._reader is not None:
                 return
+            # Leaves this relay's handle on the queue object: a ReplyBatcher or an Engine in this
+            # process finds it there (queue_readers.py).
             claim(self._response_q, self)
             self._closed = False
             self._token = uuid.uuid4().hex
