@@ -18,6 +18,7 @@ from isolated_api.main.reply_batcher import ReplyBatcher
 from isolated_api.main.subprocess_manager import SubprocessManager
 from isolated_api.main.supervisor import StartupError, UnguardedMainError
 from isolated_api.server.builder import RouteConfigurer, ServerBuilder, SubprocessConfigurer, UvicornConfigurer
+from isolated_api.server.ipc_facts import IPCFacts
 from isolated_api.server.listener import PortInUseError
 from isolated_api.server.server import Server
 from isolated_api.shared.codecs import Codec, CodecError, MsgspecCodec, PickleCodec
@@ -98,6 +99,7 @@ __all__ = [
     "IPCChannel",
     "IPCConfig",
     "IPCError",
+    "IPCFacts",
     "IPCTimeoutError",
     "MessageTooLargeError",
     "MsgspecCodec",
