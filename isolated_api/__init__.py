@@ -24,6 +24,7 @@ from isolated_api.server.builder import (
     SubprocessConfigurer,
     UvicornConfigurer,
 )
+from isolated_api.server.ipc_facts import IPCFacts
 from isolated_api.server.listener import PortInUseError
 from isolated_api.server.server import Server
 from isolated_api.shared.codecs import Codec, CodecError, MsgspecCodec, PickleCodec
@@ -115,6 +116,7 @@ __all__ = [
     "IPCChannel",
     "IPCConfig",
     "IPCError",
+    "IPCFacts",
     "IPCTimeoutError",
     "MessageTooLargeError",
     "MsgspecCodec",

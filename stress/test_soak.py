@@ -59,7 +59,7 @@ def test_stress_soak_memory_and_pending_stay_flat(ipc: tuple[Server, str], figur
     assert start[2]["pending"] == 0 and end[2]["pending"] == 0
     assert end[2]["rejected"] == start[2]["rejected"]
     relay = server.ipc
-    assert relay is not None and relay.route_count == 0
+    assert relay is not None and relay.pending_count == 0
     assert end[0] - start[0] < RSS_GROWTH_LIMIT_KIB, (start, end)
     assert end[1] - start[1] < RSS_GROWTH_LIMIT_KIB, (start, end)
     figures.table(

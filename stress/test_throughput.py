@@ -112,7 +112,7 @@ def _check_drained(server: Server, url: str) -> None:
     assert load["pending"] == 0 and load["rejected"] == 0
     relay = server.ipc
     assert relay is not None, "a server in subprocess mode has its relay in this process"
-    wait_until(lambda: relay.route_count == 0, 10.0, "the relay to forget every request")
+    wait_until(lambda: relay.pending_count == 0, 10.0, "the relay to forget every request")
 
 
 @pytest.mark.timeout(400)

@@ -180,7 +180,7 @@ def test_builder_accepts_multiprocessing_queues() -> None:
     rq, sq = ctx.Queue(), ctx.Queue()
     try:
         server = ServerBuilder("mp").subprocess.with_ipc(rq, sq).done().build()
-        assert server.ipc is not None and server.ipc.route_count == 0
+        assert server.ipc is not None and server.ipc.pending_count == 0
     finally:
         for q in (rq, sq):
             q.close()

@@ -40,8 +40,10 @@ def test_no_polling_idle_reader_thread_and_child_burn_no_cpu(queues: tuple[Any, 
     )
     with running(server) as url:
         assert httpx.post(f"{url}/upper", json={"text": "warm"}, timeout=10).status_code == 200
-        relay = server.ipc
-        assert relay is not None and relay._reader is not None
+        # The relay's reader thread: internal, so reached through the server's subprocess mode.
+        assert server._subprocess is not None
+        relay = server._subprocess.relay
+        assert relay._reader is not None
         wait_until(lambda: relay._reader is not None and relay._reader.native_id is not None, 5, "reader id")
         reader_stat = f"/proc/{os.getpid()}/task/{relay._reader.native_id}/stat"
         assert server.process is not None

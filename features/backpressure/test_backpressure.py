@@ -242,11 +242,11 @@ def test_backpressure_abandoned_stream_frees_the_slot_and_drops_its_chunks(
             # ... and the relay has heard it, so every late token is dropped there.
             relay = server.ipc
             assert relay is not None and relay.is_running  # subprocess mode: the relay serves this server
-            wait_until(lambda: relay.route_count == 0, timeout=10.0, message="the relay to forget the stream")
+            wait_until(lambda: relay.pending_count == 0, timeout=10.0, message="the relay to forget the stream")
             assert not behaviour.release.is_set()
         finally:
             behaviour.release.set()
-        wait_until(lambda: relay.dropped_replies == 49, message="the 49 late tokens to be dropped")
+        wait_until(lambda: relay.dropped_count == 49, message="the 49 late tokens to be dropped")
         assert httpx.post(f"{url}/job", json={"text": "next"}, timeout=10).json() == {"text": "NEXT"}
         assert _received_texts(loop) == ["hold", "next"]
     _assert_no_traceback(log)

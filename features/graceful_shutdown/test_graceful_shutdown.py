@@ -97,7 +97,7 @@ def test_graceful_shutdown_lets_in_flight_requests_finish_and_refuses_new_ones(
         stopper.result(30)
     assert record.read_text().split() == ["started", str(process.pid), "stopped", str(process.pid)]
     assert process.exitcode == 0 and server.process is None
-    assert server.ipc is not None and server.ipc.route_count == 0
+    assert server.ipc is not None and server.ipc.pending_count == 0
 
 
 def test_graceful_shutdown_timeout_ends_requests_that_never_finish(

@@ -174,7 +174,7 @@ def test_streaming_concurrent_streams_complete_and_in_order(queues: tuple[Any, A
         for n, sse in enumerate(results):
             assert_tokens(sse.data, tokens, prompt=f"s{n}-")
         assert child_counters(url)["pending"] == 0
-        assert server.ipc is not None and server.ipc.dropped_replies == 0
+        assert server.ipc is not None and server.ipc.dropped_count == 0
 
 
 def test_streaming_overload_before_first_chunk_is_503(queues: tuple[Any, Any]) -> None:
@@ -194,7 +194,7 @@ def test_streaming_overload_before_first_chunk_is_503(queues: tuple[Any, Any]) -
         async def go() -> tuple[list[tuple[int, SSE]], httpx.Response]:
             async with httpx.AsyncClient(timeout=20) as client:
                 held = [asyncio.ensure_future(stream(client)) for _ in range(2)]
-                await asyncio.to_thread(wait_until, lambda: relay.route_count == 2, 10.0, "two held streams")
+                await asyncio.to_thread(wait_until, lambda: relay.pending_count == 2, 10.0, "two held streams")
                 refused = await client.post(f"{url}/generate", json={"prompt": "t", "max_tokens": 4})
                 engine.hold.set()
                 return list(await asyncio.gather(*held)), refused
@@ -282,7 +282,7 @@ def test_streaming_client_disconnect_frees_the_slot_and_drops_later_chunks(queue
         wait_until(lambda: len(engine.finished) == 2, 10.0, "the engine to finish both")
 
         def dropped() -> int:
-            return relay.dropped_replies + child_counters(url)["dropped"]
+            return relay.dropped_count + child_counters(url)["dropped"]
 
         wait_until(lambda: dropped() >= 35, 10.0, "A's later chunks to be dropped")
         assert dropped() == 35
@@ -302,7 +302,7 @@ def test_streaming_client_gone_before_first_chunk_frees_the_slot(queues: tuple[A
         async def go() -> None:
             async with httpx.AsyncClient(timeout=20) as client:
                 request = asyncio.ensure_future(client.post(f"{url}/generate", json={"max_tokens": 4}))
-                await asyncio.to_thread(wait_until, lambda: relay.route_count == 1, 10.0, "the request to arrive")
+                await asyncio.to_thread(wait_until, lambda: relay.pending_count == 1, 10.0, "the request to arrive")
                 request.cancel()
                 await asyncio.wait((request,))
 
@@ -311,7 +311,7 @@ def test_streaming_client_gone_before_first_chunk_frees_the_slot(queues: tuple[A
         assert not engine.finished
         engine.hold.set()
         wait_until(lambda: len(engine.finished) == 1, 10.0, "the engine to finish")
-        wait_until(lambda: relay.dropped_replies + child_counters(url)["dropped"] == 4, 10.0, "4 tokens dropped")
+        wait_until(lambda: relay.dropped_count + child_counters(url)["dropped"] == 4, 10.0, "4 tokens dropped")
 
 
 def test_streaming_keepalive_comment_while_engine_is_silent(queues: tuple[Any, Any]) -> None:

@@ -94,10 +94,10 @@ def test_unary_timeout_is_504_and_the_late_reply_goes_nowhere(
         assert first.status_code == 504
         assert "no reply" in first.json()["detail"]
         # The worker tells the relay to forget the id; once it has, the late reply can only be dropped.
-        wait_until(lambda: server.ipc.route_count == 0, 10, "the relay to forget the timed-out id")
-        dropped = server.ipc.dropped_replies
+        wait_until(lambda: server.ipc.pending_count == 0, 10, "the relay to forget the timed-out id")
+        dropped = server.ipc.dropped_count
         release.set()
-        wait_until(lambda: server.ipc.dropped_replies == dropped + 1, 10, "the late reply to be dropped")
+        wait_until(lambda: server.ipc.dropped_count == dropped + 1, 10, "the late reply to be dropped")
         second = httpx.post(f"{url}/upper", json={"text": "fast"}, timeout=10)
         assert second.status_code == 200 and second.json()["text"] == "FAST"
         assert httpx.get(f"{url}/pending", timeout=10).json()["pending"] == 0
@@ -134,8 +134,8 @@ def test_unary_unknown_duplicate_and_idless_replies_are_dropped(queues: tuple[An
         for i in range(5):
             response = httpx.post(f"{url}/upper", json={"text": f"n{i}"}, timeout=10)
             assert response.status_code == 200 and response.json()["text"] == f"N{i}"
-        wait_until(lambda: server.ipc.dropped_replies == 15, 10, "15 stray replies to be dropped")
-        assert server.ipc.route_count == 0
+        wait_until(lambda: server.ipc.dropped_count == 15, 10, "15 stray replies to be dropped")
+        assert server.ipc.pending_count == 0
 
 
 def test_unary_invalid_body_is_422(queues: tuple[Any, Any], main_loop: MainLoop) -> None:

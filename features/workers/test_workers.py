@@ -73,7 +73,7 @@ def test_workers_share_the_port_and_every_reply_finds_its_worker(queues: tuple[A
         assert [r.json()["text"] for r in responses] == [f"W{i}" for i in range(400)]
         served_by = Counter(r.json()["worker_pid"] for r in responses)
         assert set(served_by) <= {p.pid for p in server.processes}
-        assert server.ipc is not None and server.ipc.route_count == 0
+        assert server.ipc is not None and server.ipc.pending_count == 0
 
 
 def _stream(main_loop: MainLoop) -> Any:
@@ -94,7 +94,7 @@ def test_workers_four_by_64_concurrent_streams_arrive_complete_and_ordered(
         assert [r.status_code for r in responses] == [200] * 256
         assert all(r.json()["indexes"] == list(range(64)) for r in responses)
         assert server.ipc is not None
-        assert server.ipc.route_count == 0 and server.ipc.dropped_replies == 0
+        assert server.ipc.pending_count == 0 and server.ipc.dropped_count == 0
 
 
 def test_workers_max_pending_is_exact_for_the_whole_server(queues: tuple[Any, Any], main_loop: MainLoop) -> None:

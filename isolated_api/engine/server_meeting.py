@@ -2,9 +2,9 @@
 
 The two are built apart (``Engine(request_q, response_q)``, ``.subprocess.with_ipc(request_q,
 response_q)``) and never hold each other; the response queue they share is the meeting point:
-the relay that reads it registered itself as its reader (``relay_reading``, the way
-``ReplyBatcher`` finds it). A request a batcher or stepper gets came through that relay, so by
-then it is running (it is looked up at each request until found: a dict lookup). Two things are
+the relay that reads it leaves a handle on that queue object while it runs (``relay_reading``,
+the way ``ReplyBatcher`` finds it). A request a batcher or stepper gets came through that relay, so
+by then it is running (it is looked up at each request until found: an attribute lookup). Two things are
 done there, once per batcher or stepper:
 
 - warn when the server can never fill a batch: the relay bounds the requests awaiting replies

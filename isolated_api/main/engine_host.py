@@ -386,7 +386,7 @@ class EngineHost:
             oldest_pending_age=facts["oldest_pending_age"],
             last_reply_age=facts["last_reply_age"],
             unanswered_age=facts["unanswered_age"],
-            dropped_replies=self.relay.dropped_replies,
+            dropped_replies=self.relay.dropped_count,
             unread=facts["unread"],
             unread_age=facts["unread_age"],
             read_quiet_age=facts["read_quiet_age"],

@@ -34,15 +34,13 @@ import logging
 import multiprocessing.queues
 import os
 import queue
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from isolated_api.main.queue_access import decode_reply
+from isolated_api.main.queue_readers import LocalReader
 from isolated_api.main.reply_batcher import ReplyBatcher
 from isolated_api.shared.codecs import Codec, CodecError
 from isolated_api.shared.heartbeat import Heartbeat
-
-if TYPE_CHECKING:
-    from isolated_api.main.relay import Relay
 
 logger = logging.getLogger("isolated_api.relay")
 
@@ -64,13 +62,14 @@ os.register_at_fork(after_in_child=_forked)
 class LocalPut:
     """Stands in for ``q.put`` while ``relay`` reads ``q`` in this process."""
 
-    def __init__(self, q: Any, relay: Relay, codec: Codec | None) -> None:
+    def __init__(self, q: Any, relay: LocalReader, codec: Codec | None) -> None:
         self._q = q
         self.relay = relay
         self._codec = codec
         self._forks = _forks
         self._own_put = type(q).put
-        # Its relay_reading(q) is ``relay`` while it runs: the batcher hands replies over.
+        # The relay left its handle on q before it took over put (queue_readers.py): the batcher
+        # finds it there and hands replies over.
         self.batcher = ReplyBatcher(q)
 
     def __call__(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
@@ -83,7 +82,7 @@ class LocalPut:
                 obj, _ = decode_reply(self._codec, obj)
             except CodecError:
                 logger.exception("a reply put on response_q could not be decoded")
-                relay.dropped_replies += 1
+                relay.dropped_count += 1
                 return
         try:
             if type(obj) is list:
@@ -96,7 +95,7 @@ class LocalPut:
             self._own_put(self._q, obj, block, timeout)
 
 
-def take_over_put(q: Any, relay: Relay, codec: Codec | None) -> LocalPut | None:
+def take_over_put(q: Any, relay: LocalReader, codec: Codec | None) -> LocalPut | None:
     """Installs a ``LocalPut`` on ``q``; None (and nothing changed) where it does not apply."""
     if type(q) not in _TAKEN_OVER or "put" in vars(q):
         return None

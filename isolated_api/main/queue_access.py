@@ -81,18 +81,29 @@ class RequestWriter:
             q.put(obj, timeout=self._timeout)
 
 
-def put_now(q: Any, obj: Any) -> bool:
+# How long ``put_now`` waits for room in a full bounded queue. The relay empties ``response_q`` as
+# fast as replies come, so one full for this long has no reader left (the server stopped, or the
+# process reading it is stuck): waiting on would hang the main loop, or a batcher's writer, for ever.
+PUT_TIMEOUT = 10.0  # seconds
+
+
+def put_now(q: Any, obj: Any, timeout: float = PUT_TIMEOUT) -> bool:
     """Pickles ``obj`` and writes it into a ``multiprocessing.Queue`` from this thread, as the
     queue's feeder thread would: one thread wake-up less per message (for the main process, whose
     threads share one GIL, that is most of what a small message costs). False if ``q`` is not a
     queue this works on: use ``q.put(obj)`` then. Messages put this way and by ``q.put`` from the
-    same thread may overtake each other, so keep one way per stream of messages."""
+    same thread may overtake each other, so keep one way per stream of messages.
+
+    A bounded queue still full after ``timeout`` seconds raises ``queue.Full`` and ``obj`` is not
+    written: the callers (``ReplyBatcher``, the ``Engine``) log it and go on, and the requests it
+    answered end as timeouts (504) in their workers."""
     if not _has(q, _WRITE_PARTS) or q._wlock is None:
         return False
     if q._closed:
         raise ValueError("the queue is closed")
     data = dumps(obj)
-    q._sem.acquire()
+    if not q._sem.acquire(True, timeout):
+        raise queue.Full(f"the queue stayed full for {timeout:g} s: nothing reads it")
     with q._wlock:
         q._writer.send_bytes(data)
     return True

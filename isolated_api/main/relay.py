@@ -85,6 +85,14 @@ class _Route:
     started: bool = False  # a stream's first chunk was routed
 
 
+@dataclass(frozen=True, slots=True)
+class _Overload:
+    """How a request over the server-wide ``max_pending`` is refused."""
+
+    status: int
+    retry_after: int
+
+
 @dataclass(frozen=True)
 class _StopReader:
     token: str
@@ -107,14 +115,15 @@ class Relay:
     ) -> None:
         self._request_q = request_q
         # Registers a Prometheus collector on the server's /metrics (None: no metrics): how an
-        # Engine in this process, which finds this relay through its response_q, shows its own.
+        # Engine in this process, which finds this relay on its response_q (queue_readers.py),
+        # shows its own.
         self.add_collector = add_collector
         self._response_q = response_q
         self._queue_timeout = queue_timeout
         # With several HTTP workers each admits up to max_pending on its own; this bound makes
         # the limit exact for the whole server.
         self._max_pending = max_pending
-        self._overload = (overload_status, retry_after)
+        self._overload = _Overload(overload_status, retry_after)
         # Opt-in: a CancelRequest on request_q would surprise a main loop that doesn't expect it.
         self._cancel_notices = cancel_notices
         self._last_reply_at = time.monotonic()
@@ -137,9 +146,13 @@ class Relay:
         self._reader: threading.Thread | None = None
         self._token = ""
         self._closed = True
-        self.forwarded = 0
-        self.dropped_replies = 0
-        self.rejected = 0
+        # Requests put on request_q so far.
+        self.forwarded_count = 0
+        # Replies read from response_q (or handed over) that matched no waiting request: late,
+        # unknown, no id, or unreadable.
+        self.dropped_count = 0
+        # Requests refused by the server-wide max_pending bound.
+        self.rejected_count = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -148,6 +161,8 @@ class Relay:
         with self._lock:
             if self._reader is not None:
                 return
+            # Leaves this relay's handle on the queue object: a ReplyBatcher or an Engine in this
+            # process finds it there (queue_readers.py).
             claim(self._response_q, self)
             self._closed = False
             self._token = uuid.uuid4().hex
@@ -199,29 +214,10 @@ class Relay:
         return self._reader is not None
 
     @property
-    def route_count(self) -> int:
-        """Requests forwarded to the main process and still awaiting their (final) reply."""
-        return len(self._routes)
-
-    @property
     def pending_count(self) -> int:
-        """Same as ``route_count``: what the whole server awaits from the main process."""
+        """Requests forwarded to the main process and still awaiting their (final) reply: what the
+        whole server awaits from it."""
         return len(self._routes)
-
-    @property
-    def dropped_count(self) -> int:
-        """Replies read from response_q that matched no waiting request (late, unknown, no id)."""
-        return self.dropped_replies
-
-    @property
-    def forwarded_count(self) -> int:
-        """Requests put on request_q so far."""
-        return self.forwarded
-
-    @property
-    def rejected_count(self) -> int:
-        """Requests refused by the server-wide max_pending bound."""
-        return self.rejected
 
     # -- requests (any thread) ---------------------------------------------------------------
 
@@ -244,11 +240,11 @@ class Relay:
             if request_id in self._routes:
                 raise DuplicateRequestIdError(f"request id {request_id!r} is already awaiting a reply")
             if self._max_pending is not None and len(self._routes) >= self._max_pending:
-                self.rejected += 1
+                self.rejected_count += 1
                 raise OverloadedError(
                     f"server busy: {self._max_pending} requests already awaiting replies",
-                    retry_after=self._overload[1],
-                    status_code=self._overload[0],
+                    retry_after=self._overload.retry_after,
+                    status_code=self._overload.status,
                 )
             self._routes[request_id] = _Route(endpoint, streaming, time.monotonic(), origin)
         try:
@@ -262,7 +258,7 @@ class Relay:
         except (ValueError, OSError) as exc:  # the queue was closed
             self._forget(request_id, endpoint)
             raise ChannelClosedError(f"the request queue is closed: {exc}") from None
-        self.forwarded += 1
+        self.forwarded_count += 1
 
     def _put(self, request: Any, payload: bytes | memoryview | None) -> None:
         # Every message this relay puts on request_q is noted, so readiness can tell whether the
@@ -337,9 +333,9 @@ class Relay:
             "unread_age": None if unread is None else unread.oldest_age,
             "read_quiet_age": None if unread is None else unread.quiet_age,
             "beats": self.beats,
-            "forwarded": self.forwarded,
-            "dropped": self.dropped_replies,
-            "rejected": self.rejected,
+            "forwarded": self.forwarded_count,
+            "dropped": self.dropped_count,
+            "rejected": self.rejected_count,
             "queue_full": self.queue_full,
             "stream_chunks": self.stream_chunks,
             "cancel_notices": self.cancel_notices_sent,
@@ -411,7 +407,7 @@ class Relay:
                 # A reply the main process could pickle but we cannot unpickle: we can't know its
                 # id, so its waiter will time out. Keep serving the others.
                 logger.exception("a reply could not be read from response_q")
-                self.dropped_replies += 1
+                self.dropped_count += 1
                 continue
             # Drain what is already queued: one wake-up per endpoint for a burst of replies.
             window_ends = time.perf_counter() + _BATCH_WINDOW
@@ -422,7 +418,7 @@ class Relay:
                 pass
             except Exception:
                 logger.exception("a reply could not be read from response_q")
-                self.dropped_replies += 1
+                self.dropped_count += 1
             if self._route_batch(batch, token):
                 return
 
@@ -488,7 +484,7 @@ class Relay:
         except TypeError:  # unhashable id
             route = None
         if route is None:
-            self.dropped_replies += 1
+            self.dropped_count += 1
             logger.debug("dropped a reply for unknown or abandoned id %r", request_id)
             return None
         if route.streaming:

@@ -27,14 +27,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from isolated_api.main.queue_access import put_now
-from isolated_api.main.queue_readers import relay_reading
+from isolated_api.main.queue_readers import LocalReader, relay_reading
 from isolated_api.shared.messages import ErrorReply, internal_error
-
-if TYPE_CHECKING:
-    from isolated_api.main.relay import Relay
 
 logger = logging.getLogger("isolated_api.reply_batcher")
 
@@ -185,7 +182,7 @@ class ReplyBatcher:
                 self._writing = True
             self._write_holding_token(batch, relay_reading(self._q))
 
-    def _write_holding_token(self, batch: list[Any], relay: Relay | None) -> None:
+    def _write_holding_token(self, batch: list[Any], relay: LocalReader | None) -> None:
         # ``_writing`` is the one write token: whoever holds it writes, so messages leave in order.
         # ``relay``: the server's relay reading the queue in this process, if any (relay_reading).
         try:
@@ -202,7 +199,7 @@ class ReplyBatcher:
                 if self._pending or self._flushing:
                     self._wake.notify_all()
 
-    def _write(self, batch: list[Any], relay: Relay | None) -> None:
+    def _write(self, batch: list[Any], relay: LocalReader | None) -> None:
         batch = _flatten(batch)  # a bundle (put_bundle) is one pending entry, written as its replies
         message: Any = batch[0] if len(batch) == 1 else batch
         try:
@@ -221,7 +218,7 @@ class ReplyBatcher:
         self.messages += 1
         self.replies += len(batch)
 
-    def _send(self, message: Any, relay: Relay | None) -> None:
+    def _send(self, message: Any, relay: LocalReader | None) -> None:
         self._through_queue = relay is None
         if relay is not None:
             # The server's relay reads this queue in this very process: hand the replies over
@@ -233,7 +230,7 @@ class ReplyBatcher:
         if not put_now(self._q, item):
             self._q.put(item)
 
-    def _fail(self, reply: Any, exc: Exception, relay: Relay | None) -> None:
+    def _fail(self, reply: Any, exc: Exception, relay: LocalReader | None) -> None:
         # The pickling error names the user's objects ("Can't pickle local object 'MainLoop.run.
         # <locals>.<lambda>'"): it is logged here, and the client gets only the id to find it by.
         self.failed += 1

@@ -121,10 +121,10 @@ def spawn_worker(
         start_method=recipe.spec.start_method,
         name=f"{recipe.spec.name}-http-{slot}.{incarnation}",
     )
-    holder: list[Worker] = []
 
+    # The endpoint's callbacks name ``worker``, made below from the endpoint: they run only once
+    # the endpoint is started, after that.
     def ready(endpoint: PipeEndpoint, info: Any) -> None:
-        worker = holder[0]
         worker.info = info
         worker.ready_at = time.monotonic()
         worker.ready.set()
@@ -132,7 +132,6 @@ def spawn_worker(
             on_ready(worker)
 
     def lost(endpoint: PipeEndpoint, abandoned: list[Hashable], torn: bool) -> None:
-        worker = holder[0]
         worker.lost_at = time.monotonic()
         worker.lost = True
         worker.abandoned = abandoned
@@ -151,7 +150,6 @@ def spawn_worker(
         codec=recipe.spec.codec,
     )
     worker = Worker(slot, incarnation, manager, endpoint, Lifeline(lifeline_w))
-    holder.append(worker)
     endpoint.start()
     try:
         manager.start()

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from isolated_api.main.metrics_book import MetricsBook
 from isolated_api.main.relay import Relay
 from isolated_api.server.direct_mode import DirectMode
+from isolated_api.server.ipc_facts import IPCFacts
 from isolated_api.server.listener import Listener
 from isolated_api.server.stop_signals import SigtermStop
 from isolated_api.server.subprocess_mode import ChildExitCallback, SubprocessMode
@@ -46,6 +47,7 @@ class Server:
         self._sigterm = SigtermStop(self.stop, spec.api.drain_timeout)
         self._subprocess: SubprocessMode | None = None
         self._direct: DirectMode | None = None
+        self._ipc: IPCFacts | None = None
         if request_q is not None:
             relay = Relay(
                 request_q,
@@ -60,6 +62,7 @@ class Server:
                 add_collector=self._metrics.add_collector if self._metrics else None,
             )
             self._subprocess = SubprocessMode(spec, relay, self._listener, self._metrics)
+            self._ipc = IPCFacts(relay)
         else:
             self._direct = DirectMode(spec, self._listener, self._local_metrics())
 
@@ -113,11 +116,12 @@ class Server:
         return self._app
 
     @property
-    def ipc(self) -> Relay | None:
-        """Subprocess mode: the main process's end of the IPC link (``pending_count``,
-        ``dropped_count``, ``forwarded_count``). ``None`` in direct mode. Route handlers reach the
-        channel itself as ``request.app.state.ipc_channel``."""
-        return None if self._subprocess is None else self._subprocess.relay
+    def ipc(self) -> IPCFacts | None:
+        """Subprocess mode: read-only counts of the main process's end of the IPC link
+        (``pending_count``, ``forwarded_count``, ``dropped_count``, ``rejected_count``,
+        ``cancel_notices_sent``, ...). ``None`` in direct mode. Route handlers reach the channel
+        itself as ``request.app.state.ipc_channel``."""
+        return self._ipc
 
     @property
     def process(self) -> multiprocessing.process.BaseProcess | None:

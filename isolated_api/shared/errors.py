@@ -1,5 +1,9 @@
 """Errors a request can end with. Each carries the HTTP status the client should see
-(DESIGN.md invariant 5), so the HTTP layer maps them without guessing."""
+(DESIGN.md invariant 5), so the HTTP layer maps them without guessing.
+
+Every one is built as ``cls(message, status_code=..., headers=...)`` (each keyword optional: the
+class's own status and headers otherwise), so an error the other side of a pipe or a socket sent
+as plain data comes back as the same class through one door, ``from_wire``."""
 
 from __future__ import annotations
 
@@ -9,10 +13,12 @@ class IPCError(Exception):
 
     status_code = 500
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        if status_code is not None:
+            self.status_code = status_code
 
 
 class ChannelClosedError(IPCError):
@@ -33,9 +39,17 @@ class OverloadedError(IPCError):
 
     status_code = 503
 
-    def __init__(self, message: str, *, retry_after: int = 1, status_code: int = 503) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after)})
-        self.status_code = status_code
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int = 1,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            message, status_code=status_code, headers={"Retry-After": str(retry_after)} if headers is None else headers
+        )
 
 
 class QueueFullError(IPCError):
@@ -43,8 +57,8 @@ class QueueFullError(IPCError):
 
     status_code = 503
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Retry-After": "1"})
+    def __init__(self, message: str, *, status_code: int | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, status_code=status_code, headers={"Retry-After": "1"} if headers is None else headers)
 
 
 class DuplicateRequestIdError(IPCError):
@@ -70,9 +84,8 @@ class ReplyTooLargeError(IPCError):
 class RemoteError(IPCError):
     """The main process answered with an ``ErrorReply``."""
 
-    def __init__(self, message: str, status_code: int) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+    def __init__(self, message: str, status_code: int | None = None, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, status_code=status_code, headers=headers)
 
 
 class StreamOverflowError(IPCError):
@@ -80,3 +93,26 @@ class StreamOverflowError(IPCError):
     no ``merge`` function was given to fold chunks together (or ``merge_text``'s bound was passed)."""
 
     status_code = 503
+
+
+# The errors that cross a pipe or a socket as (class name, message, status, headers).
+_BY_NAME: dict[str, type[IPCError]] = {
+    cls.__name__: cls
+    for cls in (
+        ChannelClosedError,
+        DuplicateRequestIdError,
+        OverloadedError,
+        QueueFullError,
+        RemoteError,
+        ReplyTooLargeError,
+    )
+}
+
+
+def from_wire(
+    name: str, message: str, status_code: int | None = None, headers: dict[str, str] | None = None
+) -> IPCError:
+    """The error the other side sent as plain data, rebuilt as the class ``name`` names (an
+    ``IPCError`` for a name this side does not know), with its message, status and headers
+    (``None``: the class's own)."""
+    return _BY_NAME.get(name, IPCError)(message, status_code=status_code, headers=headers)

@@ -87,12 +87,13 @@ def child_main(
         gc.set_threshold(spec.ipc.gc_threshold)
     log_config = configure_logging(spec.api.uvicorn.log_level, to_file=spec.api.log_file is not None)
     drain = DrainState(on_first_done=_reports_serving(lifeline))
-    server_ref: list[DrainingServer] = []
+    # The link's callbacks name ``server``, made below from the app the link serves: the link
+    # reads its pipe only once uvicorn runs that app, after that.
     link = PipeLink(
         uplink,
         downlink,
-        on_drain=lambda timeout: server_ref[0].request_drain(timeout),
-        on_lost=lambda reason: server_ref[0].request_exit_now(),
+        on_drain=lambda timeout: server.request_drain(timeout),
+        on_lost=lambda reason: server.request_exit_now(),
         codec=spec.ipc.codec,
         busy_wait=spec.ipc.reply_busy_wait,
         max_frame=spec.ipc.max_message_size,
@@ -129,7 +130,6 @@ def child_main(
         on_started=lambda _: link.send_ready({"pid": os.getpid(), "port": port}),
         on_drain_expired=channel.stop_polling,
     )
-    server_ref.append(server)
     finished = threading.Event()
     threading.Thread(
         target=_watch_lifeline, args=(lifeline, server, finished), name="isolated-api-lifeline", daemon=True

@@ -23,27 +23,6 @@ from isolated_api.shared.link import LinkSink
 # As much as an asyncio pipe transport reads at once; a large frame's rest is read in one go.
 _READ_SIZE = 1 << 18
 
-_REJECTIONS: dict[str, type[errors.IPCError]] = {
-    cls.__name__: cls
-    for cls in (
-        errors.DuplicateRequestIdError,
-        errors.QueueFullError,
-        errors.ChannelClosedError,
-        errors.OverloadedError,
-        errors.RemoteError,
-        errors.ReplyTooLargeError,
-    )
-}
-
-
-def _rejection(name: str, message: str, status: int, headers: dict[str, str]) -> errors.IPCError:
-    # Built without the subclass's __init__ (signatures differ): same class, message, status, headers.
-    cls = _REJECTIONS.get(name, errors.IPCError)
-    error = cls.__new__(cls)
-    errors.IPCError.__init__(error, message, headers=headers)
-    error.status_code = status
-    return error
-
 
 class DownlinkOwner(Protocol):
     """What the reader reports to (the ``PipeLink``)."""
@@ -122,7 +101,7 @@ class DownlinkReader:
             data = body if type(body) is bytes else bytes(body)  # a control frame over SIZED_FRAME
             if kind is Kind.REJECT:
                 request_id, name, message, status, headers = codec.decode_control(data)
-                self._sink.on_failure(request_id, _rejection(name, message, status, headers))
+                self._sink.on_failure(request_id, errors.from_wire(name, message, status, headers))
             elif kind is Kind.DRAIN:
                 self._link.on_drain(codec.decode_control(data))
             elif kind is Kind.PONG:

@@ -61,16 +61,23 @@ class _InFlight:
     retried: bool = False
 
 
+# What an engine's refusal (``Reject.why``) is on this side; any other is the engine's own answer.
+_REJECTED_AS = {
+    "full": "OverloadedError",
+    "queue_full": "QueueFullError",
+    "duplicate": "DuplicateRequestIdError",
+    "stale": "ChannelClosedError",
+    "closed": "ChannelClosedError",
+}
+
+
 def _rejection(reject: remote_wire.Reject) -> errors.IPCError:
-    if reject.why == "full":
-        return errors.OverloadedError(reject.message, retry_after=reject.retry_after, status_code=reject.status)
-    if reject.why == "queue_full":
-        return errors.QueueFullError(reject.message)
-    if reject.why == "duplicate":
-        return errors.DuplicateRequestIdError(reject.message)
-    if reject.why in ("stale", "closed"):
-        return errors.ChannelClosedError(reject.message)
-    return errors.RemoteError(reject.message, reject.status)
+    name = _REJECTED_AS.get(reject.why, "RemoteError")
+    if name == "OverloadedError":
+        return errors.from_wire(name, reject.message, reject.status, {"Retry-After": str(reject.retry_after)})
+    if name == "RemoteError":
+        return errors.from_wire(name, reject.message, reject.status)
+    return errors.from_wire(name, reject.message)  # the class's own status and headers
 
 
 def _default_resolver(host: str, port: int) -> list[str]:

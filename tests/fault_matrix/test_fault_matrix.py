@@ -127,7 +127,7 @@ def test_fault_matrix_replies_late_twice_unknown_and_without_id(queues: tuple[An
     def misbehave(request: Work) -> Any:
         if request.text == "late":
             # Answer only after the 0.3 s timeout made the relay forget the id.
-            wait_until(lambda: servers[0].ipc.route_count == 0, 10, "the timed-out id to be forgotten")
+            wait_until(lambda: servers[0].ipc.pending_count == 0, 10, "the timed-out id to be forgotten")
             return answer_upper(request)
         main_loop.response_q.put(Done(request.id, "TWICE"))  # the first of two replies wins
         main_loop.response_q.put(Done("nobody", "unknown"))

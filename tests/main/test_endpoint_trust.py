@@ -131,7 +131,7 @@ def test_relay_stays_unanswering_after_a_timeout_until_a_reply_or_a_beat(relay: 
     assert facts["pending"] == 0 and facts["unanswered_age"] > 0
     sq.put(Heartbeat())
     wait_until(lambda: relay_.facts()["unanswered_age"] == 0.0, 10, "the beat to clear it")
-    assert relay_.beats == 1 and relay_.dropped_replies == 0
+    assert relay_.beats == 1 and relay_.dropped_count == 0
     relay_.forward(who, "b", request=Msg("b"))
     relay_.abandon(who, "b", "timeout")
     assert relay_.facts()["unanswered_age"] > 0

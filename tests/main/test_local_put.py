@@ -39,7 +39,7 @@ def test_local_put_hands_replies_to_the_relay_in_order_and_nothing_crosses_the_q
         relay.forward(sink, "s", request=Msg("s"), streaming=True)
         for n in range(200):
             sq.put_nowait(Msg("s", str(n), is_final=n == 199))
-        wait_until(lambda: relay.route_count == 0, 10, "the stream's final chunk routed")
+        wait_until(lambda: relay.pending_count == 0, 10, "the stream's final chunk routed")
         assert [r.body for r in sink.replies] == ["reply", *(str(n) for n in range(200))]
         assert relay.local_replies == 201 and sq.empty()
         # A beat is counted at once; a list put is a list of replies.
@@ -48,8 +48,8 @@ def test_local_put_hands_replies_to_the_relay_in_order_and_nothing_crosses_the_q
         relay.forward(sink, "b1", request=Msg("b1"))
         relay.forward(sink, "b2", request=Msg("b2"))
         sq.put([Msg("b1", "x"), Msg("b2", "y")])
-        wait_until(lambda: relay.route_count == 0, 10, "the list's replies routed")
-        assert [r.body for r in sink.replies[-2:]] == ["x", "y"] and relay.dropped_replies == 0
+        wait_until(lambda: relay.pending_count == 0, 10, "the list's replies routed")
+        assert [r.body for r in sink.replies[-2:]] == ["x", "y"] and relay.dropped_count == 0
     finally:
         relay.close()
     assert "put" not in vars(sq)
@@ -130,6 +130,6 @@ def test_local_put_decodes_bytes_with_a_binary_codec_in_put_order() -> None:
         response_q.put(b"\xff not msgspec")
         wait_until(lambda: len(sink.replies) == 50, 10, "50 tokens")
         assert sink.replies == [Token("t", str(n)) for n in range(50)]
-        assert relay.dropped_replies == 1 and response_q.empty()
+        assert relay.dropped_count == 1 and response_q.empty()
     finally:
         relay.close()

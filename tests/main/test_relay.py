@@ -38,13 +38,13 @@ def test_relay_routes_each_reply_to_the_endpoint_that_sent_the_request(queues: t
     a, b = Collector("a"), Collector("b")
     for i in range(50):
         relay.forward(a if i % 2 else b, f"id{i}", request=Msg(f"id{i}"))
-    assert relay.route_count == 50
+    assert relay.pending_count == 50
     for i in reversed(range(50)):
         sq.put(Msg(f"id{i}", "reply"))
     wait_until(lambda: len(a.replies) + len(b.replies) == 50, 10, "50 replies")
     assert sorted(r.id for r in a.replies) == sorted(f"id{i}" for i in range(50) if i % 2)
     assert sorted(r.id for r in b.replies) == sorted(f"id{i}" for i in range(50) if not i % 2)
-    assert relay.route_count == 0 and relay.dropped_replies == 0
+    assert relay.pending_count == 0 and relay.dropped_count == 0
     received = [rq.get(timeout=5) for _ in range(50)]
     assert {r.id for r in received} == {f"id{i}" for i in range(50)}
 
@@ -55,9 +55,9 @@ def test_relay_drops_and_counts_unknown_duplicate_and_idless_replies(queues: tup
     relay.forward(a, 1, request=Msg(1))
     for stray in (Msg(2), "no id", Msg(["unhashable"]), Msg(1, "first"), Msg(1, "second")):
         sq.put(stray)
-    wait_until(lambda: relay.dropped_replies == 4, 10, "4 drops")
+    wait_until(lambda: relay.dropped_count == 4, 10, "4 drops")
     assert [r.body for r in a.replies] == ["first"]
-    assert relay.route_count == 0
+    assert relay.pending_count == 0
 
 
 def test_relay_keeps_stream_routes_until_the_final_chunk_or_an_error(queues: tuple[Any, Any], relay: Relay) -> None:
@@ -70,9 +70,9 @@ def test_relay_keeps_stream_routes_until_the_final_chunk_or_an_error(queues: tup
     sq.put(Msg("s1", "end", is_final=True))
     sq.put(ErrorReply("s2", "boom"))
     sq.put(Msg("s1", "after the end"))
-    wait_until(lambda: relay.dropped_replies == 1, 10, "the chunk after the end to be dropped")
+    wait_until(lambda: relay.dropped_count == 1, 10, "the chunk after the end to be dropped")
     assert [r.body for r in a.replies if r.id == "s1"] == ["0", "1", "2", "end"]
-    assert relay.route_count == 0
+    assert relay.pending_count == 0
 
 
 def test_relay_refuses_duplicate_ids_and_full_queues() -> None:
@@ -86,8 +86,8 @@ def test_relay_refuses_duplicate_ids_and_full_queues() -> None:
             relay.forward(a, 1, request=Msg(1))
         with pytest.raises(QueueFullError, match="stayed full"):
             relay.forward(a, 2, request=Msg(2))
-        assert relay.route_count == 1  # the refused request left no route behind
-        assert relay.abandon(a, 1) and relay.route_count == 0
+        assert relay.pending_count == 1  # the refused request left no route behind
+        assert relay.abandon(a, 1) and relay.pending_count == 0
     finally:
         relay.close()
     with pytest.raises(ChannelClosedError):
@@ -170,7 +170,7 @@ def test_relay_any_reply_interleaving_reaches_the_right_endpoints(owners: list[i
         wait_until(lambda: sum(len(e.replies) for e in endpoints) == len(owners), 10, "all replies")
         for n, endpoint in enumerate(endpoints):
             assert sorted(r.id for r in endpoint.replies) == [rid for rid, o in enumerate(owners) if o == n]
-        assert relay.route_count == 0 and relay.dropped_replies == 0
+        assert relay.pending_count == 0 and relay.dropped_count == 0
     finally:
         relay.close()
 
@@ -205,7 +205,7 @@ def test_relay_pipe_endpoint_discards_a_torn_frame_and_reports_abandoned_ids(que
         up_w.close()
         endpoint.join(10)
         assert lost == [(["done"], True)]
-        assert relay.route_count == 0
+        assert relay.pending_count == 0
         other = Collector("other")
         relay.forward(other, "next", request=Msg("next"))
         sq.put(Msg("next", "fine"))
@@ -246,7 +246,7 @@ def test_relay_forwards_a_list_of_replies_for_one_endpoint_as_one_bundle(queues:
     wait_until(lambda: len(a.entries) == 3 and len(b.entries) == 1, 10, "the split bundle")
     assert [m.body for m, _ in a.entries[1:]] == ["2", "end"]
     assert [m.body for m, _ in b.entries] == ["for b"]
-    assert relay.dropped_replies == 1 and relay.route_count == 0
+    assert relay.dropped_count == 1 and relay.pending_count == 0
 
 
 def test_dumps_honours_reducers_registered_with_forking_pickler() -> None:
@@ -353,16 +353,16 @@ def test_relay_route_local_hands_single_replies_over_as_the_queue_would(queues: 
         relay.forward(b, "s", request=Msg("s"), streaming=True)
         relay.forward(Broken(), "x", request=Msg("x"))
         relay.route_local([Msg("u", "reply")])
-        assert [(r.id, r.body) for r in a.replies] == [("u", "reply")] and relay.route_count == 2
+        assert [(r.id, r.body) for r in a.replies] == [("u", "reply")] and relay.pending_count == 2
         relay.route_local([Msg("u", "late")])
         relay.route_local(["no id"])
-        assert relay.dropped_replies == 2 and len(a.replies) == 1
+        assert relay.dropped_count == 2 and len(a.replies) == 1
         relay.route_local([Msg("s", "0")])
-        assert relay.route_count == 2
+        assert relay.pending_count == 2
         relay.route_local([Msg("s", "end", is_final=True)])
-        assert [r.body for r in b.replies] == ["0", "end"] and relay.route_count == 1
+        assert [r.body for r in b.replies] == ["0", "end"] and relay.pending_count == 1
         relay.route_local([Msg("x", "lost")])
-        assert relay.route_count == 0 and relay.local_replies == 6
+        assert relay.pending_count == 0 and relay.local_replies == 6
         assert len(observed) == 3 and all(seconds >= 0 for seconds in observed)  # u, s, x
     finally:
         relay.close()

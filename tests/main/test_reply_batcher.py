@@ -215,7 +215,7 @@ def test_reply_batcher_serves_streams_and_requests_through_a_stepping_main_loop(
             assert sorted(r.json()["text"] for r in unary) == sorted(f"W{i}" for i in range(20))
             relay = server.ipc
             assert relay is not None and relay.is_running  # subprocess mode: the relay serves this server
-            wait_until(lambda: relay.route_count == 0, 10, "the relay to have no route left")
+            wait_until(lambda: relay.pending_count == 0, 10, "the relay to have no route left")
             # A reply that can't be pickled fails its own request, with an error id, not the reason.
             assert bad.status_code == 500 and bad.json()["detail"].startswith("internal error (error id ")
             # 16 streams x 40 tokens went out in about one message per step, and the relay being
@@ -257,7 +257,7 @@ def test_reply_batcher_bundles_split_between_two_workers_reach_their_own_streams
                 assert _stream_texts(response.text) == (list(range(30)), expected)
             relay = server.ipc
             assert relay is not None and relay.is_running  # subprocess mode: the relay serves this server
-            wait_until(lambda: relay.route_count == 0, 10, "the relay to have no route left")
+            wait_until(lambda: relay.pending_count == 0, 10, "the relay to have no route left")
             assert relay.local_replies == loop.batcher.replies == 12 * 30
     finally:
         loop.stop()

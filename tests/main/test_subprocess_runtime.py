@@ -185,15 +185,15 @@ def _kill_with_requests_in_flight(
     before = len(main_loop.received)
     futures = [pool.submit(_post_ignoring_errors, url, {"text": f"r{round_}-{i}"}) for i in range(8)]
     wait_until(lambda: len(main_loop.received) >= before + 8, 20, "requests to reach the main process")
-    assert server.ipc.route_count == 8
+    assert server.ipc.pending_count == 8
     os.kill(server.process.pid, signal.SIGKILL)
     assert [f.result(30) for f in futures] == [None] * 8
     wait_until(lambda: not server.is_running, 10, "the child's death to be noticed")
-    assert server.ipc.route_count == 0
+    assert server.ipc.pending_count == 0
     # The held requests get answered now: their replies find no route and are dropped.
-    dropped_before = server.ipc.dropped_replies
+    dropped_before = server.ipc.dropped_count
     release.set()
-    wait_until(lambda: server.ipc.dropped_replies >= dropped_before + 8, 10, "late replies to be dropped")
+    wait_until(lambda: server.ipc.dropped_count >= dropped_before + 8, 10, "late replies to be dropped")
 
 
 def _serve_after_restart(server: Any, main_loop: MainLoop, request_q: Any, round_: int) -> None:

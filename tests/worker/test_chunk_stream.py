@@ -151,7 +151,7 @@ def test_chunk_stream_timeout_racing_replies_settles_each_request_once() -> None
         relay = channel._link._relay  # type: ignore[attr-defined]
 
         def accounted() -> bool:
-            return bool(relay.dropped_replies + channel.dropped_count == timeouts and relay.route_count == 0)
+            return bool(relay.dropped_count + channel.dropped_count == timeouts and relay.pending_count == 0)
 
         await asyncio.to_thread(wait_until, lambda: answered == 200, 10.0, "the engine to answer all")
         await asyncio.to_thread(wait_until, accounted, 10.0, "late replies to be dropped and counted")
@@ -193,7 +193,7 @@ def test_chunk_stream_stream_abandoned_after_n_chunks() -> None:
         relay = channel._link._relay  # type: ignore[attr-defined]
         await asyncio.to_thread(done.wait, 10)
         await asyncio.to_thread(
-            wait_until, lambda: relay.dropped_replies + channel.dropped_count == 90, 10.0, "90 chunks dropped"
+            wait_until, lambda: relay.dropped_count + channel.dropped_count == 90, 10.0, "90 chunks dropped"
         )
         await channel.stop_polling()
 
