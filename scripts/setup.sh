@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 extras="${1:-dev}"
 if [[ ! "$extras" =~ ^[a-z][a-z0-9_-]*$ ]]; then
-    echo "setup: usage: bash scripts/setup.sh [dev|demo|msgspec|appinfra]" >&2
+    echo "setup: usage: bash scripts/setup.sh [dev|demo|msgspec|appinfra|remote]" >&2
     exit 2
 fi
 # One stamp per extra: a copy of the pyproject.toml it was installed from. (The dev stamp keeps the name
@@ -18,7 +18,7 @@ fi
 stamp_of() { if [[ "$1" == dev ]]; then echo .venv/.installed-pyproject.toml; else echo ".venv/.installed-$1-pyproject.toml"; fi; }
 stamp="$(stamp_of "$extras")"
 dev_stamp="$(stamp_of dev)"
-covered_by_dev=" dev demo msgspec appinfra "
+covered_by_dev=" dev demo msgspec appinfra remote "
 
 # A .venv whose python does not run (moved, or its interpreter removed) is made again.
 if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
