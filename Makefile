@@ -1,5 +1,5 @@
 # Common verbs; each is a script in scripts/ that works from any directory.
-# Extra pytest or demo arguments: make test ARGS="-k unary", make demo ARGS="--port 8080".
+# Extra pytest or demo arguments: make test ARGS="features/unary", make demo ARGS="--port 8080".
 .PHONY: install test lint demo stress
 
 install:
