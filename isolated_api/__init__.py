@@ -21,7 +21,14 @@ from isolated_api.server.builder import RouteConfigurer, ServerBuilder, Subproce
 from isolated_api.server.listener import PortInUseError
 from isolated_api.server.server import Server
 from isolated_api.shared.codecs import Codec, CodecError, MsgspecCodec, PickleCodec
-from isolated_api.shared.config import ApiConfig, ConfigError, IPCConfig, RequestLimits, UvicornConfig
+from isolated_api.shared.config import (
+    ApiConfig,
+    ConfigError,
+    IPCConfig,
+    RequestLimits,
+    SharedPayloads,
+    UvicornConfig,
+)
 from isolated_api.shared.errors import (
     ChannelClosedError,
     DuplicateRequestIdError,
@@ -114,6 +121,7 @@ __all__ = [
     "RouteConfigurer",
     "Server",
     "ServerBuilder",
+    "SharedPayloads",
     "StartupError",
     "StreamChunk",
     "StreamOverflowError",

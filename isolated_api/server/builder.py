@@ -12,13 +12,16 @@ from isolated_api.main.subprocess_manager import START_METHODS
 from isolated_api.server.server import Server
 from isolated_api.shared.codecs import Codec, PickleCodec
 from isolated_api.shared.config import (
+    DEFAULT_ARENA_SIZE,
     DEFAULT_CHILD_GC_THRESHOLD,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_SHARED_MIN_SIZE,
     ApiConfig,
     ConfigError,
     IPCConfig,
     OutboxLimits,
+    SharedPayloads,
     UvicornConfig,
     check_drain_timeout,
     check_gc_threshold,
@@ -320,6 +323,26 @@ class SubprocessConfigurer:
         (``build()`` says so): raise both for larger uploads."""
         check_max_message_size(size)
         self._builder._max_message_size = size
+        return self
+
+    def with_shared_payloads(
+        self, min_size: int = DEFAULT_SHARED_MIN_SIZE, arena_size: int = DEFAULT_ARENA_SIZE
+    ) -> SubprocessConfigurer:
+        """Off by default. Buffers of at least ``min_size`` bytes (64 KiB by default, and at
+        least that) in requests and replies (``bytes``, ``bytearray``, ``memoryview``, ``str``,
+        numpy arrays; with ``MsgspecCodec`` a whole encoded message that large) cross between
+        each HTTP worker and the main process in a shared-memory arena of ``arena_size`` bytes
+        (64 MiB by default, half each way; 4 MiB is fine) instead of the pipes; the frame carries
+        only where they lie. Each side copies a buffer once, into the arena and out of it into
+        your object (which stays what it was: ``bytes`` arrive as ``bytes``), and ``request_q``
+        carries a few hundred bytes instead of the payload. A payload the arena has no room for
+        takes the pipes. The arena is an anonymous memfd (Linux), nothing in ``/dev/shm``: the
+        kernel frees it when the last process holding it exits, however it exits. Elsewhere
+        (macOS) the setting is accepted and payloads take the pipes, with a warning. The main
+        loop must read ``request_q`` in the process that runs the server (docs/design.md,
+        "Shared payloads")."""
+        shared = SharedPayloads(min_size, arena_size)
+        self._builder._ipc = dataclasses.replace(self._builder._ipc, shared_payloads=shared)
         return self
 
     def with_reply_busy_wait(self, seconds: float) -> SubprocessConfigurer:

@@ -240,6 +240,36 @@ class ApiConfig:
             raise ConfigError(f"log_file {self.log_file!r}: directory {str(parent)!r} does not exist")
 
 
+# Shared payloads (``with_shared_payloads``): what travels in the arena, and the arena's size.
+DEFAULT_SHARED_MIN_SIZE = 64 * 1024
+DEFAULT_ARENA_SIZE = 64 * 1024 * 1024
+# The pickler writes a buffer apart from the rest of its stream only from 64 KiB on: smaller ones
+# could not be moved to the arena without an extra copy.
+MIN_SHARED_MIN_SIZE = 64 * 1024
+# A page of slot states beside the two regions (requests, replies), each holding one payload.
+_ARENA_OVERHEAD = 4096 + 128
+
+
+@dataclass(frozen=True)
+class SharedPayloads:
+    """Buffers of at least ``min_size`` bytes cross between a worker and the main process in a
+    shared-memory arena of ``arena_size`` bytes per worker (half for requests, half for replies)
+    instead of the pipes. See ``.subprocess.with_shared_payloads``."""
+
+    min_size: int = DEFAULT_SHARED_MIN_SIZE
+    arena_size: int = DEFAULT_ARENA_SIZE
+
+    def __post_init__(self) -> None:
+        _int_at_least("shared payloads' min_size", self.min_size, MIN_SHARED_MIN_SIZE)
+        _int_at_least("shared payloads' arena_size", self.arena_size, 1)
+        smallest = 2 * self.min_size + _ARENA_OVERHEAD
+        if self.arena_size < smallest:
+            raise ConfigError(
+                f"shared payloads' arena_size ({self.arena_size} bytes) must hold one payload of min_size "
+                f"({self.min_size} bytes) each way: at least {smallest} bytes; raise arena_size or lower min_size"
+            )
+
+
 @dataclass(frozen=True)
 class IPCConfig:
     """The queue link between the HTTP child and the main process.
@@ -250,6 +280,8 @@ class IPCConfig:
     (``Queue(maxsize=...)``) and full; after that the request fails with 503.
     ``overload_status``: the status answered past ``max_pending``: 503 (default) or 429.
     ``retry_after``: seconds sent in the ``Retry-After`` header of that answer.
+    ``shared_payloads``: a ``SharedPayloads`` to pass large buffers through shared memory
+    (``.subprocess.with_shared_payloads``), or None.
     ``poll_interval``: kept for compatibility with polling designs and validated, but it has no
     effect: replies are read by one blocking reader that wakes only when a reply arrives.
     """
@@ -259,8 +291,12 @@ class IPCConfig:
     max_pending: int = 100
     overload_status: int = 503
     retry_after: int = 1
+    # Large buffers in a shared-memory arena (None: the pipes carry everything).
+    shared_payloads: SharedPayloads | None = None
 
     def __post_init__(self) -> None:
+        if self.shared_payloads is not None and not isinstance(self.shared_payloads, SharedPayloads):
+            raise ConfigError(f"shared_payloads must be a SharedPayloads or None, got {self.shared_payloads!r}")
         _number("poll_interval", self.poll_interval, positive=True)
         _number("queue_timeout", self.queue_timeout, positive=False)
         _int_at_least("max_pending", self.max_pending, 1)
