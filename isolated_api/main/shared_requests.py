@@ -85,6 +85,12 @@ def shared_counts() -> dict[str, int]:
     return dict(_counts)
 
 
+def arenas() -> list[MainArena]:
+    """The arenas this process has mapped (for tests and figures)."""
+    with _lock:
+        return list(_arenas.values())
+
+
 def open_arenas() -> int:
     """How many arenas this process has mapped (for tests and figures)."""
     with _lock:
