@@ -46,11 +46,13 @@ def region_size(arena_size: int) -> int:
 class Arena:
     """One mapping of the arena; the main process's, or the worker's (``attach``)."""
 
-    def __init__(self, fd: int, size: int, *, close_fd: bool = True) -> None:
+    def __init__(self, fd: int, size: int) -> None:
         self.size = size
         self._mm = mmap.mmap(fd, size)
-        if close_fd:
-            os.close(fd)
+        # Kept: payloads are copied in and out with pwrite/pread on it, which release the GIL
+        # (a copy through the mapping would hold it for milliseconds per 16 MiB, while the
+        # relay's and the main loop's other threads wait). Slot states go through the mapping.
+        self.fd = fd
         self.view = memoryview(self._mm)
         half = region_size(size)
         self.up = (_HEADER, _HEADER + half)
@@ -87,10 +89,38 @@ class Arena:
             return f"bytes {offset}..{offset + length} lie outside the request region {start}..{end}"
         return None
 
+    def write(self, offset: int, data: memoryview) -> None:
+        """Copies ``data`` into the arena at ``offset``, without holding the GIL."""
+        done = 0
+        while done < len(data):
+            done += os.pwritev(self.fd, [data[done:]], offset + done)
+
+    def read_into(self, offset: int, target: memoryview) -> None:
+        """Fills ``target`` from the arena at ``offset``, without holding the GIL."""
+        done = 0
+        while done < len(target):
+            count = os.preadv(self.fd, [target[done:]], offset + done)
+            if not count:
+                raise ValueError(f"the arena ends before byte {offset + done}")
+            done += count
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` as a new ``bytes`` (one copy, without the GIL)."""
+        data = os.pread(self.fd, length, offset)
+        if len(data) < length:
+            buffer = bytearray(length)
+            self.read_into(offset, memoryview(buffer))
+            return bytes(buffer)
+        return data
+
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
         try:
             self.view.release()
             self._mm.close()

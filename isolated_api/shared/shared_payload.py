@@ -75,7 +75,7 @@ class _ArenaSink:
             spot = self._allocator.allocate(size)
             if spot is not None:
                 slot, offset = spot
-                self._arena.view[offset : offset + size] = view
+                self._arena.write(offset, view)
                 self.segments.append((self.inline, slot, offset, size))
                 return size
         self.parts.append(view)
@@ -124,7 +124,7 @@ def encode(
     if spot is None:
         return data
     slot, offset = spot
-    arena.view[offset : offset + size] = data
+    arena.write(offset, memoryview(data))
     return Encoded([(0, slot, offset, size)], [], 0)
 
 
@@ -155,43 +155,54 @@ def parse(payload: memoryview, arena: Arena, *, trusted: bool) -> tuple[list[Seg
 
 class _Pieces:
     """A read-only stream over the in-band bytes and the slots spliced into them, for the
-    unpickler: ``readinto`` fills the objects it builds straight from the slots."""
+    unpickler: ``readinto`` fills the objects it builds straight from the slots (``preadv``)."""
 
     def __init__(self, inline: memoryview, segments: list[Segment], arena: Arena) -> None:
-        pieces: list[memoryview] = []
+        # Each piece: a view of the in-band bytes, or (offset, length) in the arena.
+        pieces: list[memoryview | tuple[int, int]] = []
         cursor = 0
         for at, _slot, offset, length in segments:
             if at > cursor:
                 pieces.append(inline[cursor:at])
-            pieces.append(arena.view[offset : offset + length])
+            pieces.append((offset, length))
             cursor = at
         if cursor < len(inline):
             pieces.append(inline[cursor:])
+        self._arena = arena
         self._pieces = pieces
         self._index = 0
         self._offset = 0
 
+    def _left(self, piece: memoryview | tuple[int, int]) -> int:
+        return (piece[1] if type(piece) is tuple else len(piece)) - self._offset
+
+    def _take(self, out: memoryview) -> None:
+        # ``out`` fits in what is left of the current piece.
+        piece = self._pieces[self._index]
+        if isinstance(piece, tuple):
+            self._arena.read_into(piece[0] + self._offset, out)
+        else:
+            out[:] = piece[self._offset : self._offset + len(out)]
+        self._offset += len(out)
+        if not self._left(piece):
+            self._index += 1
+            self._offset = 0
+
     def readinto(self, target: Any) -> int:
         out = memoryview(target).cast("B")
         filled = 0
-        pieces = self._pieces
-        while filled < len(out) and self._index < len(pieces):
-            piece = pieces[self._index]
-            taken = min(len(piece) - self._offset, len(out) - filled)
-            out[filled : filled + taken] = piece[self._offset : self._offset + taken]
+        while filled < len(out) and self._index < len(self._pieces):
+            taken = min(self._left(self._pieces[self._index]), len(out) - filled)
+            self._take(out[filled : filled + taken])
             filled += taken
-            self._offset += taken
-            if self._offset == len(piece):
-                self._index += 1
-                self._offset = 0
         return filled
 
     def read(self, size: int = -1) -> bytes:
         if size < 0:
-            size = sum(len(piece) for piece in self._pieces[self._index :]) - self._offset
+            size = sum(self._left(piece) + self._offset for piece in self._pieces[self._index :]) - self._offset
         if self._index < len(self._pieces):
             piece = self._pieces[self._index]
-            if len(piece) - self._offset >= size:  # the usual case: within one piece
+            if type(piece) is not tuple and len(piece) - self._offset >= size:  # the usual case
                 data = bytes(piece[self._offset : self._offset + size])
                 self._offset += size
                 if self._offset == len(piece):
@@ -202,23 +213,19 @@ class _Pieces:
         return bytes(buffer[: self.readinto(buffer)])
 
     def readline(self) -> bytes:
+        # Protocol 5 never needs it for what the pipes carry; kept correct, not fast.
         line = bytearray()
-        while self._index < len(self._pieces):
-            piece = self._pieces[self._index]
-            rest = piece[self._offset :]
-            newline = bytes(rest).find(b"\n")
-            if newline >= 0:
-                line += rest[: newline + 1]
-                self._offset += newline + 1
-                return bytes(line)
-            line += rest
-            self._index += 1
-            self._offset = 0
+        byte = bytearray(1)
+        while self.readinto(byte):
+            line += byte
+            if byte == b"\n":
+                break
         return bytes(line)
 
     def release(self) -> None:
         for piece in self._pieces:
-            piece.release()
+            if isinstance(piece, memoryview):
+                piece.release()
         self._pieces = []
 
 
@@ -240,18 +247,17 @@ def decode(codec: Codec, segments: list[Segment], inline: memoryview, arena: Are
 
 def join(segments: list[Segment], inline: memoryview, arena: Arena) -> bytes:
     """The encoded message as one ``bytes`` (one copy of each piece); frees nothing."""
-    parts: list[Any] = []
-    cursor = 0
-    for at, _slot, offset, length in segments:
-        parts.append(inline[cursor:at])
-        parts.append(arena.view[offset : offset + length])
-        cursor = at
-    parts.append(inline[cursor:])
+    if len(segments) == 1 and not len(inline):
+        _at, _slot, offset, length = segments[0]
+        return arena.read(offset, length)
+    total = len(inline) + sum(segment[3] for segment in segments)
+    buffer = bytearray(total)
+    pieces = _Pieces(inline, segments, arena)
     try:
-        return b"".join(parts)
+        pieces.readinto(buffer)
     finally:
-        for part in parts:
-            part.release()
+        pieces.release()
+    return bytes(buffer)
 
 
 def free(arena: Arena, segments: list[Segment]) -> None:
