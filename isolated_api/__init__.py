@@ -28,7 +28,15 @@ from isolated_api.server.ipc_facts import IPCFacts
 from isolated_api.server.listener import PortInUseError
 from isolated_api.server.server import Server
 from isolated_api.shared.codecs import Codec, CodecError, MsgspecCodec, PickleCodec
-from isolated_api.shared.config import ApiConfig, ConfigError, IPCConfig, OutboxLimits, RequestLimits, UvicornConfig
+from isolated_api.shared.config import (
+    ApiConfig,
+    ConfigError,
+    IPCConfig,
+    OutboxLimits,
+    RequestLimits,
+    SharedPayloads,
+    UvicornConfig,
+)
 from isolated_api.shared.engines import EnginesConfig
 from isolated_api.shared.errors import (
     ChannelClosedError,
@@ -135,6 +143,7 @@ __all__ = [
     "RouteConfigurer",
     "Server",
     "ServerBuilder",
+    "SharedPayloads",
     "StartupError",
     "StreamChunk",
     "StreamOverflowError",

@@ -324,9 +324,10 @@ class EngineHost:
             raise remote_wire.WireError("a message without a kind")
         identity, kind = frames[0], frames[1]
         if kind[:1] == remote_wire.REQUEST or kind[:1] == remote_wire.STREAM_REQUEST:
-            if len(frames) != 2:
+            if len(frames) not in (2, 3):
                 raise remote_wire.WireError("a request of the wrong shape")
-            self._request(self._peer(identity), kind)
+            # Three parts: a large payload came as a part of its own.
+            self._request(self._peer(identity), kind, frames[2] if len(frames) == 3 else None)
         elif kind == remote_wire.PING:
             if len(frames) != 3:
                 raise remote_wire.WireError("a ping of the wrong shape")
@@ -346,8 +347,12 @@ class EngineHost:
         else:
             raise remote_wire.WireError(f"unknown kind {kind[:8]!r}")
 
-    def _request(self, peer: _Peer, data: bytes) -> None:
+    def _request(self, peer: _Peer, data: bytes, separate: bytes | None = None) -> None:
         streaming, boot, id_bytes, origin, payload = remote_wire.decode_request(data)
+        if separate is not None:
+            if payload:
+                raise remote_wire.WireError("a request with a payload in both parts")
+            payload = separate
         try:
             request_id = self.codec.decode_id(id_bytes)
             hash(request_id)

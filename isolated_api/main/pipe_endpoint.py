@@ -26,7 +26,8 @@ from typing import Any
 
 from isolated_api.main.outbox import Outbox
 from isolated_api.main.relay import Relay
-from isolated_api.shared import control
+from isolated_api.main.shared_requests import MainArena, SharedRequest
+from isolated_api.shared import control, shared_payload
 from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
 from isolated_api.shared.config import DEFAULT_MAX_MESSAGE_SIZE, OutboxLimits
 from isolated_api.shared.errors import IPCError, ReplyTooLargeError
@@ -103,8 +104,11 @@ class PipeEndpoint:
         hooks: ServerHooks | None = None,
         pid_of: Callable[[], int | None] = lambda: None,
         codec: Codec | None = None,
+        arena: MainArena | None = None,
     ) -> None:
         self._codec: Codec = codec or PickleCodec()
+        # Shared payloads (with_shared_payloads): this incarnation's arena, None when off.
+        self._arena = arena
         self.name = name
         self._relay = relay
         self._uplink = uplink
@@ -151,8 +155,16 @@ class PipeEndpoint:
     def _reply_parts(self, reply: Any, raw: bytes | None) -> list[Body]:
         codec = self._codec
         request_id = reply.id
+        owner = self._arena
         try:
-            payload = raw if raw is not None else codec.encode(reply)
+            if owner is not None and (raw is None or len(raw) >= owner.min_size):
+                encoded = shared_payload.encode(codec, reply, raw, owner.arena, owner.replies, owner.min_size)
+                if isinstance(encoded, shared_payload.Encoded):
+                    owner.replied()
+                    return self._shared_reply_parts(request_id, encoded)
+                payload = encoded
+            else:
+                payload = raw if raw is not None else codec.encode(reply)
             head = request_body_head(request_id, codec.encode_id)
         except CodecError as exc:  # a reply that was never encoded before (a thread queue, route_local)
             # The codec's error names the user's objects: logged here, the client gets the id only.
@@ -176,6 +188,17 @@ class PipeEndpoint:
             )
             return [self._reject_frame(request_id, error)]
         return [frame_head(Kind.REPLY, head, len(payload)), payload]
+
+    def _shared_reply_parts(self, request_id: Hashable, encoded: shared_payload.Encoded) -> list[Body]:
+        head = request_body_head(request_id, self._codec.encode_id)
+        if len(head) + encoded.size > self._max_frame:
+            assert self._arena is not None
+            shared_payload.free_slots(self._arena.arena, encoded.slots)
+            error = ReplyTooLargeError(
+                f"the reply's in-band part is {encoded.size} bytes, over max_message_size ({self._max_frame} bytes)"
+            )
+            return [self._reject_frame(request_id, error)]
+        return [frame_head(Kind.SHARED_REPLY, head, encoded.size), encoded.head, *encoded.parts]
 
     def _bundle_parts(self, replies: list[Any], raw: bytes | None) -> list[Body]:
         # The ids travel beside the bundle so that, should the worker fail to decode it, each of
@@ -256,26 +279,52 @@ class PipeEndpoint:
         finally:
             abandoned = self._relay.detach(self)
             self._outbox.close()
+            if self._arena is not None:
+                self._arena.retire()
             with self._close_lock:
                 self._downlink.close()
             self._uplink.close()
             self._on_lost(self, abandoned, decoder.has_partial_frame)
 
+    def _split(self, body: bytes | bytearray) -> tuple[Hashable, str, memoryview]:
+        try:
+            request_id, origin, payload = split_request(body, self._codec.decode_id)
+            hash(request_id)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # an id that does not decode, or is unhashable
+            raise ProtocolError(f"a request id that does not decode: {exc!r}") from None
+        return request_id, origin, payload
+
+    def _handle_shared(self, kind: Kind, body: bytes | bytearray) -> None:
+        owner = self._arena
+        if owner is None:
+            raise ProtocolError("a shared-payload request, but shared payloads are off")
+        request_id, origin, payload = self._split(body)
+        # Every handle is checked against the request region before a byte of it is read.
+        segments, inline = shared_payload.parse(payload, owner.arena, trusted=False)
+        request = SharedRequest(owner, segments, bytes(inline), self._codec)
+        owner.queued()
+        try:
+            self._relay.forward(
+                self, request_id, request=request, streaming=kind is Kind.SHARED_STREAM_REQUEST, origin=origin
+            )
+        except IPCError as exc:
+            request.discard()
+            self._write(self._reject_frame(request_id, exc))
+
     def _handle(self, kind: Kind, body: bytes | bytearray) -> None:
         if kind is Kind.REQUEST or kind is Kind.STREAM_REQUEST:
-            try:
-                request_id, origin, payload = split_request(body, self._codec.decode_id)
-                hash(request_id)
-            except ProtocolError:
-                raise
-            except Exception as exc:  # an id that does not decode, or is unhashable
-                raise ProtocolError(f"a request id that does not decode: {exc!r}") from None
+            request_id, origin, payload = self._split(body)
             try:
                 self._relay.forward(
                     self, request_id, payload=payload, streaming=kind is Kind.STREAM_REQUEST, origin=origin
                 )
             except IPCError as exc:
                 self._write(self._reject_frame(request_id, exc))
+            return
+        if kind is Kind.SHARED_REQUEST or kind is Kind.SHARED_STREAM_REQUEST:
+            self._handle_shared(kind, body)
             return
         if type(body) is not bytes:  # a control frame over SIZED_FRAME: its schema check refuses it
             body = bytes(body)

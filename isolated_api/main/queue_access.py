@@ -18,6 +18,7 @@ import select
 from collections.abc import Callable
 from typing import Any
 
+from isolated_api.main.shared_requests import SharedRequest
 from isolated_api.shared.codecs import Codec, CodecError
 from isolated_api.shared.framing import dumps, loads
 from isolated_api.shared.messages import ErrorReply
@@ -60,7 +61,12 @@ class RequestWriter:
         may be a view of the frame it came in: written from there when the queue carries pickles
         as they are; made ``bytes`` only where an object must hold it."""
         q = self._q
-        if self._codec is not None:
+        if type(obj) is SharedRequest:
+            # Its buffers wait in an arena: the queue carries the small record (whose unpickling
+            # is the request), and a queue that doesn't pickle gets the request itself.
+            if not self._pickles:
+                obj = obj.load()
+        elif self._codec is not None:
             # The main loop receives the encoded bytes themselves (bytes() of bytes is no copy).
             obj = bytes(payload) if payload is not None else self._codec.encode(obj)
             payload = None

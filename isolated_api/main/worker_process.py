@@ -10,6 +10,7 @@ die a moment after that response."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import multiprocessing.process
 import os
@@ -23,8 +24,34 @@ from typing import Any
 from isolated_api.main.pipe_endpoint import PipeEndpoint, ServerHooks
 from isolated_api.main.pipe_size import grow_pipe
 from isolated_api.main.relay import Relay
+from isolated_api.main.shared_requests import MainArena
 from isolated_api.main.subprocess_manager import SubprocessManager
+from isolated_api.shared import arena as arenas
+from isolated_api.shared.arena import ArenaHandle
 from isolated_api.shared.spec import ServerSpec
+
+logger = logging.getLogger("isolated_api.supervisor")
+_warned_no_memfd: list[bool] = []
+
+
+def _new_arena(spec: ServerSpec) -> tuple[MainArena, ArenaHandle] | tuple[None, None]:
+    """This incarnation's arena for shared payloads, if they are on and the system has memfd."""
+    shared = spec.ipc.shared_payloads
+    if shared is None:
+        return None, None
+    if arenas.available():
+        try:
+            arena, child_fd = arenas.Arena.create(shared.arena_size)
+            return MainArena(arena, shared.min_size), ArenaHandle(child_fd, shared.arena_size)
+        except OSError as exc:
+            reason = f"the arena could not be created: {exc}"
+    else:
+        reason = "this system has no os.memfd_create"
+    if not _warned_no_memfd:
+        _warned_no_memfd.append(True)
+        logger.warning("shared payloads are off, every payload takes the pipes: %s", reason)
+    return None, None
+
 
 # (uplink writer, downlink reader, the child's end of the lifeline, parent-only fds) -> the child's arguments.
 ArgsFactory = Callable[[Connection, Connection, Connection, tuple[int, ...]], tuple[Any, ...]]
@@ -113,9 +140,13 @@ def spawn_worker(
     parent_fds = (
         (uplink_r.fileno(), downlink_w.fileno(), lifeline_w.fileno()) if recipe.spec.start_method == "fork" else ()
     )
+    owner, handle = _new_arena(recipe.spec)
+    args = recipe.make_args(uplink_w, downlink_r, lifeline_r, parent_fds)
+    if handle is not None:
+        args = (*args, handle)
     manager = SubprocessManager(
         recipe.target,
-        recipe.make_args(uplink_w, downlink_r, lifeline_r, parent_fds),
+        args,
         log_file=recipe.spec.api.log_file,
         shutdown_timeout=recipe.spec.kill_timeout,
         start_method=recipe.spec.start_method,
@@ -148,6 +179,7 @@ def spawn_worker(
         hooks=recipe.hooks,
         pid_of=lambda: manager.pid,
         codec=recipe.spec.codec,
+        arena=owner,
     )
     worker = Worker(slot, incarnation, manager, endpoint, Lifeline(lifeline_w))
     endpoint.start()
@@ -157,4 +189,6 @@ def spawn_worker(
         # The child has its copies now; ours must go, or its death would not show as EOF here.
         for conn in (uplink_w, downlink_r, lifeline_r):
             conn.close()
+        if handle is not None:
+            os.close(handle.fd)
     return worker

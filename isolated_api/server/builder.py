@@ -18,10 +18,13 @@ from typing import Any
 from isolated_api.server.server import Server
 from isolated_api.shared.codecs import Codec
 from isolated_api.shared.config import (
+    DEFAULT_ARENA_SIZE,
+    DEFAULT_SHARED_MIN_SIZE,
     ApiConfig,
     ConfigError,
     IPCConfig,
     OutboxLimits,
+    SharedPayloads,
     UvicornConfig,
 )
 from isolated_api.shared.cors import CorsPolicy
@@ -317,6 +320,24 @@ class SubprocessConfigurer:
         alone with 502; the worker and its other requests go on. ``.uvicorn.with_max_body_size``
         may not be set above it (``build()`` says so): raise both for larger uploads."""
         return self._set(max_message_size=size)
+
+    def with_shared_payloads(
+        self, min_size: int = DEFAULT_SHARED_MIN_SIZE, arena_size: int = DEFAULT_ARENA_SIZE
+    ) -> SubprocessConfigurer:
+        """Off by default. Buffers of at least ``min_size`` bytes (64 KiB by default, and at
+        least that) in requests and replies (``bytes``, ``bytearray``, ``memoryview``, ``str``,
+        numpy arrays; with ``MsgspecCodec`` a whole encoded message that large) cross between
+        each HTTP worker and the main process in a shared-memory arena of ``arena_size`` bytes
+        (64 MiB by default, half each way; 4 MiB is fine) instead of the pipes; the frame carries
+        only where they lie. Each side copies a buffer once, into the arena and out of it into
+        your object (which stays what it was: ``bytes`` arrive as ``bytes``), and ``request_q``
+        carries a few hundred bytes instead of the payload. A payload the arena has no room for
+        takes the pipes. The arena is an anonymous memfd (Linux), nothing in ``/dev/shm``: the
+        kernel frees it when the last process holding it exits, however it exits. Elsewhere
+        (macOS) the setting is accepted and payloads take the pipes, with a warning. The main
+        loop must read ``request_q`` in the process that runs the server (docs/design.md,
+        "Shared payloads")."""
+        return self._set(shared_payloads=SharedPayloads(min_size, arena_size))
 
     def with_reply_busy_wait(self, seconds: float) -> SubprocessConfigurer:
         """Off by default. When an HTTP worker sends a request while no other request awaits the

@@ -235,6 +235,35 @@ class ApiConfig:
 # The methods a codec needs; checked here so that a wrong object fails where it was given.
 _CODEC_METHODS = ("encode", "decode", "encode_control", "encode_id", "decode_id")
 
+# Shared payloads (``with_shared_payloads``): what travels in the arena, and the arena's size.
+DEFAULT_SHARED_MIN_SIZE = 64 * 1024
+DEFAULT_ARENA_SIZE = 64 * 1024 * 1024
+# The pickler writes a buffer apart from the rest of its stream only from 64 KiB on: smaller ones
+# could not be moved to the arena without an extra copy.
+MIN_SHARED_MIN_SIZE = 64 * 1024
+# A page of slot states beside the two regions (requests, replies), each holding one payload.
+_ARENA_OVERHEAD = 4096 + 128
+
+
+@dataclass(frozen=True)
+class SharedPayloads:
+    """Buffers of at least ``min_size`` bytes cross between a worker and the main process in a
+    shared-memory arena of ``arena_size`` bytes per worker (half for requests, half for replies)
+    instead of the pipes. See ``.subprocess.with_shared_payloads``."""
+
+    min_size: int = DEFAULT_SHARED_MIN_SIZE
+    arena_size: int = DEFAULT_ARENA_SIZE
+
+    def __post_init__(self) -> None:
+        int_at_least("shared payloads' min_size", self.min_size, MIN_SHARED_MIN_SIZE)
+        int_at_least("shared payloads' arena_size", self.arena_size, 1)
+        smallest = 2 * self.min_size + _ARENA_OVERHEAD
+        if self.arena_size < smallest:
+            raise ConfigError(
+                f"shared payloads' arena_size ({self.arena_size} bytes) must hold one payload of min_size "
+                f"({self.min_size} bytes) each way: at least {smallest} bytes; raise arena_size or lower min_size"
+            )
+
 
 @dataclass(frozen=True)
 class IPCConfig:
@@ -248,6 +277,8 @@ class IPCConfig:
     (``Queue(maxsize=...)``) and full; after that the request fails with 503.
     ``overload_status``: the status answered past ``max_pending``: 503 (default) or 429.
     ``retry_after``: seconds sent in the ``Retry-After`` header of that answer.
+    ``shared_payloads``: a ``SharedPayloads`` to pass large buffers through shared memory
+    (``.subprocess.with_shared_payloads``), or None.
     ``poll_interval``: kept for compatibility with polling designs and validated, but it has no
     effect: replies are read by one blocking reader that wakes only when a reply arrives.
     ``codec``: how requests and replies cross (``PickleCodec()`` or ``MsgspecCodec(...)``), to the
@@ -279,8 +310,12 @@ class IPCConfig:
     stalled_worker_limits: OutboxLimits = field(default_factory=OutboxLimits)
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     reply_busy_wait: float = 0.0
+    # Large buffers in a shared-memory arena (None: the pipes carry everything).
+    shared_payloads: SharedPayloads | None = None
 
     def __post_init__(self) -> None:
+        if self.shared_payloads is not None and not isinstance(self.shared_payloads, SharedPayloads):
+            raise ConfigError(f"shared_payloads must be a SharedPayloads or None, got {self.shared_payloads!r}")
         seconds("poll_interval", self.poll_interval, positive=True)
         seconds("queue_timeout", self.queue_timeout, positive=False)
         int_at_least("max_pending", self.max_pending, 1)

@@ -44,12 +44,16 @@ class Kind(IntEnum):
     READY = 4
     PROBE = 8
     METRICS = 10
+    # A request whose large buffers wait in the worker's arena (shared_payload.py)
+    SHARED_REQUEST = 12
+    SHARED_STREAM_REQUEST = 13
     # main -> child
     REPLY = 5
     DRAIN = 6
     REJECT = 7
     PONG = 9
     REPLIES = 11  # several replies that came in one message (a list), with their ids
+    SHARED_REPLY = 14  # a reply whose large buffers wait in the arena
 
 
 class _QueuePickler(pickle.Pickler):

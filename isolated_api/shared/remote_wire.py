@@ -13,6 +13,9 @@ API worker -> engine host (the host's ROUTER adds the peer's identity in front):
               + payload]: one part, so that sending it is one call into ZeroMQ (the lengths are
               two bytes each, network order; five sends of five parts showed in an HTTP
               worker's profile: docs/performance.md, "Figures behind the code")
+    REQUEST  [b"R" | b"S" + boot id + lengths + request id + origin, payload]: a payload of
+              ``SEPARATE_PAYLOAD`` bytes or more goes as a part of its own, handed to ZeroMQ
+              without a copy (``copy=False``) instead of joined into the first one
     CANCEL   [b"C", control cancel frame]
     BYE      [b"B"]                          the worker closes its link
 Engine host -> API worker:
@@ -81,6 +84,18 @@ def _number(obj: dict[str, Any], key: str, what: str) -> float:
 _REQUEST_HEAD = struct.Struct("!c16sHH")
 # The origin ("POST /v1/generate") is for the engine host's log; longer ones are cut.
 MAX_ORIGIN = 200
+
+
+# From this size a request's payload travels as a part of its own, never copied into the message.
+SEPARATE_PAYLOAD = 64 * 1024
+
+
+def encode_request_parts(streaming: bool, boot: bytes, id_bytes: bytes, origin: bytes, payload: bytes) -> list[bytes]:
+    """A request's parts: one joined part for a small payload; the head, then the payload as it
+    is, from ``SEPARATE_PAYLOAD`` bytes on."""
+    if len(payload) < SEPARATE_PAYLOAD:
+        return [encode_request(streaming, boot, id_bytes, origin, payload)]
+    return [encode_request(streaming, boot, id_bytes, origin, b""), payload]
 
 
 def encode_request(streaming: bool, boot: bytes, id_bytes: bytes, origin: bytes, payload: bytes) -> bytes:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from isolated_api.shared.arena import ArenaHandle
 from isolated_api.shared.output import configure_logging
 from isolated_api.shared.spawn_payload import PickledPayload, SpawnPayload
 from isolated_api.shared.spec import ServerSpec
@@ -68,6 +69,7 @@ def child_main(
     uplink: Connection,
     downlink: Connection,
     lifeline: Connection,
+    arena: ArenaHandle | None = None,
 ) -> None:
     # Under spawn the spec arrives pickled so that unpickling it, which imports the user's
     # modules, happens after the output redirection: their import-time output lands in the log
@@ -97,6 +99,8 @@ def child_main(
         codec=spec.ipc.codec,
         busy_wait=spec.ipc.reply_busy_wait,
         max_frame=spec.ipc.max_message_size,
+        arena=arena.attach() if arena is not None else None,
+        shared_min_size=spec.ipc.shared_payloads.min_size if spec.ipc.shared_payloads is not None else 0,
     )
     probe: Probe = link.probe
     engine_metrics: Callable[[], bytes] | None = None

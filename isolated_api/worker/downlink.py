@@ -15,7 +15,8 @@ from collections.abc import Callable, Hashable
 from multiprocessing.connection import Connection
 from typing import Any, Protocol, cast
 
-from isolated_api.shared import errors
+from isolated_api.shared import errors, shared_payload
+from isolated_api.shared.arena import Arena
 from isolated_api.shared.codecs import Codec, CodecError, view_decoder
 from isolated_api.shared.framing import Body, FrameDecoder, Kind, split_request_body
 from isolated_api.shared.link import LinkSink
@@ -28,6 +29,7 @@ class DownlinkOwner(Protocol):
     """What the reader reports to (the ``PipeLink``)."""
 
     codec: Codec
+    arena: Arena | None
     on_drain: Callable[[float], None]
 
     def on_pong(self, token: int, answer: Any) -> None: ...
@@ -98,6 +100,9 @@ class DownlinkReader:
             if kind is Kind.REPLIES:
                 self._bundle(body, replies)
                 continue
+            if kind is Kind.SHARED_REPLY:
+                self._shared(body, replies)
+                continue
             data = body if type(body) is bytes else bytes(body)  # a control frame over SIZED_FRAME
             if kind is Kind.REJECT:
                 request_id, name, message, status, headers = codec.decode_control(data)
@@ -108,6 +113,19 @@ class DownlinkReader:
                 self._link.on_pong(*codec.decode_control(data))
         if replies:
             self._sink.on_replies(replies)
+
+    def _shared(self, body: Body, replies: list[Any]) -> None:
+        # Copied out of the arena into the reply's own objects, and the slots freed, here: the
+        # reply the route gets never points into shared memory.
+        request_id, payload = split_request_body(body, self._link.codec.decode_id)
+        arena = self._link.arena
+        try:
+            if arena is None:
+                raise CodecError("a shared-payload reply, but this worker has no arena")
+            segments, inline = shared_payload.parse(payload, arena, trusted=True)
+            replies.append(shared_payload.decode(self._link.codec, segments, inline, arena))
+        except CodecError as exc:
+            self._sink.on_failure(request_id, errors.RemoteError(f"the reply could not be decoded: {exc}", 500))
 
     def _bundle(self, body: Body, replies: list[Any]) -> None:
         ids, payload = split_request_body(body, self._link.codec.decode_control)

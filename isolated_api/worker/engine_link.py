@@ -303,18 +303,23 @@ class EngineLink:
             if engine is None:
                 problem = self.pool.problem() or "every ready engine refused the request"
                 raise errors.ChannelClosedError(problem)
-            message = remote_wire.encode_request(
+            parts = remote_wire.encode_request_parts(
                 entry.streaming, engine.boot, entry.id_bytes, entry.origin, entry.payload
             )
-            if len(message) > remote_wire.MAX_MESSAGE:
+            size = sum(len(part) for part in parts)
+            if size > remote_wire.MAX_MESSAGE:
                 # An engine host drops the connection of a peer that sends more, and with it
                 # every request of this worker on that engine: refused here instead.
                 raise errors.MessageTooLargeError(
-                    f"the request is {len(message)} bytes once encoded, over the {remote_wire.MAX_MESSAGE} bytes an "
+                    f"the request is {size} bytes once encoded, over the {remote_wire.MAX_MESSAGE} bytes an "
                     "engine accepts"
                 )
             try:
-                engine.sock.send(message, zmq.NOBLOCK, copy=len(message) < 65536)
+                if len(parts) == 1:
+                    engine.sock.send(parts[0], zmq.NOBLOCK)
+                else:  # a large payload: its own part, which ZeroMQ takes without a copy
+                    engine.sock.send(parts[0], zmq.NOBLOCK | zmq.SNDMORE)
+                    engine.sock.send(parts[1], zmq.NOBLOCK, copy=False)
             except zmq.ZMQError:  # not connected (IMMEDIATE): try the next one
                 tried.add(id(engine))
                 continue

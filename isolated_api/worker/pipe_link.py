@@ -14,7 +14,8 @@ from collections.abc import Callable, Hashable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from isolated_api.shared import control, errors
+from isolated_api.shared import control, errors, shared_payload
+from isolated_api.shared.arena import Arena, SlotAllocator
 from isolated_api.shared.codecs import Codec, PickleCodec
 from isolated_api.shared.config import DEFAULT_MAX_MESSAGE_SIZE
 from isolated_api.shared.framing import (
@@ -49,8 +50,14 @@ class PipeLink:
         codec: Codec | None = None,
         busy_wait: float = 0.0,
         max_frame: int = DEFAULT_MAX_MESSAGE_SIZE,
+        arena: Arena | None = None,
+        shared_min_size: int = 0,
     ) -> None:
         self.codec: Codec = codec or PickleCodec()
+        # Shared payloads: requests go into the arena's up region, which only this worker writes.
+        self.arena = arena
+        self._shared_min_size = shared_min_size
+        self._requests = SlotAllocator(arena, arena.up, 0) if arena is not None else None
         # The main process treats a larger frame as a protocol fault and kills this worker with
         # every request it holds: a request that would pass it is refused here, before writing.
         self._max_frame = max_frame
@@ -84,7 +91,15 @@ class PipeLink:
             raise errors.ChannelClosedError("the IPC link to the main process is closed")
         kind = Kind.STREAM_REQUEST if streaming else Kind.REQUEST
         codec = self.codec
-        payload = codec.encode(request)
+        if self._requests is not None:
+            assert self.arena is not None
+            encoded = shared_payload.encode(codec, request, None, self.arena, self._requests, self._shared_min_size)
+            if isinstance(encoded, shared_payload.Encoded):
+                self._send_shared(streaming, request_id, encoded)
+                return
+            payload = bytes(encoded) if type(encoded) is not bytes else encoded
+        else:
+            payload = codec.encode(request)
         if len(payload) < SIZED_FRAME:
             # Small: one joined frame, the cheapest to build and to write with others.
             data = request_frame(kind, request_id, current_origin(), payload, codec.encode_id)
@@ -118,6 +133,25 @@ class PipeLink:
         self._flush()
         self._writer.write(head)
         self._writer.write(payload)
+
+    def _send_shared(self, streaming: bool, request_id: Hashable, encoded: shared_payload.Encoded) -> None:
+        kind = Kind.SHARED_STREAM_REQUEST if streaming else Kind.SHARED_REQUEST
+        head = request_frame_head(kind, request_id, current_origin(), encoded.size, self.codec.encode_id)
+        try:
+            self._check_size(len(head) - HEADER_SIZE + encoded.size)
+        except errors.MessageTooLargeError:
+            assert self.arena is not None
+            shared_payload.free_slots(self.arena, encoded.slots)
+            raise
+        assert self._writer is not None
+        self._flush()  # what this turn queued goes first, so frames keep their order
+        small = [part for part in encoded.parts if len(part) < SIZED_FRAME]
+        if len(small) == len(encoded.parts):
+            self._writer.write(b"".join((head, encoded.head, *encoded.parts)))
+            return
+        self._writer.write(head + encoded.head)
+        for part in encoded.parts:
+            self._writer.write(part)
 
     def _await_reply_busily(self) -> None:
         # Opt-in (with_reply_busy_wait): an event loop that sleeps until the reply comes leaves

@@ -104,6 +104,27 @@ def test_engine_host_carries_a_request_and_its_reply(host: Any, context: zmq.Con
     peer.sock.close(0)
 
 
+def test_engine_host_takes_a_large_payload_as_a_part_of_its_own(host: Any, context: zmq.Context[Any]) -> None:
+    """A 4 MiB request in two parts (head, payload: what an API worker sends from 64 KiB on) is
+    carried intact; a request with a payload in both parts is dropped and counted."""
+    engine, request_q, response_q = host
+    peer = Peer(context, engine.address)
+    text = "x" * (4 << 20)
+    payload = CODEC.encode(Ask("big", text))
+    parts = remote_wire.encode_request_parts(False, engine.boot_id, CODEC.encode_id("big"), b"POST /ask", payload)
+    assert len(parts) == 2 and parts[1] is payload
+    peer.send(*parts)
+    assert _next_request(request_q) == Ask("big", text)
+    response_q.put(Answer("big", "ok"))
+    kind, body = peer.recv()
+    assert kind == remote_wire.REPLY and CODEC.decode(body) == Answer("big", "ok")
+    bad = engine.bad_messages
+    head = remote_wire.encode_request(False, engine.boot_id, CODEC.encode_id("two"), b"", b"\x81")
+    peer.send(head, payload)
+    wait_until(lambda: engine.bad_messages == bad + 1, 10, "the two-payload request to be dropped")
+    peer.sock.close(0)
+
+
 def test_engine_host_a_reply_it_cannot_encode_is_a_500_with_an_error_id(
     host: Any, context: zmq.Context[Any], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from isolated_api.main.pipe_endpoint import PipeEndpoint
 from isolated_api.main.pipe_size import PIPE_SIZE, grow_pipe, pipe_size
 from isolated_api.main.relay import Relay
+from isolated_api.shared.arena import Arena
 from isolated_api.shared.codecs import Codec, PickleCodec
 from isolated_api.shared.framing import (
     SIZED_FRAME,
@@ -209,6 +210,7 @@ def test_large_frames_worker_reads_a_reply_straight_into_one_buffer() -> None:
     class Owner:
         def __init__(self) -> None:
             self.codec: Codec = codec
+            self.arena: Arena | None = None
             self.on_drain: Callable[[float], None] = lambda timeout: None
 
         def on_pong(self, token: int, answer: Any) -> None:

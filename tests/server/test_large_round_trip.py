@@ -16,6 +16,7 @@ import pytest
 from fastapi import Request
 
 from isolated_api import IPC, Codec, MsgspecCodec, PickleCodec
+from isolated_api.main.shared_requests import shared_counts
 from isolated_api.testing import MainLoop, loopback_builder, running, spawn_queues
 
 SIZE = 16 << 20
@@ -56,15 +57,18 @@ def _behaviour(codec: Codec) -> Any:
     return answer
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["pipes", "shared"])
 @pytest.mark.parametrize("msgspec_codec", [False, True], ids=["pickle", "msgspec"])
-def test_large_round_trip_16_mib_both_ways_arrive_intact(msgspec_codec: bool) -> None:
+def test_large_round_trip_16_mib_both_ways_arrive_intact(msgspec_codec: bool, shared: bool) -> None:
     """Steps: a 32 MiB body limit; four 16 MiB uploads at once, each answered with its bytes
-    reversed. Expect each reply's sha256 to be that of its body reversed."""
+    reversed; on the pipes, or with shared payloads (an arena holding two 16 MiB payloads each
+    way, so two of the four also take the pipes while it is full). Expect each reply's sha256 to
+    be that of its body reversed."""
     codec: Codec = MsgspecCodec(WireUpload) if msgspec_codec else PickleCodec()
     bodies = [os.urandom(SIZE) for _ in range(4)]
     with spawn_queues() as queues:
         loop = MainLoop(*queues, _behaviour(codec)).start()
-        server = (
+        builder = (
             loopback_builder("large-round-trip", 30)
             .routes.with_route("/echo", echo_msgspec_route if msgspec_codec else echo_pickle_route, methods=["POST"])
             .done()
@@ -72,12 +76,18 @@ def test_large_round_trip_16_mib_both_ways_arrive_intact(msgspec_codec: bool) ->
             .done()
             .subprocess.with_ipc(*queues)
             .with_codec(codec)
-            .done()
-            .build()
         )
+        if shared:
+            builder = builder.with_shared_payloads(arena_size=(2 * SIZE + (1 << 20)) * 2)
+        server = builder.done().build()
+        before = shared_counts()
         try:
             with running(server) as url, ThreadPoolExecutor(len(bodies)) as pool:
                 answers = list(pool.map(lambda body: httpx.post(f"{url}/echo", content=body, timeout=60), bodies))
+            if shared:
+                # At least one of each crossed in the arena (the others may have found it full).
+                counts = shared_counts()
+                assert counts["requests"] > before["requests"] and counts["replies"] > before["replies"], counts
             for body, answer in zip(bodies, answers, strict=True):
                 assert answer.status_code == 200, answer.text
                 assert answer.json() == {"size": SIZE, "sha256": hashlib.sha256(body[::-1]).hexdigest()}
