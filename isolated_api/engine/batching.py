@@ -16,6 +16,7 @@ batch runs has its context marked and its result dropped: the batch goes on for 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import secrets
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from isolated_api.engine.errors import EngineError
-from isolated_api.engine.group import Group, call, is_async
+from isolated_api.engine.group import Group, is_async
 from isolated_api.engine.handlers import takes_context
 from isolated_api.engine.job import Job, send_all
 from isolated_api.engine.messages import Result
@@ -75,6 +76,23 @@ def _positive_int(name: str, value: object) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+@dataclass(eq=False)
+class _Batch:
+    """One call of the batch function: its members, its arguments, and whether its slots were freed."""
+
+    members: list[Job]
+    args: tuple[Any, ...]
+    thread: asyncio.Future[Any] | None = None  # a sync call, running in a worker thread
+    freed: bool = False
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """The batch function raised ``exc`` (in a worker thread: handed to the code that replies)."""
+
+    exc: Exception
+
+
 def error_id() -> str:
     return secrets.token_hex(6)
 
@@ -94,6 +112,7 @@ class Batcher(Group):
         self.running = 0  # batches running now
         self.max_running = 0  # the most at once so far
         self.calls = 0
+        self._async = is_async(fn)
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -140,14 +159,25 @@ class Batcher(Group):
 
     async def _run(self) -> None:
         self._slots = slots = asyncio.Semaphore(self.options.max_concurrent_batches)
-        loop = self.rt.loop
+        rt = self.rt
         while True:
             await slots.acquire()
             members = await self._form()
             if not members:
                 slots.release()
                 return
-            task = loop.create_task(self._execute(members))
+            try:
+                await rt.slots.acquire()  # a batch holds one of the engine's concurrency slots
+            except asyncio.CancelledError:  # stop() gave up; its members were answered 503
+                self.done_with(members, False)
+                slots.release()
+                raise
+            batch = self._start(members)
+            if batch is None:
+                rt.slots.release()
+                slots.release()
+                continue
+            task = rt.loop.create_task(self._complete(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -169,43 +199,95 @@ class Batcher(Group):
                 return self.take(count)
             await self.wait_for_change(remaining)
 
-    async def _execute(self, members: list[Job]) -> None:
-        assert self._slots is not None
-        try:
-            async with self.rt.slots:  # a batch holds one of the engine's concurrency slots
-                await self._serve(members)
-        finally:
-            self._slots.release()
-
-    async def _serve(self, members: list[Job]) -> None:
+    def _start(self, members: list[Job]) -> _Batch | None:
+        """Starts the call for ``members`` (those not cancelled meanwhile) at once: a sync function
+        is handed to a worker thread before anything else runs on the loop."""
         rt = self.rt
         live = [job for job in members if not job.closed]  # cancelled while it waited for a slot
         gone = [job for job in members if job.closed]
         if gone:
             self.done_with(gone, False)
         if not live:
-            return
+            return None
         self.running += 1
         self.max_running = max(self.max_running, self.running)
         self.calls += 1
         rt.metrics.observe_batch(self.name, len(live), rt.loop.time() - live[0].arrived)
         requests = [job.request for job in live]
+        args: tuple[Any, ...] = (requests, [job.context for job in live]) if self.takes_context else (requests,)
+        batch = _Batch(live, args)
+        if not self._async:
+            batch.thread = rt.loop.run_in_executor(rt.pool, self._call_in_thread, batch)
+        return batch
+
+    def _free(self, batch: _Batch) -> None:
+        """The call of ``batch`` ended: its slots go to the next batch (once, on the loop)."""
+        if batch.freed:
+            return
+        batch.freed = True
+        self.running -= 1
+        self.rt.slots.release()
+        assert self._slots is not None
+        self._slots.release()
+
+    def _call_in_thread(self, batch: _Batch) -> Any:
+        """In a worker thread: the call, then its replies, sent from here. When members wait for
+        the next batch, the loop is told the call ended before the replies are built and written,
+        so the next call starts meanwhile rather than after them (one call at a time, the model
+        would otherwise idle while they go out). Returns each member's failed flag, or a coroutine
+        (an async function behind a wrapper) for the loop to await."""
+        try:
+            results = self.fn(*batch.args)
+        except Exception as exc:
+            results = _Raised(exc)
+        if inspect.iscoroutine(results):
+            return results
+        if self._queue:  # read without the loop: at worst the slots are freed a little later, below
+            try:
+                self.rt.loop.call_soon_threadsafe(self._free, batch)
+            except RuntimeError:  # the loop is closed: the engine stopped
+                pass
+        return self._send(batch, results)
+
+    def _send(self, batch: _Batch, results: Any) -> list[bool]:
+        live = batch.members
+        if isinstance(results, _Raised):
+            outgoing = self._all_failed(live, results.exc)
+            failed = [True] * len(live)
+        else:
+            outgoing, failed = self._replies(live, results)
+        send_all(self.rt.sink, [(job, message, True) for job, message in outgoing])
+        return failed
+
+    async def _complete(self, batch: _Batch) -> None:
+        """On the loop: awaits the call (an async one runs here), frees its slots and sends its
+        replies (a sync call's were sent by its thread); its members leave the engine."""
         failed: list[bool]
         try:
-            args: tuple[Any, ...] = (requests, [job.context for job in live]) if self.takes_context else (requests,)
-            results = await call(rt, self.fn, *args)
-            outgoing, failed = self._replies(live, results)
+            if batch.thread is not None:
+                outcome = await batch.thread
+                if inspect.iscoroutine(outcome):  # an async function behind a wrapper
+                    failed = await self._await_then_send(batch, outcome)
+                else:
+                    failed = outcome
+            else:
+                failed = await self._await_then_send(batch, None)
         except asyncio.CancelledError:
             # stop() gave up on an async batch; its members were already answered 503.
-            self.running -= 1
-            self.done_with(live, False)
+            self._free(batch)
+            self.done_with(batch.members, False)
             raise
+        self._free(batch)
+        self.done_with(batch.members, failed)
+
+    async def _await_then_send(self, batch: _Batch, call: Any) -> list[bool]:
+        """Awaits ``call`` (None: calls the async batch function now), frees the slots, replies."""
+        try:
+            results = await (self.fn(*batch.args) if call is None else call)
         except Exception as exc:
-            outgoing = self._all_failed(live, exc)
-            failed = [True] * len(live)
-        self.running -= 1
-        send_all(rt.sink, [(job, message, True) for job, message in outgoing])
-        self.done_with(live, failed)
+            results = _Raised(exc)
+        self._free(batch)  # the next batch may start while these replies go out
+        return self._send(batch, results)
 
     def _replies(self, live: list[Job], results: Any) -> tuple[list[tuple[Job, Any]], list[bool]]:
         if isinstance(results, str | bytes) or not isinstance(results, Sequence) or len(results) != len(live):
@@ -241,7 +323,7 @@ class Batcher(Group):
 
     def unwinding(self) -> list[asyncio.Task[None]]:
         tasks = list(self._tasks)
-        if is_async(self.fn):
+        if self._async:
             for task in tasks:  # every member was answered 503: nobody awaits this call any more
                 task.cancel()
         return super().unwinding() + tasks
