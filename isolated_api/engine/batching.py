@@ -16,6 +16,7 @@ batch runs has its context marked and its result dropped: the batch goes on for 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
@@ -115,6 +116,7 @@ class Batcher(Group):
         self._async = is_async(fn)
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._calls: set[asyncio.Future[Any]] = set()  # sync calls running in worker threads
 
     # -- members -------------------------------------------------------------------------------
 
@@ -176,10 +178,16 @@ class Batcher(Group):
             if batch is None:
                 rt.slots.release()
                 slots.release()
-                continue
-            task = rt.loop.create_task(self._complete(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            elif batch.thread is not None:
+                # A callback, not a task, ends it: no task to create and step through per batch.
+                self._calls.add(batch.thread)
+                batch.thread.add_done_callback(functools.partial(self._thread_done, batch))
+            else:
+                self._track(rt.loop.create_task(self._complete(batch)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _form(self) -> list[Job]:
         max_wait = self.options.max_wait
@@ -259,19 +267,29 @@ class Batcher(Group):
         send_all(self.rt.sink, [(job, message, True) for job, message in outgoing])
         return failed
 
-    async def _complete(self, batch: _Batch) -> None:
-        """On the loop: awaits the call (an async one runs here), frees its slots and sends its
-        replies (a sync call's were sent by its thread); its members leave the engine."""
-        failed: list[bool]
+    def _thread_done(self, batch: _Batch, future: asyncio.Future[Any]) -> None:
+        """On the loop: a sync call's thread returned (its replies sent); its members leave."""
+        self._calls.discard(future)
+        if future.cancelled():  # stop() gave up waiting; its members were answered 503
+            failed = [False] * len(batch.members)
+        elif future.exception() is not None:  # a bug of ours in the thread, after the call
+            exc = future.exception()
+            assert isinstance(exc, BaseException)
+            logger.error("batch %s failed after its call", self.name, exc_info=exc)
+            failed = self._send(batch, _Raised(RuntimeError("the batch's replies failed")))
+        elif inspect.iscoroutine(future.result()):  # an async function behind a wrapper
+            self._track(self.rt.loop.create_task(self._complete(batch, future.result())))
+            return
+        else:
+            failed = future.result()
+        self._free(batch)
+        self.done_with(batch.members, failed)
+
+    async def _complete(self, batch: _Batch, call: Any = None) -> None:
+        """On the loop: awaits an async call (``call``, or the batch function called now), frees
+        its slots, sends its replies; its members leave the engine."""
         try:
-            if batch.thread is not None:
-                outcome = await batch.thread
-                if inspect.iscoroutine(outcome):  # an async function behind a wrapper
-                    failed = await self._await_then_send(batch, outcome)
-                else:
-                    failed = outcome
-            else:
-                failed = await self._await_then_send(batch, None)
+            failed = await self._await_then_send(batch, call)
         except asyncio.CancelledError:
             # stop() gave up on an async batch; its members were already answered 503.
             self._free(batch)
@@ -321,9 +339,9 @@ class Batcher(Group):
 
     # -- stop ----------------------------------------------------------------------------------
 
-    def unwinding(self) -> list[asyncio.Task[None]]:
-        tasks = list(self._tasks)
+    def unwinding(self) -> list[asyncio.Future[Any]]:
+        tasks: list[asyncio.Future[Any]] = list(self._tasks)
         if self._async:
             for task in tasks:  # every member was answered 503: nobody awaits this call any more
                 task.cancel()
-        return super().unwinding() + tasks
+        return [*super().unwinding(), *tasks, *self._calls]

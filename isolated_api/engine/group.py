@@ -137,7 +137,7 @@ class Group:
     def runner(self) -> asyncio.Task[None] | None:
         return self._runner
 
-    def unwinding(self) -> list[asyncio.Task[None]]:
+    def unwinding(self) -> list[asyncio.Future[Any]]:
         """stop(), its timeout spent and every member answered 503: the tasks still to end (the
         runner, and the subclass's own), those that can be cancelled already cancelled."""
         return [] if self._runner is None or self._runner.done() else [self._runner]
