@@ -163,6 +163,10 @@ class Batcher(Group):
         self._slots = slots = asyncio.Semaphore(self.options.max_concurrent_batches)
         rt = self.rt
         while True:
+            # A slot is taken once there is a member: an idle runner is not woken by every batch
+            # that ends (at one client, a loop turn per request for nothing).
+            while not self._queue and not self.closing:
+                await self.wait_for_change()
             await slots.acquire()
             members = await self._form()
             if not members:
