@@ -1,11 +1,16 @@
 """Dynamic batching (``engine.batch``): many requests of one type, one call of the user's function.
 
-One runner task per batched type, on the engine's loop. It takes a batch slot
-(``max_concurrent_batches``), waits for a first member, then for more until the batch is full
-(``max_batch_size`` members, or the next would pass ``max_cost``) or ``max_wait`` has passed since
-that first member reached the engine (so a member that waited for a batch slot goes at once when
-one frees), or ``stop()``; then it starts the batch as a task of its own and goes back for the next.
-``max_wait=0`` takes what is already queued, without waiting.
+One runner task per batched type, on the engine's loop. It waits for a first member, takes a batch
+slot (``max_concurrent_batches``), then waits for more until the batch is full (``max_batch_size``
+members, or the next would pass ``max_cost``) or ``max_wait`` has passed since that first member
+reached the engine (so a member that waited for a batch slot goes at once when one frees), or
+``stop()``; then it starts the call at once (a sync function in a worker thread, before anything
+else runs on the loop) and goes back for the next. ``max_wait=0`` takes what is already queued,
+without waiting.
+
+A sync call's thread builds and sends its replies itself; when members are waiting it first tells
+the loop that the call ended, so the next call starts while those replies are written: with one
+call at a time (one GPU) the model would otherwise idle for as long as they take.
 
 Each member ends on its own: a result that is an exception instance fails that member alone; a
 raise or a result list of the wrong length fails every member of that batch, and the next batch is

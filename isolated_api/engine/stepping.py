@@ -11,6 +11,10 @@ slots while it has streams. Each turn:
    last chunk), or an exception instance (that stream fails alone). The step's chunks leave as ONE
    message on ``response_q``; streams that ended leave (``"done"`` / ``"error"``).
 
+With every method sync, a turn's ``leave`` (for the streams that ended), ``join`` and ``step`` are
+ONE call in a worker thread: a newcomer's first step then follows its join without two more hops
+through the loop; the streams a step ends leave at the start of the next turn.
+
 A raising ``join`` or ``step`` fails the streams it was called with (an ``EngineError`` with its
 status, anything else a 500 with one error id, logged once) and the loop goes on with the others
 and with newcomers. ``leave`` is called exactly once for every request that was passed to ``join``;
