@@ -11,17 +11,16 @@ The README shows the code between "README: begin" and "README: end" without the 
 # README: begin
 import json  # --smoke
 import multiprocessing
+import signal  # --smoke
 import sys  # --smoke
 import threading  # --smoke
 import urllib.error  # --smoke
 import urllib.request  # --smoke
-import uuid
 from dataclasses import dataclass
-from typing import Any  # --smoke
 
 from pydantic import BaseModel
 
-from isolated_api import IPC, ServerBuilder
+from isolated_api import IPC, ServerBuilder, new_request_id
 
 
 class ShoutIn(BaseModel):  # the HTTP body, checked in the child: a missing field is a 422
@@ -41,13 +40,14 @@ class Reply:  # its reply: any picklable object with the same .id
 
 
 async def shout(body: ShoutIn, channel: IPC) -> dict[str, str]:  # runs in the HTTP child
-    reply = await channel.submit(Job(id=uuid.uuid4().hex, text=body.text))
+    reply = await channel.submit(Job(id=new_request_id(), text=body.text))
     return {"text": reply.text}
 
 
 # --smoke: begin
-def smoke(port: int, request_q: Any) -> None:
-    """Posts a valid body and one missing its field; prints ``POST /shout BODY -> STATUS JSON`` for each."""
+def smoke(port: int, main_thread: int) -> None:
+    """Posts a valid body and one missing its field; prints ``POST /shout BODY -> STATUS JSON`` for
+    each; then ends the main loop as Ctrl-C does, with SIGINT to the main thread."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         for body in ({"text": "hello"}, {}):
@@ -61,12 +61,12 @@ def smoke(port: int, request_q: Any) -> None:
                 status, text = error.code, error.read().decode()
             print(f"POST /shout {json.dumps(body)} -> {status} {text}", flush=True)
     finally:
-        request_q.put(None)  # ends the main loop
+        signal.pthread_kill(main_thread, signal.SIGINT)
 
 
 # --smoke: end
 if __name__ == "__main__":
-    request_q: "multiprocessing.Queue[Job | None]" = multiprocessing.Queue()  # your loop reads requests here
+    request_q: "multiprocessing.Queue[Job]" = multiprocessing.Queue()  # your loop reads requests here
     response_q: "multiprocessing.Queue[Reply]" = multiprocessing.Queue()  # and puts the replies here
     server = (
         ServerBuilder("shout")
@@ -82,11 +82,13 @@ if __name__ == "__main__":
     server.start_subprocess()  # returns once the child accepts connections
     print(f"serving on http://127.0.0.1:{server.port}", flush=True)
     if "--smoke" in sys.argv:  # --smoke
-        threading.Thread(target=smoke, args=(server.port, request_q)).start()  # --smoke
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C on, even in a background job  # --smoke
+        threading.Thread(target=smoke, args=(server.port, threading.get_ident())).start()  # --smoke
     try:
-        while (job := request_q.get()) is not None:  # None ends the loop
+        while True:  # until Ctrl-C
+            job = request_q.get()
             response_q.put(Reply(id=job.id, text=job.text.upper()))  # the heavy work happens here
-    except KeyboardInterrupt:  # Ctrl-C
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM once in-flight requests are answered, ends the loop
         pass
     finally:
         server.stop(timeout=5)  # drains in-flight requests, then ends the child

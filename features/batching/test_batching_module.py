@@ -13,8 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import openai
 import pytest
+
+pytest.importorskip("openai", reason="these tests drive the server with the openai client: pip install openai")
+
+import openai
 
 from isolated_api.testing import wait_until
 

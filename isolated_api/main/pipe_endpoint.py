@@ -45,8 +45,9 @@ from isolated_api.shared.messages import internal_error
 
 logger = logging.getLogger("isolated_api.relay")
 
-# What a pipe holds by default on Linux. os.read allocates the full size asked for on every call:
-# asking for 1 MiB cost ~18 us more per read than 64 KiB here, for the same few hundred bytes.
+# What a pipe holds by default on Linux. os.read allocates the full size asked for on every call,
+# so asking for 1 MiB cost more per read than 64 KiB, for the same few hundred bytes
+# (docs/performance.md, "Figures behind the code").
 _READ_SIZE = 1 << 16
 
 ReadyCallback = Callable[["PipeEndpoint", Any], None]

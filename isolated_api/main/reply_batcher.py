@@ -43,11 +43,10 @@ Encode = Callable[[Any], Any]
 # A reply that comes after this long without a write goes out from the caller's thread at once;
 # so does one that answers everything the server's relay (in this process) still awaits, since
 # nothing else could share its write: a server answering one request at a time puts about once
-# per round trip (~1 ms here), and by the clock alone those replies took a writer-thread wake-up
-# each (1 connection, p50 over in-process, three runs each: +0.44-0.58 ms by the clock alone,
-# +0.26-0.46 ms with such replies written at once). And so does the first chunk of a stream,
-# whose client is waiting for it: behind a writer-thread wake-up it waited for the GIL while the
-# loop that put it went on putting the stream's other tokens.
+# per round trip, and by the clock alone those replies took a writer-thread wake-up each, which
+# showed at the one-connection p50 (docs/performance.md, "Figures behind the code"). And so does
+# the first chunk of a stream, whose client is waiting for it: behind a writer-thread wake-up it
+# waited for the GIL while the loop that put it went on putting the stream's other tokens.
 _QUIET = 0.001  # seconds
 
 
@@ -198,7 +197,8 @@ class ReplyBatcher:
                 # Only if someone waits for this: the writer thread when replies collected, or
                 # flush(). The writer thread always waits on this condition, so an unconditional
                 # notify woke it after every write for nothing: at 1 connection, a thread
-                # wake-up and a GIL hand-off in the main process per reply (~10% of its time).
+                # wake-up and a GIL hand-off in the main process per reply (a share of its time
+                # that showed: docs/performance.md, "Figures behind the code").
                 if self._pending or self._flushing:
                     self._wake.notify_all()
 

@@ -327,9 +327,8 @@ class SubprocessConfigurer:
         main process (one client at a time), it checks its pipe for the reply for up to
         ``seconds`` (at most 0.01) before its event loop goes to sleep. Use it when the main
         process answers within that time and the latency of a lone request matters: on a VM
-        where waking an idle CPU is slow, 0.0003 took the one-connection p50 over in-process from
-        1.85-1.92 to 1.14-1.35 bare ``multiprocessing.Queue`` round trips in three runs
-        (docs/performance.md, "Busy wait").
+        where waking an idle CPU is slow it shortens a lone request's round trip
+        (docs/performance.md, "Busy wait", has the figures).
         The cost: that worker's event loop serves nothing else meanwhile, and a reply that
         takes longer burns the whole wait in CPU. Applies to the pipes of ``with_ipc``, not to
         remote engines."""

@@ -40,11 +40,10 @@ def _number(name: str, value: object, *, positive: bool) -> None:
 # awaits the main process keeps its objects (scope, coroutine frames, futures) alive across young
 # collections, and each collection walks every request in flight again. The young count rises
 # with allocations and falls with frees, but not below zero after a collection, so it creeps up
-# faster the more requests are in flight. Measured with callgrind on the child's app (a route
-# awaiting a future; answered without awaiting: 533k instructions per request): at 700, 617k per
-# request with 64 in flight and 695k with 256; at 20,000, 569k and 571k, but the full IPC path at
-# 256 still spent 37k on collections; at 100,000, as with collection off. A request here leaves
-# no cyclic garbage (checked with gc.DEBUG_SAVEALL), so what a higher threshold delays is rare.
+# faster the more requests are in flight. At 700 the work per request grew with the requests in
+# flight; at 100,000 it was as with collection off (callgrind; the figures: docs/performance.md,
+# "Figures behind the code"). A request here leaves no cyclic garbage (checked with
+# gc.DEBUG_SAVEALL), so what a higher threshold delays is rare.
 DEFAULT_CHILD_GC_THRESHOLD = 100_000
 
 

@@ -54,10 +54,11 @@ class Kind(IntEnum):
 
 class _QueuePickler(pickle.Pickler):
     """Pickles as ``ForkingPickler`` (what multiprocessing queues use, so anything a user could put
-    on a ``multiprocessing.Queue`` crosses our pipes too), about 2.5x faster for small messages:
-    ``ForkingPickler.__init__`` copies the whole dispatch table for every message, this class
-    holds one merged copy (kept by ``_refresh_dispatch_table``), brought up to date in place when
-    a reducer is registered, so that picklers built before (one per thread, below) see it too."""
+    on a ``multiprocessing.Queue`` crosses our pipes too), faster for small messages
+    (docs/performance.md, "Figures behind the code"): ``ForkingPickler.__init__`` copies the whole
+    dispatch table for every message, this class holds one merged copy (kept by
+    ``_refresh_dispatch_table``), brought up to date in place when a reducer is registered, so that
+    picklers built before (one per thread, below) see it too."""
 
 
 _DISPATCH_TABLE: dict[Any, Any] = {}
@@ -85,9 +86,9 @@ def _refresh_dispatch_table() -> None:
 _refresh_dispatch_table()
 
 
-# One pickler and buffer per thread, reused: building a ``Pickler`` costs about 1 us, as much as
-# pickling a small message. A call takes the thread's pair out while it works, so a __reduce__
-# that itself calls dumps finds none and builds its own.
+# One pickler and buffer per thread, reused: building a ``Pickler`` costs as much as pickling a
+# small message (docs/performance.md, "Figures behind the code"). A call takes the thread's pair
+# out while it works, so a __reduce__ that itself calls dumps finds none and builds its own.
 _local = threading.local()
 # A buffer grown past this by a big message is dropped rather than kept for the thread's life.
 _KEEP_BUFFER = 1 << 16
@@ -173,7 +174,7 @@ def request_frame(
     kind: Kind, request_id: Hashable, origin: bytes, payload: bytes, encode_id: Callable[[Any], bytes] = dumps
 ) -> bytes:
     """A REQUEST or STREAM_REQUEST frame: the id (routed without decoding the request), the
-    origin, the payload. One header and two small slices more than a reply: ~0.2 us."""
+    origin, the payload: one header and two small slices more than a reply."""
     return request_frame_head(kind, request_id, origin, len(payload), encode_id) + payload
 
 
@@ -193,7 +194,8 @@ def split_request(body: Body, decode_id: Callable[[bytes], Any] = loads) -> tupl
     return request_id, origin, memoryview(body)[end:]
 
 
-# Kind(n) costs about 0.8 us (the enum's lookup machinery); a dict lookup, a tenth of that.
+# Kind(n) goes through the enum's lookup machinery; a dict lookup is much cheaper
+# (docs/performance.md, "Figures behind the code").
 _KINDS: dict[int, Kind] = {kind.value: kind for kind in Kind}
 # A frame body at least this large is gathered into one buffer of its announced size, allocated
 # once, instead of growing a buffer read by read and cutting the body out of it (three copies).

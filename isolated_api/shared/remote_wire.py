@@ -11,8 +11,8 @@ API worker -> engine host (the host's ROUTER adds the peer's identity in front):
     PING     [b"P", {"seq": n, "interval": s}]
     REQUEST  [b"R" | b"S" (streaming) + boot id + id length + origin length + request id + origin
               + payload]: one part, so that sending it is one call into ZeroMQ (the lengths are
-              two bytes each, network order; a profile of an HTTP worker at 64 connections had
-              7% of its samples in the five sends of a request of five parts)
+              two bytes each, network order; five sends of five parts showed in an HTTP
+              worker's profile: docs/performance.md, "Figures behind the code")
     CANCEL   [b"C", control cancel frame]
     BYE      [b"B"]                          the worker closes its link
 Engine host -> API worker:

@@ -1,10 +1,10 @@
 """Request ids unique across every process of a server, and cheap to make.
 
-``uuid.uuid4().hex`` reads 16 bytes from the kernel for each id: 3-4 us here, about 1% of a small
-route's whole cost in the HTTP child. ``new_request_id()`` is a random 64-bit prefix drawn once per
-process (again after a fork, so a forked worker never repeats its parent's ids) and a counter:
-about 0.4 us. Two processes share ids only if their prefixes collide (odds 2**-64 per pair);
-the relay needs ids unique across all HTTP workers, and these are.
+``uuid.uuid4().hex`` reads 16 bytes from the kernel for each id. ``new_request_id()`` is a random
+64-bit prefix drawn once per process (again after a fork, so a forked worker never repeats its
+parent's ids) and a counter, much cheaper (docs/performance.md, "Figures behind the code"). Two
+processes share ids only if their prefixes collide (odds 2**-64 per pair); the relay needs ids
+unique across all HTTP workers, and these are.
 """
 
 from __future__ import annotations

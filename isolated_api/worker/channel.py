@@ -171,7 +171,7 @@ class IPCChannel:
         """
         request_id = self._admit(request)
         # Sent before the waiter is registered: the main process starts on the request while
-        # this coroutine registers it (~5 us sooner at one connection). No reply can come in
+        # this coroutine registers it (sooner at one connection). No reply can come in
         # between: every link hands replies over on this loop, after this coroutine suspends.
         self._link.send(request_id, request, streaming=False)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -2,9 +2,10 @@
 
 Why: an event-loop timer per request (``call_later`` when it is sent, ``cancel`` when its reply
 comes) was the largest single line of the channel in a profile of the HTTP child under load
-(~6 us a request on uvloop, whose timers are libuv handles allocated, started, stopped and closed
-each time). Requests given the same timeout expire in the order they were sent, so each timeout
-keeps a FIFO of deadlines and one timer, armed for the oldest deadline still awaited.
+(on uvloop, timers are libuv handles allocated, started, stopped and closed each time; figures:
+docs/performance.md, "Figures behind the code"). Requests given the same timeout expire in the
+order they were sent, so each timeout keeps a FIFO of deadlines and one timer, armed for the
+oldest deadline still awaited.
 
 A reply does not look for its entry: the request marks it finished (``Deadline.cancel``) and the
 entry is skipped when it reaches the front. So that finished entries cannot pile up behind one

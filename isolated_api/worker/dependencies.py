@@ -2,8 +2,8 @@
 ``request.app.state.ipc_channel``.
 
 ``IPC`` is a FastAPI dependency, and FastAPI solves each dependency per request with a recursive
-``solve_dependencies`` call: about 70,000 CPU instructions (callgrind, FastAPI 0.165), ~12% of a
-small JSON route, where ``app.state`` costs nothing. ``direct_channel`` gives routes registered
+``solve_dependencies`` call, a sizeable share of a small JSON route (docs/performance.md, "The IPC
+dependency"), where ``app.state`` costs nothing. ``direct_channel`` gives routes registered
 through the builder the cheap path without changing how they are written: an ``async def``
 handler that takes ``IPC`` parameters is registered as a wrapper that takes the ``Request``
 instead (FastAPI hands that over without its dependency machinery) and passes the channel in.
@@ -111,7 +111,7 @@ def direct_channel(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     # A plain function that returns the endpoint's coroutine for FastAPI to await (marked as a
     # coroutine function below, so FastAPI awaits it rather than running it in a thread): the
     # handler's awaits then suspend one frame fewer than through an ``async def`` wrapper, whose
-    # frame py-spy put at ~4 us of self time a request at 16 connections.
+    # frame showed in py-spy's profile (docs/performance.md, "Figures behind the code").
     def with_channel(**values: Any) -> Awaitable[Any]:
         request = values.pop(request_name) if own_request else values[request_name]
         app = request.scope["app"]

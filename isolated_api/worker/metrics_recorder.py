@@ -13,12 +13,10 @@ from isolated_api.shared.metrics_report import HttpKey
 from isolated_api.worker.channel import IPCChannel
 
 # Why a frame per loop iteration (per request at one connection) rather than one per interval: a
-# 20 ms interval was tried. It saved CPU at one connection (the frame's write was ~15 us a request
-# in the child's profile), and made the one-connection p50 slower: over in-process by 253-353
-# us with a frame per iteration, 317-405 us with the interval (three alternating runs of 5 x 700
-# requests each, this 2-core VM). Our reading, not measured: the relay's vCPU, woken once more per
-# request, halts for shorter and wakes faster for the next request. Under load one frame already
-# carries the counts of many requests.
+# 20 ms interval was tried. It saved CPU at one connection and made the one-connection p50
+# slower (docs/performance.md, "Figures behind the code"). Our reading, not measured: the
+# relay's vCPU, woken once more per request, halts for shorter and wakes faster for the next
+# request. Under load one frame already carries the counts of many requests.
 
 
 class BatchingRecorder:

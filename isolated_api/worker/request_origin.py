@@ -5,9 +5,9 @@ The drain middleware, which every request of a worker passes, keeps the request'
 a context variable (``remember``); the request's handler, and any task it starts, inherits the
 context, and the link reads the method and path from it when it sends (``current_origin``). Not
 a middleware of its own: a layer costs every request a coroutine frame, and every suspension of
-the handler a pass through it (~2 us a request at 16 connections, py-spy), where setting a
-context variable costs ~0.1 us; and the text is built only for requests that reach the main
-process, not for every request."""
+the handler a pass through it, far more than setting a context variable costs
+(docs/performance.md, "Figures behind the code"); and the text is built only for requests that
+reach the main process, not for every request."""
 
 from __future__ import annotations
 

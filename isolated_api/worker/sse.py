@@ -33,8 +33,9 @@ of merged text), plus the socket buffers.
 The same rule meets a fast client when an engine bursts: the relay hands replies over in batches
 (what it reads within 0.2 ms, up to 512 messages, each of which may be a ``ReplyBatcher`` bundle),
 so a burst longer than ``buffer_size`` can be merged (or overflow) before any consumer can run.
-Measured: 2,000 tokens put back to back reached a fast client as ~1,500 frames, text intact.
-Give a stream without a merge a buffer larger than its engine's bursts.
+(A burst of tokens put back to back reaches even a fast client merged into fewer frames, text
+intact: docs/performance.md, "Figures behind the code".) Give a stream without a merge a buffer
+larger than its engine's bursts.
 """
 
 from __future__ import annotations
