@@ -3,6 +3,8 @@
 Unary (``POST /infer``, ``{"input": "..."}`` -> ``{"output": "..."}``):
 - ``handle``: our ``Engine.handle``, one model call per request;
 - ``batch``: ``engine.batch(Infer, max_batch_size=32, max_wait=0.002)``, one call per batch;
+- ``batch-nowait``: the same with ``max_wait=0`` (measured at one client only: the batcher's own
+  cost at batch size 1, without its 2 ms wait for company);
 - LitServe, batched the same way: ``stress/litserve_server.py``, a process tree of its own.
 
 Streams (``POST /generate``, ``{"tokens": n}`` -> SSE, one ``x`` per token):
@@ -40,7 +42,7 @@ from isolated_api import (
 )
 from stress.fake_gpu import MAX_BATCH, MAX_WAIT, WORKERS, FakeGPU
 
-UnaryMode = Literal["handle", "batch"]
+UnaryMode = Literal["handle", "batch", "batch-nowait"]
 StreamMode = Literal["steps", "static", "per-request"]
 
 
@@ -207,7 +209,8 @@ def unary_server(mode: UnaryMode, gpu: FakeGPU, log_dir: Path) -> Iterator[Serve
     if mode == "handle":
         engine.handle(Infer, Unbatched(gpu))
     else:
-        engine.batch(Infer, max_batch_size=MAX_BATCH, max_wait=MAX_WAIT)(Batched(gpu))
+        max_wait = MAX_WAIT if mode == "batch" else 0.0
+        engine.batch(Infer, max_batch_size=MAX_BATCH, max_wait=max_wait)(Batched(gpu))
     server = (
         _builder(f"bench-unary-{mode}", log_dir)
         .routes.with_route("/infer", infer_route, methods=["POST"])

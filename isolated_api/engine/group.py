@@ -13,6 +13,7 @@ read-ahead) when the gate closes; they are queued, not refused, so a group can e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections import deque
@@ -73,6 +74,9 @@ class Group:
         self._met = False
         self.closing = False
         self.busy = 0  # members taken out of the queue and not finished
+        # Held around every change of the queue and of busy. A group whose worker threads take
+        # members themselves (a sync batcher) makes it a real lock; elsewhere it costs nothing.
+        self._guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 
     @property
     def rt(self) -> GroupRuntime:
@@ -107,13 +111,15 @@ class Group:
             self._met = self.rt.meet_server(self)
         job.group = self
         job.arrived = self.rt.loop.time()
-        self._queue.append(job)
+        with self._guard:
+            self._queue.append(job)
         self._changed_now()
 
     def cancelled(self, job: Job) -> None:
         """``job`` was cancelled (CancelRequest or stop): a queued one leaves at once, unrun."""
         try:
-            self._queue.remove(job)
+            with self._guard:
+                self._queue.remove(job)
         except ValueError:
             self.member_cancelled(job)  # already taken: the subclass drops its result
             return
@@ -137,14 +143,15 @@ class Group:
     def runner(self) -> asyncio.Task[None] | None:
         return self._runner
 
-    def unwinding(self) -> list[asyncio.Task[None]]:
+    def unwinding(self) -> list[asyncio.Future[Any]]:
         """stop(), its timeout spent and every member answered 503: the tasks still to end (the
         runner, and the subclass's own), those that can be cancelled already cancelled."""
         return [] if self._runner is None or self._runner.done() else [self._runner]
 
     def take(self, count: int) -> list[Job]:
-        members = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
-        self.busy += len(members)
+        with self._guard:
+            members = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
+            self.busy += len(members)
         self._changed_now()
         return members
 
@@ -153,7 +160,8 @@ class Group:
         flags = failed if isinstance(failed, list) else [failed] * len(jobs)
         for job, flag in zip(jobs, flags, strict=True):
             self.rt.finish(job, flag)
-        self.busy -= len(jobs)
+        with self._guard:
+            self.busy -= len(jobs)
         self._changed_now()
 
     def _changed_now(self) -> None:

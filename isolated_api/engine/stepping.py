@@ -11,6 +11,10 @@ slots while it has streams. Each turn:
    last chunk), or an exception instance (that stream fails alone). The step's chunks leave as ONE
    message on ``response_q``; streams that ended leave (``"done"`` / ``"error"``).
 
+With every method sync, a turn's ``leave`` (for the streams that ended), ``join`` and ``step`` are
+ONE call in a worker thread: a newcomer's first step then follows its join without two more hops
+through the loop; the streams a step ends leave at the start of the next turn.
+
 A raising ``join`` or ``step`` fails the streams it was called with (an ``EngineError`` with its
 status, anything else a 500 with one error id, logged once) and the loop goes on with the others
 and with newcomers. ``leave`` is called exactly once for every request that was passed to ``join``;
@@ -22,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from isolated_api.engine.batching import error_id
@@ -60,6 +64,9 @@ class Stepper(Group):
         self._join = getattr(stepper, "join", None)
         self._leave = getattr(stepper, "leave", None)
         self._step_fn = step
+        # Every method sync: a turn's leave(), join() and step() run in ONE worker-thread call, so
+        # a newcomer's first step follows its join without two more hops through the loop.
+        self._in_one_call = not any(is_async(f) for f in (self._join, step, self._leave) if f is not None)
         self.max_active = max_active
         self.active: list[Job] = []
         self.steps = 0
@@ -82,6 +89,10 @@ class Stepper(Group):
                     await self._turn()
 
     async def _turn(self) -> None:
+        if self._in_one_call:
+            await self._sync_turn()
+            await asyncio.sleep(0)  # as below: newcomers and cancels are handed over between steps
+            return
         await self._leave_ended()
         room = self.max_active - len(self.active)
         if room > 0 and self.queued:
@@ -98,6 +109,67 @@ class Stepper(Group):
         # Lets the loop hand over newcomers and cancels between steps, even when an async step()
         # never suspends.
         await asyncio.sleep(0)
+
+    async def _sync_turn(self) -> None:
+        """One turn of a sync stepper: the streams that ended leave, newcomers join, every active
+        stream steps, all in one call of ``_turn_in_thread`` in a worker thread."""
+        rt = self.rt
+        ended = [job for job in self.active if job.closed]
+        if ended:
+            self.active = [job for job in self.active if not job.closed]
+        why = [_why(job) for job in ended]
+        joining: list[Job] = []
+        room = self.max_active - len(self.active)
+        if room > 0 and self.queued:
+            newcomers = self.take(room)
+            gone = [job for job in newcomers if job.closed]  # cancelled before they joined
+            if gone:
+                self.done_with(gone, False)
+            joining = [job for job in newcomers if not job.closed]
+            self.active.extend(joining)  # joined from here on: leave() is owed to each
+        staying = [job for job in self.active if not job.closed and job not in joining]
+        if not (ended or joining or staying):
+            return
+        turn = _Turn([job.request for job in ended], why, [job.request for job in joining], len(staying))
+        turn.active = [job.request for job in staying] + turn.joining
+        await rt.loop.run_in_executor(rt.pool, self._turn_in_thread, turn)
+        if ended:
+            self.done_with(ended, [w == "error" for w in why])
+        if turn.join_error is not None:
+            self._fail(joining, turn.join_error, "join")
+        stepped = staying if turn.join_error is not None else staying + joining
+        if turn.stepped:
+            self.steps += 1
+            self.max_seen = max(self.max_seen, len(stepped))
+            rt.metrics.observe_step(self.name, len(stepped), turn.seconds)
+            if turn.step_error is not None:
+                self._fail(stepped, turn.step_error, "step")
+            else:
+                self._deliver(stepped, turn.outputs)
+        # Streams that ended in this step leave at the start of the next turn (before its step),
+        # or in a turn of their own when nothing else is left.
+
+    def _turn_in_thread(self, turn: _Turn) -> None:
+        """In a worker thread: ``leave`` for each stream that ended, ``join`` the newcomers,
+        ``step`` every active stream (without the newcomers if their join raised)."""
+        if self._leave is not None and turn.leaving:
+            _leave_each(self._leave, turn.leaving, turn.why, self.name)
+        active = turn.active
+        if turn.joining and self._join is not None:
+            try:
+                self._join(turn.joining)
+            except Exception as exc:
+                turn.join_error = exc
+                active = active[: turn.staying]
+        if not active:
+            return
+        turn.stepped = True
+        started = time.perf_counter()
+        try:
+            turn.outputs = self._step_fn(active)
+        except Exception as exc:
+            turn.step_error = exc
+        turn.seconds = time.perf_counter() - started
 
     async def _join_all(self, joining: list[Job]) -> None:
         join = self._join
@@ -122,6 +194,11 @@ class Stepper(Group):
             self._fail(active, exc, "step")
             return
         rt.metrics.observe_step(self.name, len(active), time.perf_counter() - started)
+        self._deliver(active, outputs)
+
+    def _deliver(self, active: list[Job], outputs: Any) -> None:
+        """A step's outputs to its streams, as ONE message; the streams that end are marked."""
+        rt = self.rt
         if not isinstance(outputs, list | tuple) or len(outputs) != len(active):
             got = f"{len(outputs)} items" if isinstance(outputs, list | tuple) else type(outputs).__name__
             eid = error_id()
@@ -184,6 +261,22 @@ class Stepper(Group):
             else:
                 await self.rt.loop.run_in_executor(self.rt.pool, _leave_each, leave, requests, why, self.name)
         self.done_with(ended, [w == "error" for w in why])
+
+
+@dataclass(eq=False)
+class _Turn:
+    """What one sync turn hands its worker thread, and what the thread hands back."""
+
+    leaving: list[Any]
+    why: list[str]
+    joining: list[Any]
+    staying: int  # active[:staying] were active before this turn; the newcomers follow
+    active: list[Any] = field(default_factory=list)
+    join_error: Exception | None = None
+    stepped: bool = False
+    outputs: Any = None
+    step_error: Exception | None = None
+    seconds: float = 0.0
 
 
 def _why(job: Job) -> str:

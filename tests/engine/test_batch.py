@@ -3,6 +3,7 @@ view matters (statuses, cancellation, two workers), over the real queues where t
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from isolated_api import CancelRequest, Engine, EngineError, ErrorReply, Result
-from isolated_api.testing import running, wait_until
+from isolated_api.testing import running, spawn_queues, wait_until
 from tests.engine.batch_jobs import BatchProbe, Embed, embed_route
 from tests.engine.helpers import Replies, post_all, server
 
@@ -382,3 +383,41 @@ def test_batch_cancel_request_for_a_queued_member_over_the_queues(queues: Queues
         replies = sorted(Replies(response_q).take(2), key=lambda r: str(r.id))
         assert replies == [Result("first", "FIRST"), Result("stays", "STAYS")]
         assert probe.calls == [["first"], ["stays"]]
+
+
+class _GatedQueue:
+    """A response_q whose ``put`` blocks while ``gate`` is clear: a slow reply write, held."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self._items: queue.Queue[Any] = queue.Queue()
+
+    def put(self, item: Any) -> None:
+        self.gate.wait(30)
+        self._items.put(item)
+
+    def get(self, timeout: float | None = None) -> Any:
+        return self._items.get(timeout=timeout)
+
+
+def test_batch_the_next_call_starts_while_the_last_ones_replies_are_written(probe: BatchProbe) -> None:
+    """Steps: batches of 1, one at a time; [a] running (held) and b queued; the reply writer then
+    blocked, and a released. Expect b's call to start while a's reply is still being written (the
+    model is not kept idle by the replies of the batch before), and both answered once the writer
+    is free."""
+    with spawn_queues() as (request_q, _):
+        response_q = _GatedQueue()
+        probe.hold.clear()
+        engine = Engine(request_q, response_q)
+        engine.batch(Embed, probe, max_batch_size=1, max_wait=0)
+        with engine:
+            request_q.put(Embed("a", "a"))
+            wait_until(lambda: probe.running == 1, 10, "a's call running")
+            request_q.put(Embed("b", "b"))
+            wait_until(lambda: engine.running_count == 2, 10, "b queued behind it")
+            probe.hold.set()  # a's call returns; its reply's write blocks on the gate
+            wait_until(lambda: probe.calls == [["a"], ["b"]], 10, "b's call while a's reply is held")
+            response_q.gate.set()
+            replies = Replies(response_q)
+            answered = sorted(replies.take(2), key=lambda r: str(r.id))
+            assert answered == [Result("a", "A"), Result("b", "B")]

@@ -110,7 +110,9 @@ def test_steps_a_short_stream_closes_before_the_longest_ends(queues: Queues) -> 
             "short:2",
             None,
         ]
-        assert long_client.is_alive() and stepper.emitted["long"] == 40  # held: not ended
+        # The long one's steps run on beside the short one's close: wait for its hold, not a race.
+        wait_until(lambda: stepper.emitted["long"] == 40, 10, "the long stream held at 40 tokens")
+        assert long_client.is_alive()  # held: not ended
         stepper.gate.set()
         long_client.join(30)
         assert [e["data"] for e in long_events] == [f"long:{k}" for k in range(50)] + [None]
