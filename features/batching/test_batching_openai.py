@@ -189,7 +189,7 @@ def test_batching_concurrent_embeddings_share_model_calls(served: ModelServer, c
     Expect every client its own vector and the 16 served in at most 2 model calls (the batch that
     was waiting for the device, then one for all the rest), where one call per request is 16."""
     relay = served.server.ipc
-    assert relay is not None
+    assert relay is not None, "a subprocess-mode server has its link's facts once started"
     calls, forwarded = served.embedder.calls, relay.forwarded_count
     texts = [f"client {i}" for i in range(16)]
     pool = ThreadPoolExecutor(len(texts))
@@ -210,7 +210,7 @@ def test_batching_concurrent_chat_streams_share_steps(served: ModelServer, clien
     are read by the engine; release. Expect each client exactly its own words and one step serving
     more than one stream (one generator per request would never)."""
     relay = served.server.ipc
-    assert relay is not None
+    assert relay is not None, "a subprocess-mode server has its link's facts once started"
     forwarded = relay.forwarded_count
     served.chat.max_active_seen = 0
     prompts = [" ".join(f"w{i}-{j}" for j in range(3 + i)) for i in range(8)]

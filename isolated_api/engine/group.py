@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -58,7 +59,7 @@ async def call(rt: GroupRuntime, fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
-class Group:
+class Group(ABC):
     """A queue of members for one request type; subclasses say how members are served."""
 
     def __init__(self, name: str, max_queued: int, capacity: int) -> None:
@@ -192,8 +193,9 @@ class Group:
             if timer is not None:
                 timer.cancel()
 
+    @abstractmethod
     async def _run(self) -> None:
-        raise NotImplementedError
+        """The group's runner: forms batches (``Batcher``) or turns steps (``Stepper``) until stopped."""
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

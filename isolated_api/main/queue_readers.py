@@ -34,7 +34,6 @@ class LocalReader(Protocol):
     @property
     def max_pending(self) -> int | None:
         """The server-wide bound on requests awaiting replies."""
-        ...
 
     # Registers a Prometheus collector on the server's /metrics (None: the server has none).
     add_collector: Callable[[Any], None] | None

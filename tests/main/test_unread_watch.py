@@ -84,7 +84,7 @@ def test_unread_watch_tells_a_backlog_being_read_from_a_reader_that_stopped() ->
 
 def _unread(watch: UnreadWatch) -> Unread:
     unread = watch.unread()
-    assert unread is not None
+    assert unread is not None, "a multiprocessing.Queue counts its unread messages (qsize works on Linux)"
     return unread
 
 
