@@ -127,7 +127,7 @@ class Group(ABC):
         self.rt.finish(job, False)
         self._changed_now()
 
-    def member_cancelled(self, job: Job) -> None:
+    def member_cancelled(self, job: Job) -> None:  # noqa: B027 (a hook: nothing to do by default)
         """A member already taken out of the queue was cancelled; its context says so."""
 
     def close(self) -> None:
