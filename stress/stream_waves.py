@@ -31,6 +31,7 @@ class StreamFigures:
     tokens: int = 0
     first_token: float = 0.0
     finished: float = 0.0  # seconds since the wave's start
+    sent: float = 0.0  # time.perf_counter() when it was sent (CLOCK_MONOTONIC: the same in every process)
     status: int = 0
 
 
@@ -58,7 +59,7 @@ async def _one(spec: WaveSpec, index: int, wave_start: float, figures: StreamFig
     ).encode() + body
     try:
         await asyncio.sleep(max(0.0, wave_start + index * spec.gap - time.perf_counter()))
-        sent = time.perf_counter()
+        sent = figures.sent = time.perf_counter()
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         figures.status = int(head[9:12])

@@ -164,6 +164,14 @@ class Batcher(Group):
             with self._cond:
                 self._cond.notify()
 
+    def cancelled(self, job: Job) -> None:
+        super().cancelled(job)
+        if self._forming:
+            # A chain's thread waits out max_wait for this batch: if every queued member was
+            # cancelled it must end now and free its slots, not hold them to the end of the wait.
+            with self._cond:
+                self._cond.notify()
+
     def close(self) -> None:
         super().close()
         self._close_waking()  # a batch forming in a chain's thread goes at once

@@ -7,6 +7,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -383,6 +384,32 @@ def test_batch_cancel_request_for_a_queued_member_over_the_queues(queues: Queues
         replies = sorted(Replies(response_q).take(2), key=lambda r: str(r.id))
         assert replies == [Result("first", "FIRST"), Result("stays", "STAYS")]
         assert probe.calls == [["first"], ["stays"]]
+
+
+@dataclass(frozen=True)
+class _Plain:
+    id: str
+    text: str
+
+
+def test_batch_a_forming_batch_whose_members_all_leave_frees_its_slot(queues: Queues, probe: BatchProbe) -> None:
+    """Steps: an engine of concurrency 1 with a batch type (max_wait 60 s) and a plain handler; one
+    batch member queued, so its batch forms in a worker thread, holding the engine's one slot;
+    that member cancelled. Expect the forming batch to end there (nothing left to wait for), so a
+    plain request is served within the test's deadline, not after the 60 s wait; the batch
+    function is never called."""
+    request_q, response_q = queues
+    engine = Engine(request_q, response_q, concurrency=1)
+    engine.batch(Embed, probe, max_batch_size=4, max_wait=60)
+    engine.handle(_Plain, lambda request: request.text.upper())
+    with engine:
+        request_q.put(Embed("gone", "gone"))
+        wait_until(lambda: engine.running_count == 1, 10, "the member to queue")
+        request_q.put(CancelRequest("gone", "disconnected"))
+        wait_until(lambda: engine.running_count == 0, 10, "the cancelled member to leave")
+        request_q.put(_Plain("plain", "plain"))
+        assert Replies(response_q).take(1, timeout=15) == [Result("plain", "PLAIN")]
+        assert probe.calls == []
 
 
 class _GatedQueue:
