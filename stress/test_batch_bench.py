@@ -179,6 +179,7 @@ def _litserve_on(gpu: FakeGPU, log: int) -> Iterator[tuple[int, list[int]]]:
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.timeout(900)  # 3 rounds of 4 servers at 4 client counts: ~5 minutes on this machine
 def test_stress_batching_unary(stress_logs: Path, figures: Figures) -> None:
     servers: dict[str, tuple[Serve, str]] = {
         "handle (unbatched)": (_ours_unary("handle", stress_logs), "/infer"),
@@ -248,6 +249,7 @@ def _unary(port: int, path: str, pids: list[int], gpu: FakeGPU, clients: int) ->
     ]
 
 
+@pytest.mark.timeout(600)  # 3 rounds of 3 servers, one wave each: per-request alone is ~30 s a wave
 def test_stress_batching_streams(stress_logs: Path, figures: Figures) -> None:
     lengths = tuple(random.Random(27).randint(16, 256) for _ in range(STREAMS))
     modes: list[StreamMode] = ["steps", "static", "per-request"]

@@ -94,6 +94,8 @@ class _Batch:
     members: list[Job]
     args: tuple[Any, ...]
     freed: bool = False
+    waited: float = 0.0  # its first member's wait, from arrival to the batch's forming
+    counted: bool = False  # the loop has counted it (calls, metrics, the intake's gate)
 
 
 @dataclass(eq=False)
@@ -366,10 +368,17 @@ class Batcher(Group):
                 # busy first: the loop, reading both without the lock, never sees them both empty.
                 self.busy += count
                 members = [self._queue.popleft() for _ in range(count)]
+                # The loop must hear of it now only if it has to act: reopen the intake's gate
+                # (max_queued was reached), or start another chain for members still queued.
+                # Otherwise the batch is counted with its replies, and a batch of one costs one
+                # wake-up of the loop instead of two.
+                tell_now = self._full or (bool(self._queue) and self.options.max_concurrent_batches > 1)
             finally:
                 self._forming = False
         batch = self._batch_of(members)
-        self._post(self._taken, batch, clock() - members[0].arrived)
+        batch.waited = clock() - members[0].arrived
+        if tell_now:
+            self._post(self._taken, batch)
         return batch
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
@@ -378,14 +387,18 @@ class Batcher(Group):
         except RuntimeError:  # the loop is closed: the engine stopped
             pass
 
-    def _taken(self, batch: _Batch, waited: float) -> None:
-        """On the loop: a chain took ``batch``'s members and is calling the function."""
+    def _taken(self, batch: _Batch) -> None:
+        """On the loop (once per batch): a chain took ``batch``'s members to call the function."""
+        if batch.counted:
+            return
+        batch.counted = True
         self.calls += 1
-        self.rt.metrics.observe_batch(self.name, len(batch.members), waited)
-        self._changed_now()  # the gate (max_queued), drained(), and a runner waiting to start a chain
+        self.rt.metrics.observe_batch(self.name, len(batch.members), batch.waited)
+        self._changed_now()  # the gate (max_queued), and a runner waiting to start a chain
 
     def _send_and_leave(self, batch: _Batch, results: Any) -> None:
         """On the loop: the replies of a call whose chain went on to the next call."""
+        self._taken(batch)
         try:
             failed = self._send(batch, results)
         except Exception as exc:  # a bug of ours: its members must not wait for their timeout
@@ -417,6 +430,8 @@ class Batcher(Group):
         """On the loop: a chain's thread returned (its last replies sent); those members leave."""
         self._calls.discard(future)
         batch = chain.batch
+        if batch is not None:
+            self._taken(batch)
         if future.cancelled():  # stop() gave up waiting; its members were answered 503
             chain.abandoned = True  # it forms no more batches, should its call ever return
             failed = [False] * (len(batch.members) if batch is not None else 0)

@@ -65,7 +65,14 @@ async def _serve(texts: list[str], options: BatchOptions, first: int, hold_first
     finished: list[Job] = []
     all_served = asyncio.Event()
     timers = 0
+    posts = 0
     call_at = loop.call_at
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counting_call_soon_threadsafe(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        nonlocal posts
+        posts += 1  # a wake-up of the loop from a worker thread
+        return call_soon_threadsafe(callback, *args, **kwargs)
 
     def counting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
         nonlocal timers
@@ -94,6 +101,7 @@ async def _serve(texts: list[str], options: BatchOptions, first: int, hold_first
         batcher = Batcher(model, options)
         batcher.bind(rt)
         loop.call_at = counting_call_at  # type: ignore[method-assign,assignment]  # from here on: the batcher's timers
+        loop.call_soon_threadsafe = counting_call_soon_threadsafe  # type: ignore[method-assign]
         for job in jobs[:first]:
             batcher.add(job)
         if hold_first:
@@ -103,6 +111,7 @@ async def _serve(texts: list[str], options: BatchOptions, first: int, hold_first
         model.release.set()
         await asyncio.wait_for(all_served.wait(), 10)
         loop.call_at = call_at  # type: ignore[method-assign]
+        loop.call_soon_threadsafe = call_soon_threadsafe  # type: ignore[method-assign]
         batcher.close()
         assert batcher.runner is not None
         await asyncio.wait_for(batcher.runner, 10)
@@ -117,6 +126,7 @@ async def _serve(texts: list[str], options: BatchOptions, first: int, hold_first
         "arrived": [job.arrived for job in jobs],
         "submitted": pool.submitted,
         "timers": timers,
+        "posts": posts,
         "replies": replies,
     }
 
@@ -153,3 +163,71 @@ def test_batch_a_lone_members_max_wait_is_waited_out_in_the_worker_thread() -> N
     assert out["submitted"] == 1
     assert out["timers"] == 0
     assert out["replies"] == [Result("alone", "ALONE")]
+
+
+def test_batch_a_lone_members_call_wakes_the_loop_once() -> None:
+    """Steps: one member, no wait, nothing else queued. Expect one wake-up of the loop from the
+    worker thread (the chain's end, which counts the batch and sends nothing more), not one more
+    when its members are taken: the loop has nothing to do then (the intake's gate is open, no
+    other chain could start)."""
+    out = asyncio.run(_serve(["alone"], BatchOptions(max_batch_size=8, max_wait=0), first=1, hold_first=False))
+    assert out["calls"] == [["alone"]]
+    assert out["replies"] == [Result("alone", "ALONE")]
+    assert out["posts"] == 1
+
+
+def test_batch_a_chain_taking_members_from_a_full_queue_reopens_the_intake_before_its_call() -> None:
+    """Steps: batches of 2, max_queued 3, a pool of one thread kept busy, so the chain started for
+    the first member cannot run yet; a, b and c queued (the intake's gate closes); the pool freed,
+    [a, b]'s call held. Expect the gate open again while that call runs: the loop hears at once
+    that a chain took members from a full queue, and does not wait for the call's end to read
+    request_q again."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        gate: list[bool] = []
+        finished: list[Job] = []
+        busy, release = threading.Event(), threading.Event()
+        calls: list[list[str]] = []
+
+        def model(requests: list[str]) -> list[str]:
+            calls.append(list(requests))
+            if len(calls) == 1:
+                release.wait(10)
+            return [r.upper() for r in requests]
+
+        def meet(group: Group) -> bool:
+            return True
+
+        response_q: queue.Queue[Any] = queue.Queue()
+        sink = ReplySink(response_q)
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(busy.wait, 10)  # the pool's one thread, taken until busy is set
+            rt = GroupRuntime(
+                loop,
+                asyncio.Semaphore(8),
+                pool,
+                sink,
+                lambda group, full: gate.append(full),
+                lambda job, failed: finished.append(job),
+                EngineMetrics(),
+                meet,
+            )
+            batcher = Batcher(model, BatchOptions(max_batch_size=2, max_queued=3, max_wait=0))
+            batcher.bind(rt)
+            for text in "abc":
+                batcher.add(Job(text, text, sink))
+            assert gate == [True]
+            await _until(lambda: batcher.running == 1, "the chain to be handed to the pool")
+            busy.set()
+            await _until(lambda: len(calls) == 1, "the first call")
+            await _until(lambda: gate == [True, False], "the gate to open while the first call runs")
+            assert calls == [["a", "b"]] and not finished
+            release.set()
+            await _until(lambda: len(finished) == 3, "every member served")
+            batcher.close()
+            assert batcher.runner is not None
+            await asyncio.wait_for(batcher.runner, 10)
+        sink.close()
+
+    asyncio.run(scenario())
