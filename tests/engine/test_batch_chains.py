@@ -101,7 +101,7 @@ async def _serve(texts: list[str], options: BatchOptions, first: int, hold_first
         batcher = Batcher(model, options)
         batcher.bind(rt)
         loop.call_at = counting_call_at  # type: ignore[method-assign,assignment]  # from here on: the batcher's timers
-        loop.call_soon_threadsafe = counting_call_soon_threadsafe  # type: ignore[method-assign]
+        loop.call_soon_threadsafe = counting_call_soon_threadsafe  # type: ignore[method-assign,assignment]
         for job in jobs[:first]:
             batcher.add(job)
         if hold_first:
