@@ -18,7 +18,6 @@ import select
 from collections.abc import Callable
 from typing import Any
 
-from isolated_api.main.pipe_size import grow_pipe
 from isolated_api.main.shared_requests import SharedRequest
 from isolated_api.shared.codecs import Codec, CodecError
 from isolated_api.shared.framing import dumps, loads
@@ -53,11 +52,6 @@ class RequestWriter:
         # worker's data, so the main process decodes them with the codec alone.
         self._codec = codec if codec is not None and codec.binary else None
         self._direct = _has(q, _WRITE_PARTS) and q._wlock is not None
-        if self._direct:
-            # The queue's pipe holds 64 KiB: a large request crosses it in 64 KiB fills, each a
-            # wake-up of the main loop's read, while the relay holds the queue's write lock and
-            # every request behind it waits. Grown (to 1 MiB where allowed) it crosses in 16x fewer.
-            grow_pipe(q._writer.fileno())
         self._simple = isinstance(q, multiprocessing.queues.SimpleQueue)
         self._pickles = isinstance(q, multiprocessing.queues.Queue | multiprocessing.queues.SimpleQueue)
 

@@ -8,8 +8,7 @@ import queue
 import threading
 from typing import Any
 
-from isolated_api.main.pipe_size import PIPE_SIZE, pipe_size
-from isolated_api.main.queue_access import PUT_TIMEOUT, RequestWriter, put_now
+from isolated_api.main.queue_access import PUT_TIMEOUT, put_now
 
 
 def test_queue_access_put_now_gives_up_on_a_full_bounded_queue_with_queue_full() -> None:
@@ -40,25 +39,3 @@ def test_queue_access_put_now_gives_up_on_a_full_bounded_queue_with_queue_full()
     finally:
         q.cancel_join_thread()
         q.close()
-
-
-def test_queue_access_the_relay_grows_request_qs_pipe() -> None:
-    """Steps: a RequestWriter (what the relay writes request_q with) over a spawn-context
-    multiprocessing.Queue. Expected: the queue's pipe grown to 1 MiB where the system allows it
-    (from the default 64 KiB: a large request then crosses it in 16 fills rather than 256), and a
-    request written through it read back as it was."""
-    q: Any = multiprocessing.get_context("spawn").Queue()
-    try:
-        before = pipe_size(q._writer.fileno())
-        writer = RequestWriter(q, 5.0)
-        with open("/proc/sys/fs/pipe-max-size") as limit:
-            allowed = int(limit.read()) >= PIPE_SIZE
-        assert pipe_size(q._writer.fileno()) == (PIPE_SIZE if allowed else before)
-        # Written from a thread, as the relay does: a write larger than the pipe waits for the read.
-        thread = threading.Thread(target=writer.put, args=(b"x" * (3 << 20), None), daemon=True)
-        thread.start()
-        assert q.get(timeout=10) == b"x" * (3 << 20)
-        thread.join(10)
-    finally:
-        q.close()
-        q.join_thread()
