@@ -86,7 +86,7 @@ _POINTS: tuple[tuple[Any, str, str, Callable[..., None] | None], ...] = (
     (queue_access.RequestWriter, "put", "main.put", None),
     (relay.Relay, "forward", "main.forward", _forwarded),
     (relay.Relay, "route_local", "main.route", None),
-    (pipe_endpoint.PipeEndpoint, "_write", "main.write", None),
+    (pipe_endpoint.PipeEndpoint, "deliver", "main.write", None),
 )
 
 
