@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from isolated_api import IPC, EngineError, RequestContext
@@ -23,6 +25,22 @@ class Embed:
 async def embed_route(body: dict[str, Any], channel: IPC) -> dict[str, Any]:
     reply = await channel.submit(Embed(uuid.uuid4().hex, body["text"], os.getpid()))
     return {"data": reply.data}
+
+
+def hold_worker_route(body: dict[str, Any]) -> dict[str, Any]:
+    """Holds the HTTP worker that takes it: a sync wait on its event loop (deliberately: that
+    worker accepts no connection meanwhile, so the other one takes them all), from when it writes
+    ``body["started"]`` until ``body["until"]`` exists (at most 30 s)."""
+    Path(body["started"]).write_text(str(os.getpid()))
+    deadline = time.monotonic() + 30
+    while not os.path.exists(body["until"]) and time.monotonic() < deadline:
+        time.sleep(0.005)  # polling a file another process creates; bounded by the deadline
+    return {"pid": os.getpid()}
+
+
+async def hold_worker_async_route(body: dict[str, Any]) -> dict[str, Any]:
+    # async def: run on the worker's event loop itself (a plain def would go to a thread).
+    return hold_worker_route(body)
 
 
 @dataclass

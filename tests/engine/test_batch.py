@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 
 from isolated_api import CancelRequest, Engine, EngineError, ErrorReply, Result
 from isolated_api.testing import running, spawn_queues, wait_until
-from tests.engine.batch_jobs import BatchProbe, Embed, embed_route
+from tests.engine.batch_jobs import BatchProbe, Embed, embed_route, hold_worker_async_route
 from tests.engine.helpers import Replies, post_all, server
 
 Queues = tuple[Any, Any]
@@ -213,19 +214,45 @@ def test_batch_a_running_cancel_leaves_the_others_served(queues: Queues, probe: 
         wait_until(lambda: engine.served == 2 and engine.running_count == 0, 10, "the two to be served")
 
 
-def test_batch_two_http_workers_feed_one_batch(queues: Queues, probe: BatchProbe) -> None:
-    """Steps: 2 HTTP workers; rounds of 8 concurrent requests on fresh connections, max_batch_size=8
-    and a long max_wait (only full batches go). Expect a batch holding requests from both workers
-    (the kernel spreads connections; a few rounds make it certain), and every answer right."""
-    srv = server(queues, ROUTES, workers=2)
-    with _engine(queues, probe, max_batch_size=8, max_wait=60), running(srv) as url:
-        for round_ in range(20):
-            texts = [f"r{round_}-{i}" for i in range(8)]
-            responses = post_all(f"{url}/embed", [{"text": t} for t in texts])
-            assert [r.json() for r in responses] == [{"data": t.upper()} for t in texts]
-            if len(probe.workers[-1]) == 2:
-                break
-        assert len(probe.workers[-1]) == 2 and probe.workers[-1] <= {p.pid for p in srv.processes}
+def test_batch_two_http_workers_feed_one_batch(queues: Queues, probe: BatchProbe, tmp_path: Path) -> None:
+    """Steps: 2 HTTP workers, max_batch_size=8 and a long max_wait (only a full batch goes). One
+    worker held (its event loop blocked, so it accepts nothing) while 4 requests go on fresh
+    connections: the other worker takes them. That one then held and the first let go: 4 more, taken
+    by the first. Expect one batch of 8 holding requests from both workers, and every answer right.
+    (Left to the kernel, which worker accepts a connection is not certain either way.)"""
+    srv = server(queues, [*ROUTES, ("/hold", hold_worker_async_route)], workers=2)
+    with _engine(queues, probe, max_batch_size=8, max_wait=60) as engine, running(srv) as url:
+        held: list[httpx.Response] = []
+        answers: list[list[httpx.Response]] = []
+
+        def hold(name: str) -> threading.Thread:
+            body = {"started": str(tmp_path / f"{name}.started"), "until": str(tmp_path / f"{name}.until")}
+            thread = threading.Thread(target=lambda: held.append(httpx.post(f"{url}/hold", json=body, timeout=60)))
+            thread.start()
+            wait_until((tmp_path / f"{name}.started").exists, 30, f"a worker to be held ({name})")
+            return thread
+
+        def post_four(first: int) -> threading.Thread:
+            texts = [{"text": f"t{i}"} for i in range(first, first + 4)]
+            thread = threading.Thread(target=lambda: answers.append(post_all(f"{url}/embed", texts, timeout=60)))
+            thread.start()
+            return thread
+
+        holders = [hold("a")]
+        posts = [post_four(0)]
+        wait_until(lambda: engine.running_count == 4, 30, "4 requests through the worker not held")
+        holders.append(hold("b"))  # the held worker accepts nothing: the other one takes this
+        (tmp_path / "a.until").touch()
+        holders[0].join(30)
+        posts.append(post_four(4))
+        wait_until(lambda: engine.running_count == 8 or probe.calls != [], 30, "4 more through the first worker")
+        (tmp_path / "b.until").touch()
+        for thread in holders + posts:
+            thread.join(60)
+        assert sorted(r.json()["pid"] for r in held) == sorted(p.pid for p in srv.processes)
+        assert sorted(r.json()["data"] for group in answers for r in group) == [f"T{i}" for i in range(8)]
+        assert [len(c) for c in probe.calls] == [8]
+        assert probe.workers[0] == {p.pid for p in srv.processes}
 
 
 def test_batch_never_more_than_max_concurrent_batches_at_once(queues: Queues) -> None:
