@@ -249,7 +249,7 @@ def test_batch_two_http_workers_feed_one_batch(queues: Queues, probe: BatchProbe
         (tmp_path / "b.until").touch()
         for thread in holders + posts:
             thread.join(60)
-        assert sorted(r.json()["pid"] for r in held) == sorted(p.pid for p in srv.processes)
+        assert {r.json()["pid"] for r in held} == {p.pid for p in srv.processes}
         assert sorted(r.json()["data"] for group in answers for r in group) == [f"T{i}" for i in range(8)]
         assert [len(c) for c in probe.calls] == [8]
         assert probe.workers[0] == {p.pid for p in srv.processes}
