@@ -328,12 +328,19 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def threads_cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid``'s live threads, to the nanosecond (each thread's ``schedstat``):
-    ``cpu_seconds`` counts whole 10 ms ticks, too coarse for a few round trips. Threads that ended
-    are not counted, so use it on processes whose threads live as long as the measurement."""
+def threads_cpu_seconds(pid: int, skip: frozenset[int] = frozenset()) -> float:
+    """CPU seconds of ``pid``'s live threads but those in ``skip`` (native thread ids), to the
+    nanosecond (each thread's ``schedstat``): ``cpu_seconds`` counts whole 10 ms ticks, too coarse
+    for a few round trips. Threads that ended are not counted, so use it on processes whose threads
+    live as long as the measurement. A process that just ended counts 0."""
+    try:
+        tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return 0.0
     total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    for tid in tids:
+        if tid in skip:
+            continue
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
                 total += int(stat.read().split()[0])

@@ -52,6 +52,7 @@ from stress.batch_bench_servers import StreamMode, UnaryMode, stream_server, una
 from stress.fake_gpu import CALL_SECONDS, ITEM_SECONDS, MAX_BATCH, STEP_ITEM_SECONDS, WORKERS, FakeGPU
 from stress.figures import Figures
 from stress.loadgen import LoadSpec, percentile, run_load
+from stress.servers import threads_cpu_seconds
 from stress.stream_waves import WaveSpec, run_wave
 
 pytestmark = pytest.mark.stress
@@ -75,27 +76,8 @@ def _ms(seconds: float) -> str:
 def _process_cpu(pids: list[int]) -> float:
     """CPU seconds used so far by ``pids``; for this process, by its threads other than the main
     one (the relay's and the engine's: the main thread runs this test, spawning load generators)."""
-    total = 0.0
-    main = threading.main_thread().native_id
-    for pid in pids:
-        try:
-            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        except FileNotFoundError:  # a process that just ended
-            continue
-        if pid == os.getpid():
-            tids = [t for t in tids if t != main]
-        total += sum(_thread_cpu(pid, tid) for tid in tids)
-    return total
-
-
-def _thread_cpu(pid: int, tid: int) -> float:
-    # schedstat's first field: nanoseconds on a CPU. /proc/.../stat's utime and stime count whole
-    # 10 ms ticks, too coarse for one client's ~300 requests over a dozen threads and processes.
-    try:
-        with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
-            return int(stat.read().split()[0]) / 1e9
-    except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
-        return 0.0
+    main = frozenset({threading.main_thread().native_id or 0})
+    return sum(threads_cpu_seconds(pid, main if pid == os.getpid() else frozenset()) for pid in pids)
 
 
 def _group_pids(pgid: int) -> list[int]:

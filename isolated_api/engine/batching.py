@@ -162,15 +162,17 @@ class Batcher(Group):
                 self.rt.finish(job, True)
                 return
         super().add(job)
-        if self._forming:  # a chain waits in its thread for this batch to fill
-            with self._cond:
-                self._cond.notify()
+        self._wake_forming()  # the batch may be full now
 
     def cancelled(self, job: Job) -> None:
         super().cancelled(job)
+        # If every queued member left, the forming chain must end now and free its slots, not
+        # hold them to the end of max_wait.
+        self._wake_forming()
+
+    def _wake_forming(self) -> None:
+        """The queue changed: a chain waiting in its thread for its batch to form looks again."""
         if self._forming:
-            # A chain's thread waits out max_wait for this batch: if every queued member was
-            # cancelled it must end now and free its slots, not hold them to the end of the wait.
             with self._cond:
                 self._cond.notify()
 

@@ -4,8 +4,8 @@ import the routes and unpickle the requests; the batch functions run in the main
 from __future__ import annotations
 
 import os
+import select
 import threading
-import time
 import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -27,20 +27,18 @@ async def embed_route(body: dict[str, Any], channel: IPC) -> dict[str, Any]:
     return {"data": reply.data}
 
 
-def hold_worker_route(body: dict[str, Any]) -> dict[str, Any]:
-    """Holds the HTTP worker that takes it: a sync wait on its event loop (deliberately: that
-    worker accepts no connection meanwhile, so the other one takes them all), from when it writes
-    ``body["started"]`` until ``body["until"]`` exists (at most 30 s)."""
-    Path(body["started"]).write_text(str(os.getpid()))
-    deadline = time.monotonic() + 30
-    while not os.path.exists(body["until"]) and time.monotonic() < deadline:
-        time.sleep(0.005)  # polling a file another process creates; bounded by the deadline
+async def hold_worker_route(body: dict[str, Any]) -> dict[str, Any]:
+    """Holds the HTTP worker that takes it: ``async def`` that never awaits, so it blocks that
+    worker's event loop (deliberately: it accepts no connection meanwhile, and the other worker
+    takes them all). It opens the FIFO ``body["fifo"]`` for reading, writes ``body["started"]``,
+    and returns once a byte is written to the FIFO (at most 30 s)."""
+    fd = os.open(body["fifo"], os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        Path(body["started"]).write_text(str(os.getpid()))  # noqa: ASYNC240 (blocking is the point)
+        select.select([fd], [], [], 30)
+    finally:
+        os.close(fd)
     return {"pid": os.getpid()}
-
-
-async def hold_worker_async_route(body: dict[str, Any]) -> dict[str, Any]:
-    # async def: run on the worker's event loop itself (a plain def would go to a thread).
-    return hold_worker_route(body)
 
 
 @dataclass

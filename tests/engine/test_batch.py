@@ -3,6 +3,7 @@ view matters (statuses, cancellation, two workers), over the real queues where t
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -16,7 +17,7 @@ import pytest
 
 from isolated_api import CancelRequest, Engine, EngineError, ErrorReply, Result
 from isolated_api.testing import running, spawn_queues, wait_until
-from tests.engine.batch_jobs import BatchProbe, Embed, embed_route, hold_worker_async_route
+from tests.engine.batch_jobs import BatchProbe, Embed, embed_route, hold_worker_route
 from tests.engine.helpers import Replies, post_all, server
 
 Queues = tuple[Any, Any]
@@ -214,19 +215,29 @@ def test_batch_a_running_cancel_leaves_the_others_served(queues: Queues, probe: 
         wait_until(lambda: engine.served == 2 and engine.running_count == 0, 10, "the two to be served")
 
 
+def _let_go(fifo: Path) -> None:
+    """Ends a hold_worker_route waiting on ``fifo`` (it has the FIFO open for reading)."""
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+
+
 def test_batch_two_http_workers_feed_one_batch(queues: Queues, probe: BatchProbe, tmp_path: Path) -> None:
     """Steps: 2 HTTP workers, max_batch_size=8 and a long max_wait (only a full batch goes). One
     worker held (its event loop blocked, so it accepts nothing) while 4 requests go on fresh
     connections: the other worker takes them. That one then held and the first let go: 4 more, taken
     by the first. Expect one batch of 8 holding requests from both workers, and every answer right.
     (Left to the kernel, which worker accepts a connection is not certain either way.)"""
-    srv = server(queues, [*ROUTES, ("/hold", hold_worker_async_route)], workers=2)
+    srv = server(queues, [*ROUTES, ("/hold", hold_worker_route)], workers=2)
     with _engine(queues, probe, max_batch_size=8, max_wait=60) as engine, running(srv) as url:
         held: list[httpx.Response] = []
         answers: list[list[httpx.Response]] = []
 
         def hold(name: str) -> threading.Thread:
-            body = {"started": str(tmp_path / f"{name}.started"), "until": str(tmp_path / f"{name}.until")}
+            os.mkfifo(tmp_path / f"{name}.fifo")
+            body = {"started": str(tmp_path / f"{name}.started"), "fifo": str(tmp_path / f"{name}.fifo")}
             thread = threading.Thread(target=lambda: held.append(httpx.post(f"{url}/hold", json=body, timeout=60)))
             thread.start()
             wait_until((tmp_path / f"{name}.started").exists, 30, f"a worker to be held ({name})")
@@ -242,11 +253,11 @@ def test_batch_two_http_workers_feed_one_batch(queues: Queues, probe: BatchProbe
         posts = [post_four(0)]
         wait_until(lambda: engine.running_count == 4, 30, "4 requests through the worker not held")
         holders.append(hold("b"))  # the held worker accepts nothing: the other one takes this
-        (tmp_path / "a.until").touch()
+        _let_go(tmp_path / "a.fifo")
         holders[0].join(30)
         posts.append(post_four(4))
         wait_until(lambda: engine.running_count == 8 or probe.calls != [], 30, "4 more through the first worker")
-        (tmp_path / "b.until").touch()
+        _let_go(tmp_path / "b.fifo")
         for thread in holders + posts:
             thread.join(60)
         assert {r.json()["pid"] for r in held} == {p.pid for p in srv.processes}
