@@ -126,3 +126,13 @@ class CountBody(BaseModel):
 async def count_route(body: CountBody) -> dict[str, int]:
     """A typed body: validation errors are the framework's 422."""
     return {"n": body.n}
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """In a coroutine: returns once ``condition()`` holds (checked every 5 ms of the loop's clock,
+    so the loop runs meanwhile); fails naming ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)  # a bounded polling loop's pause, not the wait itself

@@ -16,6 +16,7 @@ from isolated_api.engine.group import Group, GroupRuntime
 from isolated_api.engine.job import Job, ReplySink
 from isolated_api.engine.messages import Result
 from isolated_api.engine.metrics import EngineMetrics
+from tests.helpers import eventually
 
 
 class _CountingPool(ThreadPoolExecutor):
@@ -46,14 +47,6 @@ class _Model:
         if len(self.calls) == 1:
             self.release.wait(10)
         return [r.upper() for r in requests]
-
-
-async def _until(condition: Any, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 async def _serve(texts: list[str], options: BatchOptions, first: int, hold_first: bool) -> dict[str, Any]:
@@ -105,7 +98,7 @@ async def _serve(texts: list[str], options: BatchOptions, first: int, hold_first
         for job in jobs[:first]:
             batcher.add(job)
         if hold_first:
-            await _until(model.running.is_set, "the first call")
+            await eventually(model.running.is_set, "the first call")
         for job in jobs[first:]:
             batcher.add(job)
         model.release.set()
@@ -218,13 +211,13 @@ def test_batch_a_chain_taking_members_from_a_full_queue_reopens_the_intake_befor
             for text in "abc":
                 batcher.add(Job(text, text, sink))
             assert gate == [True]
-            await _until(lambda: batcher.running == 1, "the chain to be handed to the pool")
+            await eventually(lambda: batcher.running == 1, "the chain to be handed to the pool")
             busy.set()
-            await _until(lambda: len(calls) == 1, "the first call")
-            await _until(lambda: gate == [True, False], "the gate to open while the first call runs")
+            await eventually(lambda: len(calls) == 1, "the first call")
+            await eventually(lambda: gate == [True, False], "the gate to open while the first call runs")
             assert calls == [["a", "b"]] and not finished
             release.set()
-            await _until(lambda: len(finished) == 3, "every member served")
+            await eventually(lambda: len(finished) == 3, "every member served")
             batcher.close()
             assert batcher.runner is not None
             await asyncio.wait_for(batcher.runner, 10)

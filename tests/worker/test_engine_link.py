@@ -4,7 +4,7 @@ can't be made to do on cue: answer after it was given up on, or answer for the w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any
 
 import msgspec
@@ -15,6 +15,7 @@ from isolated_api import ChannelClosedError, IPCError, MessageTooLargeError, Msg
 from isolated_api.shared import remote_wire
 from isolated_api.shared.engines import EnginesConfig
 from isolated_api.worker.engine_link import EngineLink
+from tests.helpers import eventually
 
 
 class Ask(msgspec.Struct, tag=True):
@@ -90,15 +91,6 @@ class HandEngine:
     def close(self) -> None:
         self.router.close(0)
         self.context.term()
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Returns once ``condition()`` holds; fails naming ``what`` after ``timeout`` seconds."""
-    for _ in range(int(timeout / 0.005)):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def _ready_link(engine: HandEngine, sink: Sink) -> EngineLink:
