@@ -28,7 +28,7 @@ from isolated_api.main.outbox import Outbox
 from isolated_api.main.relay import Relay
 from isolated_api.main.shared_requests import MainArena, SharedRequest
 from isolated_api.shared import control, shared_payload
-from isolated_api.shared.codecs import Codec, CodecError, PickleCodec
+from isolated_api.shared.codecs import Codec, CodecError, PickleCodec, encode_parts
 from isolated_api.shared.config import DEFAULT_MAX_MESSAGE_SIZE, OutboxLimits
 from isolated_api.shared.errors import IPCError, ReplyTooLargeError
 from isolated_api.shared.framing import (
@@ -162,9 +162,10 @@ class PipeEndpoint:
                 if isinstance(encoded, shared_payload.Encoded):
                     owner.replied()
                     return self._shared_reply_parts(request_id, encoded)
-                payload = encoded
+                pieces: list[Body] = [encoded]
             else:
-                payload = raw if raw is not None else codec.encode(reply)
+                # A large buffer in the reply is written from where it is (encode_parts).
+                pieces = [raw] if raw is not None else encode_parts(codec, reply)
             head = request_body_head(request_id, codec.encode_id)
         except CodecError as exc:  # a reply that was never encoded before (a thread queue, route_local)
             # The codec's error names the user's objects: logged here, the client gets the id only.
@@ -179,7 +180,8 @@ class PipeEndpoint:
                 exc_info=exc,
             )
             return [self._reject_frame(request_id, IPCError(failure.message))]
-        size = len(head) + len(payload)
+        payload_size = sum(len(piece) for piece in pieces)
+        size = len(head) + payload_size
         if size > self._max_frame:
             # Checked here, not by the worker: a frame it would refuse is never written to it.
             error = ReplyTooLargeError(
@@ -187,7 +189,7 @@ class PipeEndpoint:
                 "the largest a worker accepts"
             )
             return [self._reject_frame(request_id, error)]
-        return [frame_head(Kind.REPLY, head, len(payload)), payload]
+        return [frame_head(Kind.REPLY, head, payload_size), *pieces]
 
     def _shared_reply_parts(self, request_id: Hashable, encoded: shared_payload.Encoded) -> list[Body]:
         head = request_body_head(request_id, self._codec.encode_id)

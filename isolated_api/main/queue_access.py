@@ -18,6 +18,8 @@ import select
 from collections.abc import Callable
 from typing import Any
 
+from isolated_api.main import request_handoff
+from isolated_api.main.request_handoff import HANDOFF_MIN
 from isolated_api.main.shared_requests import SharedRequest
 from isolated_api.shared.codecs import Codec, CodecError
 from isolated_api.shared.framing import dumps, loads
@@ -59,25 +61,24 @@ class RequestWriter:
         """Puts ``obj`` (or the object ``payload`` pickles). Raises ``queue.Full`` if a bounded
         queue stays full for the timeout, ``ValueError``/``OSError`` if it is closed. ``payload``
         may be a view of the frame it came in: written from there when the queue carries pickles
-        as they are; made ``bytes`` only where an object must hold it."""
+        as they are; made ``bytes`` only where an object must hold it. A payload of
+        ``HANDOFF_MIN`` bytes or more is not written at all: it waits here, and the queue carries
+        a small ``HandedRequest`` that is the request where it is unpickled (request_handoff.py)."""
         q = self._q
         if type(obj) is SharedRequest:
             # Its buffers wait in an arena: the queue carries the small record (whose unpickling
             # is the request), and a queue that doesn't pickle gets the request itself.
             if not self._pickles:
                 obj = obj.load()
+        elif self._direct and payload is not None and len(payload) >= HANDOFF_MIN:
+            self._put_handed(request_handoff.hold(payload, binary=self._codec is not None))
+            return
         elif self._codec is not None:
             # The main loop receives the encoded bytes themselves (bytes() of bytes is no copy).
             obj = bytes(payload) if payload is not None else self._codec.encode(obj)
             payload = None
         if self._direct:
-            if q._closed:
-                raise ValueError("the request queue is closed")
-            data = payload if payload is not None else dumps(obj)
-            if not q._sem.acquire(True, self._timeout):
-                raise queue.Full
-            with q._wlock:
-                q._writer.send_bytes(data)
+            self._write(payload if payload is not None else dumps(obj))
             return
         if payload is not None:
             obj = _Prepickled(bytes(payload)) if self._pickles else loads(payload)
@@ -85,6 +86,22 @@ class RequestWriter:
             q.put(obj)
         else:
             q.put(obj, timeout=self._timeout)
+
+    def _put_handed(self, handed: request_handoff.HandedRequest) -> None:
+        try:
+            self._write(dumps(handed))
+        except BaseException:
+            request_handoff.release(handed)
+            raise
+
+    def _write(self, data: bytes | memoryview) -> None:
+        q = self._q
+        if q._closed:
+            raise ValueError("the request queue is closed")
+        if not q._sem.acquire(True, self._timeout):
+            raise queue.Full
+        with q._wlock:
+            q._writer.send_bytes(data)
 
 
 # How long ``put_now`` waits for room in a full bounded queue. The relay empties ``response_q`` as

@@ -33,6 +33,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from isolated_api.main import request_handoff
 from isolated_api.main.local_put import LocalPut, give_back_put, take_over_put
 from isolated_api.main.queue_access import ReplyReader, RequestWriter
 from isolated_api.main.queue_readers import claim, release
@@ -164,6 +165,8 @@ class Relay:
             # Leaves this relay's handle on the queue object: a ReplyBatcher or an Engine in this
             # process finds it there (queue_readers.py).
             claim(self._response_q, self)
+            # Large requests wait in this process for the main loop (request_handoff.py).
+            request_handoff.relay_started()
             self._closed = False
             self._token = uuid.uuid4().hex
             self._reader = threading.Thread(target=self._read_replies, name="isolated-api-relay", daemon=True)
@@ -190,6 +193,7 @@ class Relay:
             pass
         reader.join(timeout)
         release(self._response_q, self)
+        request_handoff.relay_stopped()
 
     @property
     def takes_local_puts(self) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, Protocol, Union
 
 from isolated_api.shared.config_checks import ConfigError
 from isolated_api.shared.errors import IPCError
-from isolated_api.shared.framing import dumps
+from isolated_api.shared.framing import Body, dumps, dumps_parts
 from isolated_api.shared.heartbeat import Heartbeat
 from isolated_api.shared.messages import CancelRequest, ErrorReply
 
@@ -67,6 +67,18 @@ def view_decoder(codec: Codec) -> Callable[[bytes | bytearray | memoryview], Any
         return codec.decode(data if type(data) is bytes else bytes(data))
 
     return decode
+
+
+def encode_parts(codec: Codec, obj: Any) -> list[Body]:
+    """``codec.encode(obj)`` as pieces to write one after another: with pickle, a large buffer in
+    ``obj`` is a piece of its own, by reference (``framing.dumps_parts``); another codec's
+    encoding is one piece."""
+    if type(codec) is not PickleCodec:
+        return [codec.encode(obj)]
+    try:
+        return dumps_parts(obj)
+    except Exception as exc:
+        raise CodecError(f"{type(obj).__name__} could not be pickled: {exc}") from exc
 
 
 class PickleCodec:

@@ -16,11 +16,12 @@ from typing import Any
 
 from isolated_api.shared import control, errors, shared_payload
 from isolated_api.shared.arena import Arena, SlotAllocator
-from isolated_api.shared.codecs import Codec, PickleCodec
+from isolated_api.shared.codecs import Codec, PickleCodec, encode_parts
 from isolated_api.shared.config import DEFAULT_MAX_MESSAGE_SIZE
 from isolated_api.shared.framing import (
     HEADER_SIZE,
     SIZED_FRAME,
+    Body,
     Kind,
     frame,
     request_frame,
@@ -29,6 +30,7 @@ from isolated_api.shared.framing import (
 from isolated_api.shared.link import LinkSink
 from isolated_api.worker.downlink import DownlinkReader
 from isolated_api.worker.request_origin import current_origin
+from isolated_api.worker.uplink_writer import UplinkWriter
 
 
 class _Uplink(asyncio.BaseProtocol):
@@ -69,7 +71,7 @@ class PipeLink:
         self.on_drain = on_drain
         self._on_lost = on_lost
         self._sink: LinkSink | None = None
-        self._writer: asyncio.WriteTransport | None = None
+        self._writer: UplinkWriter | None = None
         self._reader: DownlinkReader | None = None
         self._lost = False
         self._probe_seq = 0
@@ -79,7 +81,8 @@ class PipeLink:
     async def open(self, sink: LinkSink) -> None:
         loop = asyncio.get_running_loop()
         self._sink = sink
-        self._writer, _ = await loop.connect_write_pipe(lambda: _Uplink(self), self._uplink)
+        transport, _ = await loop.connect_write_pipe(lambda: _Uplink(self), self._uplink)
+        self._writer = UplinkWriter(transport, self._uplink.fileno(), self.lost)
         self._reader = DownlinkReader(self, sink, self._downlink)
         self._reader.start()
         if self._busy_wait > 0:
@@ -97,15 +100,19 @@ class PipeLink:
             if isinstance(encoded, shared_payload.Encoded):
                 self._send_shared(streaming, request_id, encoded)
                 return
-            payload = bytes(encoded) if type(encoded) is not bytes else encoded
+            pieces: list[Body] = [encoded]
         else:
-            payload = codec.encode(request)
-        if len(payload) < SIZED_FRAME:
+            # A large buffer in the request (an upload's bytes) stays a piece of its own,
+            # written from where it is, never copied into a joined pickle (encode_parts).
+            pieces = encode_parts(codec, request)
+        size = sum(len(piece) for piece in pieces) if len(pieces) > 1 else len(pieces[0])
+        if size < SIZED_FRAME:
             # Small: one joined frame, the cheapest to build and to write with others.
+            payload = pieces[0] if len(pieces) == 1 and type(pieces[0]) is bytes else b"".join(pieces)
             data = request_frame(kind, request_id, current_origin(), payload, codec.encode_id)
             self._check_size(len(data) - HEADER_SIZE)
         else:
-            self._send_large(kind, request_id, payload)
+            self._send_large(kind, request_id, pieces, size)
             return
         if not self._outbox and self._sink is not None and self._sink.pending_count == 0:
             # Nothing else awaits the main process, so no other request is likely to share this
@@ -124,15 +131,14 @@ class PipeLink:
                 f"({self._max_frame} bytes), the largest a worker may send to the main process"
             )
 
-    def _send_large(self, kind: Kind, request_id: Hashable, payload: bytes) -> None:
-        head = request_frame_head(kind, request_id, current_origin(), len(payload), self.codec.encode_id)
-        self._check_size(len(head) - HEADER_SIZE + len(payload))
+    def _send_large(self, kind: Kind, request_id: Hashable, pieces: list[Body], size: int) -> None:
+        head = request_frame_head(kind, request_id, current_origin(), size, self.codec.encode_id)
+        self._check_size(len(head) - HEADER_SIZE + size)
         # The payload is never copied into a joined frame. What this turn queued goes first, so
         # frames keep their order.
         assert self._writer is not None
         self._flush()
-        self._writer.write(head)
-        self._writer.write(payload)
+        self._writer.writelines([head, *pieces])
 
     def _send_shared(self, streaming: bool, request_id: Hashable, encoded: shared_payload.Encoded) -> None:
         kind = Kind.SHARED_STREAM_REQUEST if streaming else Kind.SHARED_REQUEST
@@ -149,9 +155,7 @@ class PipeLink:
         if len(small) == len(encoded.parts):
             self._writer.write(b"".join((head, encoded.head, *encoded.parts)))
             return
-        self._writer.write(head + encoded.head)
-        for part in encoded.parts:
-            self._writer.write(part)
+        self._writer.writelines([head + encoded.head, *encoded.parts])
 
     def _await_reply_busily(self) -> None:
         # Opt-in (with_reply_busy_wait): an event loop that sleeps until the reply comes leaves
@@ -230,6 +234,8 @@ class PipeLink:
         if self._lost:
             return
         self._lost = True
+        if self._writer is not None:
+            self._writer.discard()
         if self._sink is not None:
             self._sink.on_link_lost(reason)
         self._on_lost(reason)
