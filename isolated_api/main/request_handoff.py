@@ -155,6 +155,12 @@ def held_count() -> int:
         return len(_held)
 
 
+def socket_address() -> str | None:
+    """Where readers in other processes fetch from, while the socket is open (for tests)."""
+    with _lock:
+        return None if _exporter is None else _exporter.address
+
+
 def handoff_counts() -> dict[str, int]:
     """Requests taken in this process, and fetched from it by readers in other processes."""
     return dict(_counts)

@@ -21,6 +21,7 @@ from isolated_api.worker.channel import IPCChannel
 from isolated_api.worker.drain import DrainState
 from isolated_api.worker.draining_server import DrainingServer
 from isolated_api.worker.health_routes import Probe
+from isolated_api.worker.heap_tuning import keep_large_buffers
 from isolated_api.worker.metrics_recorder import BatchingRecorder
 from isolated_api.worker.metrics_routes import MetricsHooks
 from isolated_api.worker.pipe_link import PipeLink
@@ -87,6 +88,9 @@ def child_main(
         # collections, so at the default (700) each collection walks them again; see
         # DEFAULT_CHILD_GC_THRESHOLD for the figures.
         gc.set_threshold(spec.ipc.gc_threshold)
+    # Large bodies' buffers are kept for the next one, not faulted in anew (heap_tuning.py).
+    max_body = spec.api.uvicorn.limits.max_body_size
+    keep_large_buffers(spec.ipc.max_message_size if max_body is None else max_body)
     log_config = configure_logging(spec.api.uvicorn.log_level, to_file=spec.api.log_file is not None)
     drain = DrainState(on_first_done=_reports_serving(lifeline))
     # The link's callbacks name ``server``, made below from the app the link serves: the link
