@@ -1,6 +1,7 @@
 """The servers of the large-payload figures, each in a process of its own so that its CPU and
-memory are its own: the in-process ceiling (FastAPI answering in the handler), the default path
-(private pipes), and shared payloads. In the two IPC ones that process is the main process: the
+memory are its own: the in-process ceiling (FastAPI answering in the handler, with the heap
+settings of the HTTP worker), the same with glibc's default heap settings ("stock"), the default
+path (private pipes), and shared payloads. In the two IPC ones that process is the main process: the
 relay and a main loop that answers every blob with the same bytes (the work is nil, so what is
 measured is the transport)."""
 
@@ -19,9 +20,10 @@ from fastapi import Request, Response
 
 from isolated_api import IPC, ServerBuilder
 from isolated_api.testing import wait_until
+from isolated_api.worker.heap_tuning import keep_large_buffers
 from stress.servers import Echo, Echoed, echo_direct, echo_ipc
 
-Path = Literal["ceiling", "pipes", "shared"]
+Path = Literal["ceiling", "stock", "pipes", "shared"]
 MiB = 1 << 20
 # The largest body measured, and what the servers accept.
 LARGEST = 64 * MiB
@@ -59,6 +61,10 @@ def _answer(request_q: Any, response_q: Any) -> None:
 def _serve(path: Path, conn: Connection) -> None:
     builder = ServerBuilder(f"large-{path}").with_host("127.0.0.1").with_port(0).with_timeout(60.0)
     if path == "ceiling":
+        # The heap settings the HTTP worker runs with (heap_tuning.py), so that the IPC paths'
+        # ratios to it measure their transport, not glibc's defaults; "stock" keeps those.
+        keep_large_buffers(_LIMIT)
+    if path in ("ceiling", "stock"):
         routes = builder.routes.with_route("/blob", blob_direct, methods=["POST"]).with_route(
             "/echo", echo_direct, methods=["POST"]
         )
@@ -87,7 +93,7 @@ def _serve(path: Path, conn: Connection) -> None:
         wait_until(lambda: server.is_running, 60.0, f"the {path} server to start")
         conn.send(server.port)
 
-    if path == "ceiling":
+    if path in ("ceiling", "stock"):
         threading.Thread(target=report_port, daemon=True).start()
         server.start()
         return
@@ -105,7 +111,8 @@ def large_payload_server(path: Path) -> Iterator[tuple[int, str]]:
     """(pid of the measured process, base URL)."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=_serve, args=(path, child), name=f"large-{path}", daemon=path == "ceiling")
+    in_process = path in ("ceiling", "stock")
+    process = ctx.Process(target=_serve, args=(path, child), name=f"large-{path}", daemon=in_process)
     process.start()
     child.close()
     try:
@@ -115,8 +122,8 @@ def large_payload_server(path: Path) -> Iterator[tuple[int, str]]:
         assert process.pid is not None
         yield process.pid, f"http://127.0.0.1:{port}"
     finally:
-        parent.close()  # an IPC server stops then; the ceiling serves until terminated
-        process.join(10 if path != "ceiling" else 0)
+        parent.close()  # an IPC server stops then; an in-process one serves until terminated
+        process.join(0 if in_process else 10)
         if process.is_alive():
             process.terminate()
             process.join(10)
