@@ -137,14 +137,18 @@ class _Parts:
         self.parts: list[Body] = []
 
     def write(self, data: Body) -> int:
-        self.parts.append(data)
+        # Only bytes are kept by reference: a bytearray or an array's buffer (pickle hands those
+        # over as they are too) may be changed by its owner before the pipe has taken it all (a
+        # loop that reuses one output buffer), so it is copied now, as a joined pickle would.
+        self.parts.append(data if type(data) is bytes else bytes(data))
         return len(data)
 
 
 def dumps_parts(obj: Any) -> list[Body]:
     """``dumps(obj)`` as the pieces the pickler wrote, in order: their join is ``dumps(obj)``. A
-    ``bytes`` or ``bytearray`` of 64 KiB or more in ``obj`` is one of the pieces itself, not copied
-    (pickle streams such buffers to its file as they are, from protocol 4); written one after
+    ``bytes`` of 64 KiB or more in ``obj`` is one of the pieces itself, not copied (pickle streams
+    such buffers to its file as they are, from protocol 4; a mutable one is copied, see
+    ``_Parts``); written one after
     another (``os.writev``), a 16 MiB image crosses without the copy and the fresh 16 MiB
     allocation a joined pickle costs (about 10 ms on a VM, most of it page faults). A small
     message is one piece, at the cost of ``dumps``."""

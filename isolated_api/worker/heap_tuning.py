@@ -20,7 +20,6 @@ macOS): nothing is changed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 logger = logging.getLogger("isolated_api.worker")
@@ -39,7 +38,8 @@ def keep_large_buffers(largest_body: int) -> bool:
     if largest_body < _WORTH_IT:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The process's own symbols, libc's among them (find_library would run ldconfig).
+        libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
         libc.gnu_get_libc_version  # noqa: B018 - only glibc has it: elsewhere mallopt differs
     except (OSError, AttributeError):
