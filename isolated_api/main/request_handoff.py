@@ -31,7 +31,7 @@ import itertools
 import logging
 import os
 import threading
-from multiprocessing import current_process
+from multiprocessing import AuthenticationError, current_process
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
@@ -77,10 +77,14 @@ class _Exporter:
         while True:
             try:
                 conn = self._listener.accept()
-            except Exception:  # a peer without the authkey, or one that hung up: not ours to serve
+            except (AuthenticationError, EOFError, ConnectionError):
                 if self._stopping:
                     return
-                continue
+                continue  # a peer without the authkey, or one that hung up: not ours to serve
+            except OSError:
+                if not self._stopping:  # out of descriptors, say: retrying at once would spin
+                    logger.exception("the request handoff's socket failed; readers in other processes can't fetch")
+                return
             if self._stopping:
                 conn.close()
                 return
