@@ -35,7 +35,7 @@ from multiprocessing import AuthenticationError, current_process
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
-from isolated_api.shared.framing import loads
+from isolated_api.shared.framing import Body, loads
 
 logger = logging.getLogger("isolated_api.relay")
 
@@ -43,8 +43,6 @@ logger = logging.getLogger("isolated_api.relay")
 HANDOFF_MIN = 64 * 1024
 # How long the socket's side waits for a fetching reader to name what it wants.
 _ASK_TIMEOUT = 10.0  # seconds
-
-Payload = bytes | bytearray | memoryview
 
 
 class HandedRequest:
@@ -102,7 +100,7 @@ class _Exporter:
 
 
 _lock = threading.Lock()
-_held: dict[int, Payload] = {}
+_held: dict[int, Body] = {}
 _tokens = itertools.count(1)
 _exporter: _Exporter | None = None
 _relays = 0  # relays of this process that are running
@@ -134,7 +132,7 @@ def relay_stopped() -> None:
     _stop_when_idle()
 
 
-def hold(payload: Payload, binary: bool) -> HandedRequest:
+def hold(payload: Body, binary: bool) -> HandedRequest:
     """Keeps ``payload`` (a pickled request, or a binary codec's encoded one) until a reader takes
     it; what to put on ``request_q`` in its place. ``release`` it if it is never put."""
     global _exporter
@@ -197,7 +195,7 @@ def _answer(conn: Connection) -> None:
         _stop_when_idle()
 
 
-def _decoded(payload: Payload, binary: bool) -> Any:
+def _decoded(payload: Body, binary: bool) -> Any:
     return bytes(payload) if binary else loads(payload)
 
 

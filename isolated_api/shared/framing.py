@@ -103,10 +103,14 @@ def _new_pair() -> tuple[pickle.Pickler, io.BytesIO]:
     return _QueuePickler(buffer, pickle.HIGHEST_PROTOCOL), buffer
 
 
-def dumps(obj: Any) -> bytes:
+def _keep_dispatch_table_current() -> None:
     # Comparing two small dicts costs far less than ForkingPickler's copy of one.
     if _registered[1] != _EXTRA or _registered[0] != copyreg.dispatch_table:
         _refresh_dispatch_table()
+
+
+def dumps(obj: Any) -> bytes:
+    _keep_dispatch_table_current()
     spare: dict[str, tuple[pickle.Pickler, io.BytesIO]] = _local.__dict__
     pair = spare.pop("pair", None) or _new_pair()
     pickler, buffer = pair
@@ -148,12 +152,10 @@ def dumps_parts(obj: Any) -> list[Body]:
     """``dumps(obj)`` as the pieces the pickler wrote, in order: their join is ``dumps(obj)``. A
     ``bytes`` of 64 KiB or more in ``obj`` is one of the pieces itself, not copied (pickle streams
     such buffers to its file as they are, from protocol 4; a mutable one is copied, see
-    ``_Parts``); written one after
-    another (``os.writev``), a 16 MiB image crosses without the copy and the fresh 16 MiB
-    allocation a joined pickle costs (about 10 ms on a VM, most of it page faults). A small
-    message is one piece, at the cost of ``dumps``."""
-    if _registered[1] != _EXTRA or _registered[0] != copyreg.dispatch_table:
-        _refresh_dispatch_table()
+    ``_Parts``). Written one after another (``os.writev``), a 16 MiB image crosses without the copy
+    and the fresh 16 MiB allocation a joined pickle costs (about 10 ms on a VM, most of it page
+    faults). A small message is one piece, at the cost of ``dumps``."""
+    _keep_dispatch_table_current()
     spare: dict[str, tuple[pickle.Pickler, _Parts]] = _local.__dict__
     pair = spare.pop("parts", None)
     if pair is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Client
@@ -165,12 +166,13 @@ def test_request_handoff_a_peer_without_the_authkey_gets_nothing_and_others_are_
     relay: Relay, queues: tuple[Any, Any], blob: Blob
 ) -> None:
     """Steps: a large request waits; a peer with another authkey connects to the socket; then the
-    request is read. Expected: the peer is refused (AuthenticationError), and the request is still
-    there, intact."""
+    request is read. Expected: the socket is a Unix socket in a directory only this user may
+    enter; the peer is refused (AuthenticationError), and the request is still there, intact."""
     request_q, _ = queues
     relay.forward(Collector(), "big", payload=dumps(blob))
-    address = socket_address()
-    assert address is not None
+    address = socket_address() or ""
+    assert stat.S_ISSOCK(os.stat(address).st_mode)
+    assert stat.S_IMODE(os.stat(os.path.dirname(address)).st_mode) == 0o700
     with pytest.raises(multiprocessing.AuthenticationError), Client(address, family="AF_UNIX", authkey=b"not it"):
         pass
     assert held_count() == 1
