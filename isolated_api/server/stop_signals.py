@@ -16,6 +16,10 @@ SIGTERM is logged and ignored. ``stop()`` called on the main thread puts ``SIG_D
 that is not the default (the application's own) is never replaced. During ``stop()`` on the main
 thread, SIGINT (if it is still Python's ``default_int_handler``) is logged and ignored instead of
 raising ``KeyboardInterrupt`` out of the clean-up.
+
+Until ``stop()``, both signals are also watched (``signal_delivery.py``): one that lands while the
+main thread is blocked in ``request_q.get()`` and leaves that read uninterrupted is sent again to
+the main thread, so Ctrl-C and SIGTERM always reach it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
+
+from isolated_api.server.signal_delivery import SignalDelivery
 
 logger = logging.getLogger("isolated_api.server")
 
@@ -46,6 +52,7 @@ class SigtermStop:
         # handler that took it could deadlock on its own thread).
         self._state = "idle"
         self._main_in_stop = False
+        self._delivery = SignalDelivery()
 
     @property
     def installed(self) -> bool:
@@ -54,14 +61,19 @@ class SigtermStop:
     def install(self, *, interrupt: bool) -> bool:
         """Takes SIGTERM over if this is the main thread and nobody else has; True if it did.
         ``interrupt``: raise ``KeyboardInterrupt`` in the main thread once stopped."""
-        if not _on_main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        if not _on_main_thread():
+            return False
+        if not self._delivery.active and self._delivery.install():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._delivery.watch(signal.SIGINT, signal.default_int_handler)
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return False
         with self._lock:
             self._installed = True
             self._interrupt = interrupt
             self._state = "idle"
             self._main_in_stop = False
-        signal.signal(signal.SIGTERM, self._handle)
+        self._delivery.watch(signal.SIGTERM, self._handle)
         return True
 
     @contextmanager
@@ -71,6 +83,8 @@ class SigtermStop:
             yield
             return
         self._main_in_stop = True
+        # Ctrl-C back to Python's own handler, which _sigint_logged replaces during the stop.
+        self._delivery.release(signal.SIGINT)
         try:
             with _sigint_logged():
                 yield
@@ -79,8 +93,7 @@ class SigtermStop:
 
     def _restore(self) -> None:
         with self._lock:
-            if self._installed and signal.getsignal(signal.SIGTERM) == self._handle:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self._delivery.uninstall()  # SIGTERM back to SIG_DFL, if it is still ours
             self._installed = False
             self._main_in_stop = False
 
