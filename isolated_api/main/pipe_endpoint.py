@@ -32,9 +32,10 @@ from isolated_api.shared.codecs import Codec, CodecError, PickleCodec, encode_pa
 from isolated_api.shared.config import DEFAULT_MAX_MESSAGE_SIZE, OutboxLimits
 from isolated_api.shared.errors import IPCError, ReplyTooLargeError
 from isolated_api.shared.framing import (
+    HEADER_SIZE,
     SIZED_FRAME,
     Body,
-    FrameDecoder,
+    FrameReader,
     Kind,
     ProtocolError,
     frame,
@@ -46,9 +47,9 @@ from isolated_api.shared.messages import internal_error
 
 logger = logging.getLogger("isolated_api.relay")
 
-# What a pipe holds by default on Linux. os.read allocates the full size asked for on every call,
-# so asking for 1 MiB cost more per read than 64 KiB, for the same few hundred bytes
-# (docs/performance.md, "Figures behind the code").
+# What a pipe holds by default on Linux. Read into a buffer of that size, reused (FrameReader);
+# os.read, which allocates the full size asked for on every call, cost more per read at 1 MiB
+# than at 64 KiB for the same few hundred bytes (docs/performance.md, "Figures behind the code").
 _READ_SIZE = 1 << 16
 
 ReadyCallback = Callable[["PipeEndpoint", Any], None]
@@ -147,10 +148,28 @@ class PipeEndpoint:
     # -- main -> child ---------------------------------------------------------------------
 
     def deliver(self, replies: list[Any], raws: list[bytes | None]) -> None:
+        # Small frames go in one write; a large one on its own, announced, so that other
+        # requests' small replies may pass it (outbox.py). Each write carries its requests' ids.
         parts: list[Body] = []
+        keys: list[Hashable] = []
         for reply, raw in zip(replies, raws, strict=True):
-            parts += self._bundle_parts(reply, raw) if type(reply) is list else self._reply_parts(reply, raw)
-        self._outbox.write(*_coalesced(parts))
+            if type(reply) is list:
+                ids = [item.id for item in reply]
+                frames = self._bundle_frames(reply, raw)
+            else:
+                ids = [reply.id]
+                frames = [self._reply_parts(reply, raw)]
+            for frame_parts in frames:
+                if sum(len(part) for part in frame_parts) - HEADER_SIZE < SIZED_FRAME:
+                    parts += frame_parts
+                    keys += ids
+                    continue
+                if parts:
+                    self._outbox.write(*_coalesced(parts), keys=frozenset(keys))
+                    parts, keys = [], []
+                self._outbox.write_frame(frame_parts, keys=frozenset(ids))
+        if parts:
+            self._outbox.write(*_coalesced(parts), keys=frozenset(keys))
 
     def _reply_parts(self, reply: Any, raw: bytes | None) -> list[Body]:
         codec = self._codec
@@ -202,7 +221,7 @@ class PipeEndpoint:
             return [self._reject_frame(request_id, error)]
         return [frame_head(Kind.SHARED_REPLY, head, encoded.size), encoded.head, *encoded.parts]
 
-    def _bundle_parts(self, replies: list[Any], raw: bytes | None) -> list[Body]:
+    def _bundle_frames(self, replies: list[Any], raw: bytes | None) -> list[list[Body]]:
         # The ids travel beside the bundle so that, should the worker fail to decode it, each of
         # its requests fails with the reason instead of timing out.
         codec = self._codec
@@ -215,8 +234,8 @@ class PipeEndpoint:
         if not head or len(head) + len(payload) > self._max_frame:
             # One reply that can't be encoded, or a bundle over the cap, must not fail the others:
             # one frame each, and only a reply over the cap by itself fails.
-            return [part for reply in replies for part in self._reply_parts(reply, None)]
-        return [frame_head(Kind.REPLIES, head, len(payload)), payload]
+            return [self._reply_parts(reply, None) for reply in replies]
+        return [[frame_head(Kind.REPLIES, head, len(payload)), payload]]
 
     def send_drain(self, timeout: float) -> None:
         self._write(frame(Kind.DRAIN, self._codec.encode_control(timeout)))
@@ -226,8 +245,10 @@ class PipeEndpoint:
         details = (request_id, type(error).__name__, error.message, error.status_code, error.headers)
         return frame(Kind.REJECT, self._codec.encode_control(details))
 
-    def _write(self, data: bytes) -> None:
-        self._outbox.write(data)
+    def _write(self, data: bytes, request_id: Hashable | None = None) -> None:
+        # A large control frame (a PONG with the metrics) is announced too (write_frame).
+        keys: frozenset[Hashable] = frozenset() if request_id is None else frozenset((request_id,))
+        self._outbox.write_frame([data], keys=keys)
 
     @property
     def outbox(self) -> Outbox:
@@ -255,29 +276,20 @@ class PipeEndpoint:
     # -- child -> main ---------------------------------------------------------------------
 
     def _read_uplink(self) -> None:
-        decoder = FrameDecoder(self._max_frame)
-        fd = self._uplink.fileno()
+        reader = FrameReader(self._uplink.fileno(), _READ_SIZE, self._max_frame)
         try:
             while self.condemned is None:
-                # The rest of a large frame is read straight into the one buffer of its size.
-                unfilled = decoder.unfilled()
                 try:
-                    if unfilled is not None:
-                        count = os.readv(fd, [unfilled])
-                        unfilled.release()
-                        data = b""
-                    else:
-                        data = os.read(fd, _READ_SIZE)
-                        count = len(data)
+                    count, frames = reader.read()
+                    for kind, body in frames:
+                        self._handle(kind, body)
                 except OSError:
+                    break
+                except ProtocolError as exc:
+                    self.condemn(f"it broke the frame protocol: {exc}")
                     break
                 if not count:
                     break
-                try:
-                    for kind, body in decoder.filled(count) if unfilled is not None else decoder.feed(data):
-                        self._handle(kind, body)
-                except ProtocolError as exc:
-                    self.condemn(f"it broke the frame protocol: {exc}")
         finally:
             abandoned = self._relay.detach(self)
             self._outbox.close()
@@ -286,7 +298,7 @@ class PipeEndpoint:
             with self._close_lock:
                 self._downlink.close()
             self._uplink.close()
-            self._on_lost(self, abandoned, decoder.has_partial_frame)
+            self._on_lost(self, abandoned, reader.decoder.has_partial_frame)
 
     def _split(self, body: bytes | bytearray) -> tuple[Hashable, str, memoryview]:
         try:
@@ -313,7 +325,7 @@ class PipeEndpoint:
             )
         except IPCError as exc:
             request.discard()
-            self._write(self._reject_frame(request_id, exc))
+            self._write(self._reject_frame(request_id, exc), request_id)
 
     def _handle(self, kind: Kind, body: bytes | bytearray) -> None:
         if kind is Kind.REQUEST or kind is Kind.STREAM_REQUEST:
@@ -323,7 +335,7 @@ class PipeEndpoint:
                     self, request_id, payload=payload, streaming=kind is Kind.STREAM_REQUEST, origin=origin
                 )
             except IPCError as exc:
-                self._write(self._reject_frame(request_id, exc))
+                self._write(self._reject_frame(request_id, exc), request_id)
             return
         if kind is Kind.SHARED_REQUEST or kind is Kind.SHARED_STREAM_REQUEST:
             self._handle_shared(kind, body)

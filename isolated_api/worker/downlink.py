@@ -18,7 +18,7 @@ from typing import Any, Protocol, cast
 from isolated_api.shared import errors, shared_payload
 from isolated_api.shared.arena import Arena
 from isolated_api.shared.codecs import Codec, CodecError, view_decoder
-from isolated_api.shared.framing import Body, FrameDecoder, Kind, split_request_body
+from isolated_api.shared.framing import Body, FrameReader, Kind, split_request_body
 from isolated_api.shared.link import LinkSink
 
 # As much as an asyncio pipe transport reads at once; a large frame's rest is read in one go.
@@ -43,7 +43,7 @@ class DownlinkReader:
         self._sink = sink
         self._conn = downlink
         self._fd = downlink.fileno()
-        self._decoder = FrameDecoder()
+        self._reader = FrameReader(self._fd, _READ_SIZE)
         self._decode = view_decoder(link.codec)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -60,23 +60,12 @@ class DownlinkReader:
         self._conn.close()
 
     def _readable(self) -> None:
-        decoder = self._decoder
-        unfilled = decoder.unfilled()
         try:
-            if unfilled is not None:
-                count = os.readv(self._fd, [unfilled])
-                frames = decoder.filled(count) if count else []
-            else:
-                data = os.read(self._fd, _READ_SIZE)
-                count = len(data)
-                frames = decoder.feed(data)
+            count, frames = self._reader.read()
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             count, frames = 0, []
-        finally:
-            if unfilled is not None:
-                unfilled.release()
         if frames:
             self._dispatch(frames)
         if not count:

@@ -187,7 +187,13 @@ class PipeLink:
 
     def cancel(self, request_id: Hashable, reason: str = "cancelled") -> None:
         if self._writer is not None and not self._lost:
-            self._write(frame(Kind.CANCEL, control.encode_cancel(request_id, reason, self.codec.encode_id)))
+            data = frame(Kind.CANCEL, control.encode_cancel(request_id, reason, self.codec.encode_id))
+            if self._writer.holds_large:
+                # Never ahead of the request's own frame, which may be that one, still in parts.
+                self._flush()
+                self._writer.write(data, may_pass=False)
+            else:
+                self._write(data)
 
     async def probe(self, timeout: float) -> dict[str, Any] | None:
         """Asks the main process's relay for its facts; None if it doesn't answer in time.

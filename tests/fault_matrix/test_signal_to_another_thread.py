@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
@@ -109,6 +108,8 @@ def test_signal_delivery_leaves_a_wakeup_fd_it_did_not_set_alone() -> None:
     install to refuse, the other fd still set, and SIGINT's handler untouched."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
+    # A server started by an earlier test on this thread and stopped from another keeps both.
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     previous = signal.set_wakeup_fd(write_fd)
     try:
         delivery = SignalDelivery()
@@ -118,13 +119,15 @@ def test_signal_delivery_leaves_a_wakeup_fd_it_did_not_set_alone() -> None:
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.set_wakeup_fd(previous)
+        signal.signal(signal.SIGINT, handler)
         os.close(read_fd)
         os.close(write_fd)
 
 
 def test_signal_delivery_uninstall_puts_back_handlers_and_the_wakeup_fd() -> None:
     """Steps: install, watch SIGINT, uninstall. Expect Python's own SIGINT handler back, no
-    wakeup fd set, and the watcher thread gone."""
+    wakeup fd set, and the watcher thread joined."""
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     previous = signal.set_wakeup_fd(-1)
     try:
         delivery = SignalDelivery()
@@ -134,6 +137,7 @@ def test_signal_delivery_uninstall_puts_back_handlers_and_the_wakeup_fd() -> Non
         delivery.uninstall()
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         assert signal.set_wakeup_fd(-1) == -1
-        assert not any(thread.name == "isolated-api-signals" for thread in threading.enumerate())
+        assert delivery._thread is None and not delivery.active
     finally:
         signal.set_wakeup_fd(previous)
+        signal.signal(signal.SIGINT, handler)

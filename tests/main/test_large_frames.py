@@ -33,6 +33,7 @@ from isolated_api.shared.arena import Arena
 from isolated_api.shared.codecs import Codec, PickleCodec
 from isolated_api.shared.framing import (
     SIZED_FRAME,
+    Announced,
     FrameDecoder,
     Kind,
     dumps,
@@ -135,11 +136,13 @@ def test_large_frames_reply_is_written_without_being_joined(relay: Relay) -> Non
     endpoint, up_w, down_r = _endpoint(relay)
     received = bytearray(SIZE + 4096)
     got = 0
+    # Announced, in parts (framing.Announced): every byte it puts on the pipe.
+    wire_size = Announced(Kind.REPLY, [request_body_head("r1", codec.encode_id), raw]).wire_size
 
     def read_all() -> None:
         nonlocal got
         fd = down_r.fileno()
-        while got < len(raw) + 5 + 3:  # the header and the id's few bytes ("r1" as text, tagged)
+        while got < wire_size:
             count = os.readv(fd, [memoryview(received)[got:]])
             if not count:
                 return

@@ -8,6 +8,7 @@ import threading
 
 from isolated_api.main.outbox import Outbox
 from isolated_api.shared.config import OutboxLimits
+from isolated_api.shared.framing import Announced, FrameDecoder, Kind, frame, frame_head
 from isolated_api.testing import wait_until
 
 
@@ -117,4 +118,65 @@ def test_outbox_write_to_a_closed_peer_is_dropped_not_raised() -> None:
         assert not outbox.write(b"nobody reads")
         assert not outbox.write(b"still nobody")
     finally:
+        os.close(w)
+
+
+def _frames(data: bytes) -> list[tuple[Kind, bytes]]:
+    return [(kind, bytes(body)) for kind, body in FrameDecoder().feed(data)]
+
+
+def test_outbox_small_replies_pass_a_large_one_between_its_parts_unless_they_answer_the_same_request() -> None:
+    """Head-of-line (issue 28). Steps: a peer that does not read yet; a 4 MiB reply frame for
+    request "a", then small replies for "b", for "a" (its stream's next item), for "c", and a
+    control frame; then read everything and decode it. Expect the small replies for "b" and "c"
+    and the control frame to arrive before the 4 MiB one, and the one for "a" after it; the large
+    one whole; nothing left waiting."""
+    r, w = os.pipe()
+    outbox = Outbox(w, name="t", limits=OutboxLimits(stall_timeout=30.0), on_stalled=lambda why: None)
+    try:
+        large = os.urandom(4 << 20)
+        assert outbox.write_frame([frame_head(Kind.REPLY, b"a:", len(large)), large], keys=frozenset({"a"}))
+        assert outbox.write(frame(Kind.REPLY, b"b:1"), keys=frozenset({"b"}))
+        assert outbox.write(frame(Kind.REPLY, b"a:next"), keys=frozenset({"a"}))
+        assert outbox.write(frame(Kind.REPLY, b"c:1"), keys=frozenset({"c", "d"}))
+        assert outbox.write(frame(Kind.PONG, b"pong"))
+        expected_size = Announced(Kind.REPLY, [b"a:", large]).wire_size + 4 * 5 + 3 + 6 + 3 + 4
+        frames = _frames(_read_all(r, expected_size))
+        assert frames == [
+            (Kind.REPLY, b"b:1"),
+            (Kind.REPLY, b"c:1"),
+            (Kind.PONG, b"pong"),
+            (Kind.REPLY, b"a:" + large),
+            (Kind.REPLY, b"a:next"),
+        ]
+        wait_until(lambda: outbox.pending_bytes == 0, 10, "the outbox to empty")
+    finally:
+        outbox.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_outbox_a_second_large_reply_waits_for_the_first_and_nothing_passes_a_write_it_must_follow() -> None:
+    """Steps: a peer that does not read yet; a 2 MiB reply for "a", a 1 MiB one for "b", a small
+    one for "b" and a small one for "e". Expect "e" first; then the two large ones in order (one
+    announced frame at a time on a pipe), then the small one for "b" behind its large one."""
+    r, w = os.pipe()
+    outbox = Outbox(w, name="t", limits=OutboxLimits(stall_timeout=30.0), on_stalled=lambda why: None)
+    try:
+        first, second = os.urandom(2 << 20), os.urandom(1 << 20)
+        assert outbox.write_frame([frame_head(Kind.REPLY, b"a:", len(first)), first], keys=frozenset({"a"}))
+        assert outbox.write_frame([frame_head(Kind.REPLY, b"b:", len(second)), second], keys=frozenset({"b"}))
+        assert outbox.write(frame(Kind.REPLY, b"b:1"), keys=frozenset({"b"}))
+        assert outbox.write(frame(Kind.REPLY, b"e:1"), keys=frozenset({"e"}))
+        size = sum(Announced(Kind.REPLY, [b"x:", body]).wire_size for body in (first, second)) + 2 * 8
+        frames = _frames(_read_all(r, size))
+        assert frames == [
+            (Kind.REPLY, b"e:1"),
+            (Kind.REPLY, b"a:" + first),
+            (Kind.REPLY, b"b:" + second),
+            (Kind.REPLY, b"b:1"),
+        ]
+    finally:
+        outbox.close()
+        os.close(r)
         os.close(w)

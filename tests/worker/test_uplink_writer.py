@@ -1,7 +1,8 @@
 """The worker's uplink writer (worker/uplink_writer.py) over a real pipe of the default 64 KiB, on
 both event loops the worker may run (asyncio's and uvloop, which refuses to watch a descriptor
-a transport uses): large writes leave from the caller's buffers, in order with everything
-written around them, and nothing is lost or left open when the link closes."""
+a transport uses): large frames leave from the caller's buffers, announced and in parts, small
+frames pass them between parts unless told to stay behind, and nothing is lost or left open when
+the link closes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from isolated_api.shared.framing import FrameDecoder, Kind, frame, frame_head
 from isolated_api.worker.uplink_writer import UplinkWriter
 from tests.helpers import eventually
 
@@ -31,6 +33,18 @@ def _run(make_loop: Callable[[], asyncio.AbstractEventLoop], scenario: Coroutine
         return loop.run_until_complete(asyncio.wait_for(scenario, 60))
     finally:
         loop.close()
+
+
+def _large(tag: bytes, payload: bytes) -> list[bytes]:
+    """A frame as PipeLink writes a large one: its header and head, then the payload."""
+    return [frame_head(Kind.REQUEST, tag, len(payload)), payload]
+
+
+def _bodies(data: bytes | bytearray) -> list[bytes]:
+    """The frames' bodies as the main process's reader hands them on, in that order."""
+    frames = FrameDecoder().feed(data)
+    assert all(kind is Kind.REQUEST for kind, _ in frames)
+    return [bytes(body) for _, body in frames]
 
 
 class _Reader(threading.Thread):
@@ -70,18 +84,20 @@ async def _link(write_fd: int, errors: list[str]) -> _Link:
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
-def test_uplink_writer_a_large_write_leaves_from_its_buffers_in_order_with_the_small_ones(loop_name: str) -> None:
-    """Steps: with the reader held (the pipe fills at 64 KiB), writelines a head and an 8 MiB
-    payload, then a small write, then another large frame and small write; let the reader go.
-    Expected: the reader gets exactly the concatenation, in the order written; while the pipe was
-    full the writer held the rest as views (8 MiB waiting) and allocated under 1 MiB doing so (no
-    copy of the payload); once all is read nothing waits."""
+def test_uplink_writer_small_frames_pass_a_large_one_between_its_parts_and_a_held_one_stays_behind(
+    loop_name: str,
+) -> None:
+    """Steps: with the reader held (the pipe fills at 64 KiB), writelines an 8 MiB frame, then a
+    small frame, another large frame of 1 MiB, a second small frame and one that may not pass
+    (a cancel); let the reader go. Expected: the two small frames arrive first, then the large
+    ones intact and in order, then the one held behind them; while the pipe was full the writer
+    held the rest as views (8 MiB waiting) and allocated under 1 MiB doing so (no copy of the
+    payload); once all is read nothing waits."""
     read_fd, write_fd = os.pipe()
     hold = threading.Event()
     reader = _Reader(read_fd, hold)
     reader.start()
     first, second = os.urandom(8 * MiB), os.urandom(MiB)
-    pieces = [b"head-1", first, b"small-1", b"head-2", second, b"small-2"]
 
     async def scenario() -> tuple[int, int]:
         errors: list[str] = []
@@ -89,10 +105,11 @@ def test_uplink_writer_a_large_write_leaves_from_its_buffers_in_order_with_the_s
         writer = link.writer
         tracemalloc.start()
         try:
-            writer.writelines([b"head-1", first])
-            writer.write(b"small-1")
-            writer.writelines([b"head-2", second])
-            writer.write(b"small-2")
+            writer.writelines(_large(b"large-1", first))
+            writer.write(frame(Kind.REQUEST, b"small-1"))
+            writer.writelines(_large(b"large-2", second))
+            writer.write(frame(Kind.REQUEST, b"small-2"))
+            writer.write(frame(Kind.REQUEST, b"held"), may_pass=False)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -105,7 +122,7 @@ def test_uplink_writer_a_large_write_leaves_from_its_buffers_in_order_with_the_s
 
     peak, waiting = _run(LOOPS[loop_name], scenario())
     reader.join(30)
-    assert bytes(reader.data) == b"".join(pieces)
+    assert _bodies(reader.data) == [b"small-1", b"small-2", b"large-1" + first, b"large-2" + second, b"held"]
     assert waiting > 8 * MiB
     assert peak < MiB, f"writing 9 MiB allocated {peak} bytes: the payload was copied"
 
@@ -124,24 +141,24 @@ def test_uplink_writer_a_large_write_behind_bytes_the_transport_holds_goes_after
     async def scenario() -> None:
         errors: list[str] = []
         link = await _link(write_fd, errors)
-        link.writer.write(before)
+        link.writer.write(frame(Kind.REQUEST, before))
         assert link.transport.get_write_buffer_size() > 0
-        link.writer.writelines([b"head", frame_payload])
+        link.writer.writelines(_large(b"head", frame_payload))
         hold.set()
         await link.closed()
         assert errors == []
 
     _run(LOOPS[loop_name], scenario())
     reader.join(30)
-    assert bytes(reader.data) == before + b"head" + frame_payload
+    assert _bodies(reader.data) == [before, b"head" + frame_payload]
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_uplink_writer_closing_with_bytes_waiting_still_writes_them_then_the_reader_sees_the_end(
     loop_name: str,
 ) -> None:
-    """Steps: with the reader held, writelines 4 MiB, close the writer, let the reader go.
-    Expected: the reader gets all 4 MiB, then end-of-file (the writer's own descriptor for the
+    """Steps: with the reader held, writelines a 4 MiB frame and a small one, close the writer,
+    let the reader go. Expected: the reader gets both frames, then end-of-file (the writer's own descriptor for the
     pipe was closed too: a worker that closes its link does not hide that from the main process)."""
     read_fd, write_fd = os.pipe()
     hold = threading.Event()
@@ -151,7 +168,8 @@ def test_uplink_writer_closing_with_bytes_waiting_still_writes_them_then_the_rea
 
     async def scenario() -> None:
         link = await _link(write_fd, [])
-        link.writer.writelines([b"head", payload])
+        link.writer.writelines(_large(b"head", payload))
+        link.writer.write(frame(Kind.REQUEST, b"small"))
         assert link.writer.waiting_bytes > 0
         hold.set()
         await link.closed()
@@ -159,7 +177,7 @@ def test_uplink_writer_closing_with_bytes_waiting_still_writes_them_then_the_rea
     _run(LOOPS[loop_name], scenario())
     reader.join(30)
     assert not reader.is_alive(), "the reader saw no end-of-file: a descriptor of the pipe stayed open"
-    assert bytes(reader.data) == b"head" + payload
+    assert _bodies(reader.data) == [b"small", b"head" + payload]
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
@@ -175,13 +193,13 @@ def test_uplink_writer_a_reader_that_goes_away_fails_the_link_once_and_later_wri
         errors: list[str] = []
         link = await _link(write_fd, errors)
         writer = link.writer
-        writer.writelines([b"head", os.urandom(4 * MiB)])
+        writer.writelines(_large(b"head", os.urandom(4 * MiB)))
         assert writer.waiting_bytes > 0
         os.close(read_fd)
         await eventually(lambda: bool(errors), "the writer to report the link lost")
         assert writer.waiting_bytes == 0
-        writer.write(b"after")
-        writer.writelines([b"after", os.urandom(MiB)])
+        writer.write(frame(Kind.REQUEST, b"after"))
+        writer.writelines(_large(b"after", os.urandom(MiB)))
         await link.closed()
         return errors
 
