@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from isolated_api.shared.framing import FrameDecoder, Kind, frame, frame_head
+from isolated_api.shared.framing import Body, FrameDecoder, Kind, frame, frame_head
 from isolated_api.worker.uplink_writer import UplinkWriter
 from tests.helpers import eventually
 
@@ -35,7 +35,7 @@ def _run(make_loop: Callable[[], asyncio.AbstractEventLoop], scenario: Coroutine
         loop.close()
 
 
-def _large(tag: bytes, payload: bytes) -> list[bytes]:
+def _large(tag: bytes, payload: bytes) -> list[Body]:
     """A frame as PipeLink writes a large one: its header and head, then the payload."""
     return [frame_head(Kind.REQUEST, tag, len(payload)), payload]
 
