@@ -18,6 +18,7 @@ import httpx
 from pydantic import BaseModel
 
 from isolated_api import IPC, ErrorReply, ServerBuilder, testing
+from isolated_api.shared.framing import FrameDecoder
 from isolated_api.testing import loopback_builder
 
 
@@ -136,3 +137,24 @@ async def eventually(condition: Callable[[], bool], what: str, timeout: float = 
     while not condition():
         assert loop.time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.005)  # a bounded polling loop's pause, not the wait itself
+
+
+def decode_cut(decoder: FrameDecoder, stream: bytes, cuts: list[int], direct: bool) -> list[bytes]:
+    """The bodies ``decoder`` hands on from ``stream`` given in pieces of the ``cuts``' sizes (then
+    the rest): fed, or, with ``direct``, written straight into ``unfilled()`` where it asks."""
+    out: list[bytes] = []
+    position = 0
+    steps = iter(cuts)
+    while position < len(stream):
+        step = next(steps, len(stream))
+        unfilled = decoder.unfilled()
+        if direct and unfilled is not None:
+            count = min(step, len(unfilled), len(stream) - position)
+            unfilled[:count] = stream[position : position + count]
+            got = decoder.filled(count)
+        else:
+            count = min(step, len(stream) - position)
+            got = decoder.feed(stream[position : position + count])
+        position += count
+        out += [bytes(body) for _, body in got]
+    return out

@@ -19,7 +19,7 @@ import multiprocessing
 import os
 import threading
 import tracemalloc
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ from isolated_api.shared.framing import (
     split_request_body,
 )
 from isolated_api.worker.downlink import DownlinkReader
+from tests.helpers import decode_cut
 
 MiB = 1 << 20
 SIZE = 16 * MiB
@@ -261,21 +262,7 @@ def test_large_frames_decoder_yields_the_same_frames_however_the_stream_is_cut(
     bodies = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
     stream = b"".join(frame(Kind.REPLY, body) for body in bodies)
     decoder = FrameDecoder(max_frame=1 << 20)
-    out: list[bytes] = []
-    position = 0
-    steps: Iterator[int] = iter(cuts)
-    while position < len(stream):
-        step = next(steps, len(stream))
-        unfilled = decoder.unfilled()
-        if direct and unfilled is not None:
-            count = min(step, len(unfilled), len(stream) - position)
-            unfilled[:count] = stream[position : position + count]
-            got = decoder.filled(count)
-        else:
-            count = min(step, len(stream) - position)
-            got = decoder.feed(stream[position : position + count])
-        position += count
-        out += [bytes(body) for _, body in got]
+    out = decode_cut(decoder, stream, cuts, direct)
     assert out == bodies
     assert not decoder.has_partial_frame
 

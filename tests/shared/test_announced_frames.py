@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +22,7 @@ from isolated_api.shared.framing import (
     ProtocolError,
     frame,
 )
+from tests.helpers import decode_cut
 
 
 def _units(announced: Announced) -> list[bytes]:
@@ -98,21 +98,7 @@ def test_announced_frames_come_out_whole_after_the_small_frames_that_passed_them
     written, expected = stream
     data = b"".join(written)
     decoder = FrameDecoder(max_frame=1 << 21)
-    out: list[bytes] = []
-    position = 0
-    steps: Iterator[int] = iter(cuts)
-    while position < len(data):
-        step = next(steps, len(data))
-        unfilled = decoder.unfilled()
-        if direct and unfilled is not None:
-            count = min(step, len(unfilled), len(data) - position)
-            unfilled[:count] = data[position : position + count]
-            got = decoder.filled(count)
-        else:
-            count = min(step, len(data) - position)
-            got = decoder.feed(data[position : position + count])
-        position += count
-        out += [bytes(body) for _, body in got]
+    out = decode_cut(decoder, data, cuts, direct)
     assert out == expected
     assert not decoder.has_partial_frame
 
