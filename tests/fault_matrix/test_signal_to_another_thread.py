@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pytest
 
 from isolated_api.server.signal_delivery import SignalDelivery
 from isolated_api.testing import wait_until
+from tests.fault_matrix.scripts import script_process
 
 _SCRIPT = textwrap.dedent(
     """
@@ -77,27 +76,13 @@ def test_a_signal_on_another_thread_still_stops_a_main_thread_blocked_in_get(tmp
     """Steps: the README's loop as a script, its main thread blocked in request_q.get(); another
     thread of it sends itself SIGINT (or SIGTERM). Expect KeyboardInterrupt in the loop, stop(),
     "stopped" and exit code 0 within 30 s, with no traceback."""
-    script = tmp_path / "serve.py"
-    script.write_text(_SCRIPT)
-    main = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=tmp_path,
-        text=True,
-    )
-    try:
+    with script_process(tmp_path, _SCRIPT) as main:
         assert main.stdout is not None and main.stdin is not None
         assert main.stdout.readline().strip() == "serving"
         wait_until(lambda: _blocked(main.pid), 10, "the main thread to block in request_q.get()")
         main.stdin.write(f"{signame}\n")
         main.stdin.flush()
         out, err = main.communicate(timeout=30)
-    finally:
-        if main.poll() is None:
-            main.kill()
-            main.communicate(timeout=30)
     assert out.split() == ["interrupted", "stopped"], (out, err)
     assert main.returncode == 0, err
     assert "Traceback" not in err, err

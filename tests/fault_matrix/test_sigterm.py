@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from isolated_api.testing import wait_until
+from tests.fault_matrix.scripts import script_process
 
 IN_FLIGHT = 50
 
@@ -89,22 +89,8 @@ _SCRIPT = textwrap.dedent(
 def _main_process(
     tmp_path: Path, hold: int, stop_timeout: float, *drain_timeout: float
 ) -> Iterator[subprocess.Popen[str]]:
-    script = tmp_path / "serve.py"
-    script.write_text(_SCRIPT)
-    main = subprocess.Popen(
-        [sys.executable, str(script), str(hold), str(stop_timeout), *map(str, drain_timeout)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=tmp_path,
-        text=True,
-    )
-    try:
+    with script_process(tmp_path, _SCRIPT, str(hold), str(stop_timeout), *map(str, drain_timeout)) as main:
         yield main
-    finally:
-        if main.poll() is None:
-            main.kill()
-        main.communicate(timeout=30)
 
 
 def _get(url: str) -> int | None:
