@@ -114,12 +114,14 @@ class Outbox:
                 self._pending.append(write)
                 self._pending_bytes += write.size
                 if idle:
+                    # Written here, with no thread hop. Otherwise the pipe refused the last bytes
+                    # (a flush stops only then): the writer thread goes on once it has room.
                     self._progress_at = time.monotonic()
-                try:
-                    self._flush_locked()
-                except OSError:  # the worker is gone; its uplink EOF does the cleanup
-                    self._close_locked()
-                    return False
+                    try:
+                        self._flush_locked()
+                    except OSError:  # the worker is gone; its uplink EOF does the cleanup
+                        self._close_locked()
+                        return False
                 if self._pending or self._unit:
                     if write.size:
                         self.deferred_writes += 1
